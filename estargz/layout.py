@@ -1,0 +1,98 @@
+"""Entry order of a converted layer: de-duplication, prioritized files and landmarks (pure logic)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from .errors import NotFoundError
+from .tarstream import TarEntry
+from .toc import TOC_NAME, clean_name
+
+__all__ = ["PREFETCH_LANDMARK", "NO_PREFETCH_LANDMARK", "LANDMARK_CONTENTS", "landmark", "order_entries"]
+
+PREFETCH_LANDMARK = ".prefetch.landmark"
+NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
+LANDMARK_CONTENTS = b"\x0f"
+_RESERVED = {PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_NAME}
+
+
+def landmark(name: str) -> TarEntry:
+    """A landmark file: a 1-byte regular file whose header carries only its name and size.
+
+    Its ``header_offset`` is -1: it has no bytes in the input tar.
+    """
+    return TarEntry(name=name, kind="reg", size=len(LANDMARK_CONTENTS), header_offset=-1)
+
+
+def _parent(name: str) -> str:
+    return name.rpartition("/")[0]
+
+
+def order_entries(
+    entries: Iterable[TarEntry],
+    prioritized: Sequence[str] = (),
+    *,
+    allow_missing: bool = False,
+) -> tuple[list[TarEntry], list[str]]:
+    """Order the entries of a layer as eStargz ``Build`` does; return (ordered, missing prioritized).
+
+    - a later entry with the same cleaned name replaces an earlier one and takes the later position;
+    - landmarks and ``stargz.index.json`` already in the input are dropped;
+    - each prioritized path moves to the front after its existing ancestor directories (and, for a
+      hardlink, its target), followed by ``.prefetch.landmark``; with no prioritized paths,
+      ``.no.prefetch.landmark`` comes first.
+
+    A prioritized path that is not in the layer raises NotFoundError, or is returned in the missing
+    list with ``allow_missing``.
+    """
+    remaining: dict[str, TarEntry] = {}
+    for entry in entries:
+        name = clean_name(entry.name)
+        if name in _RESERVED:
+            continue
+        remaining.pop(name, None)
+        remaining[name] = entry
+
+    moved: dict[str, TarEntry] = {}
+    visiting: set[str] = set()
+
+    def move(name: str) -> bool:
+        if name in moved:
+            return True
+        if not name:  # the root: moved if the layer has an entry for it, never missing
+            if "" in remaining:
+                moved[""] = remaining.pop("")
+            return True
+        entry = remaining.get(name)
+        if entry is None:
+            return False
+        move("")
+        ancestors = []
+        ancestor = _parent(name)
+        while ancestor:
+            ancestors.append(ancestor)
+            ancestor = _parent(ancestor)
+        for directory in reversed(ancestors):
+            if directory in remaining:
+                moved[directory] = remaining.pop(directory)
+        if entry.kind == "hardlink" and name not in visiting:
+            visiting.add(name)  # a hardlink cycle stops here instead of recursing forever
+            if not move(clean_name(entry.linkname)):
+                return False
+        if name in remaining:
+            moved[name] = remaining.pop(name)
+        return True
+
+    missing: list[str] = []
+    for path in prioritized:
+        if not move(clean_name(path)):
+            if not allow_missing:
+                raise NotFoundError(f"prioritized file {path!r} is not in the layer")
+            missing.append(path)
+
+    if prioritized:
+        ordered = [*moved.values(), landmark(PREFETCH_LANDMARK)]
+    else:
+        ordered = [landmark(NO_PREFETCH_LANDMARK)]
+    ordered.extend(remaining.values())
+    return ordered, missing

@@ -1,0 +1,444 @@
+"""Read eStargz blobs: footer -> TOC -> entry tree -> files that inflate only the chunks they need."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+from .errors import FormatError, LimitError, NotFoundError, VerificationError
+from .footer import FOOTER_SIZES, Footer, parse_footer
+from .framing import inflate_members
+from .source import Source, SourceLike, as_source
+from .tarstream import BLOCK
+from .toc import MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
+
+__all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
+
+#: Largest chunk the reader inflates into memory.
+MAX_CHUNK_SIZE = 512 << 20
+_READ_PIECE = 1 << 20
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Where one chunk of a regular file lies: compressed range, and position in the file."""
+
+    offset: int
+    """Compressed offset of the gzip member that holds the chunk."""
+    inner_offset: int
+    """Uncompressed offset of the chunk inside that member (min-chunk-size blobs)."""
+    chunk_offset: int
+    chunk_size: int
+    chunk_digest: str
+    next_offset: int = 0
+    """Compressed offset where the chunk's member run ends."""
+
+
+@dataclass(eq=False)
+class Entry:
+    """A node of the layer tree. Hardlink names resolve to the entry of their target."""
+
+    name: str
+    type: str
+    size: int = 0
+    modtime: str = ""
+    link_name: str = ""
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    user_name: str = ""
+    group_name: str = ""
+    dev_major: int = 0
+    dev_minor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    digest: str = ""
+    num_link: int = 0
+    chunks: list[Chunk] = field(default_factory=list, repr=False)
+    children: dict[str, "Entry"] = field(default_factory=dict, repr=False)
+
+    @property
+    def permissions(self) -> int:
+        """Permission bits with setuid, setgid and sticky (the file type comes from ``type``)."""
+        return self.mode & 0o7777
+
+    @property
+    def mtime(self) -> _dt.datetime | None:
+        """The modification time, or None when the TOC has none."""
+        if not self.modtime:
+            return None
+        try:
+            return _dt.datetime.fromisoformat(self.modtime.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+
+    def is_dir(self) -> bool:
+        return self.type == "dir"
+
+    def is_file(self) -> bool:
+        return self.type == "reg"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :meth:`Reader.verify` checked."""
+
+    toc_digest: str
+    files: int
+    chunks: int
+    bytes: int
+
+
+_COPIED_FIELDS = ("type", "size", "modtime", "link_name", "mode", "uid", "gid", "user_name",
+                  "group_name", "dev_major", "dev_minor", "xattrs", "digest")
+
+
+def _hex_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Reader:
+    """An opened eStargz blob. Use :func:`estargz.open` to make one."""
+
+    def __init__(self, source: Source, *, toc_digest: str | None = None, owns_source: bool = False) -> None:
+        self._source = source
+        self._owns_source = owns_source
+        size = source.size
+        tail_size = min(max(FOOTER_SIZES), size)
+        self.footer: Footer = parse_footer(source.read_at(size - tail_size, tail_size), size)
+        if self.footer.toc_offset is None:
+            raise FormatError("the blob's TOC is stored outside it (external TOC); pass the TOC blob")
+        self.toc_offset: int = self.footer.toc_offset
+        toc_json = self._read_toc(self.toc_offset, size - self.footer.size)
+        self.toc_digest: str = _hex_digest(toc_json)
+        if toc_digest is not None and toc_digest != self.toc_digest:
+            raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
+        self.version, self.toc_entries = decode_toc(toc_json)
+        self._names: dict[str, Entry] = {}
+        self._order: list[str] = []
+        self._build_tree()
+
+    # -- opening ---------------------------------------------------------------------------
+    def _pieces(self, start: int, end: int) -> Iterator[bytes]:
+        while start < end:
+            length = min(_READ_PIECE, end - start)
+            yield self._source.read_at(start, length)
+            start += length
+
+    def _read_toc(self, start: int, end: int) -> bytes:
+        limit = BLOCK + MAX_TOC_SIZE + BLOCK
+        data = b"".join(inflate_members(self._pieces(start, end), limit))
+        if len(data) < BLOCK:
+            raise FormatError("TOC member is shorter than a tar header")
+        header = data[:BLOCK]
+        name = header[:100].split(b"\0", 1)[0]
+        if name != TOC_NAME.encode():
+            raise FormatError(f"TOC tar entry is named {name!r}, expected {TOC_NAME!r}")
+        try:
+            toc_size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            raise FormatError("TOC tar header has an invalid size") from None
+        if toc_size > MAX_TOC_SIZE:
+            raise LimitError(f"TOC of {toc_size} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
+        if len(data) < BLOCK + toc_size:
+            raise FormatError("TOC tar entry is truncated")
+        return data[BLOCK:BLOCK + toc_size]
+
+    def _build_tree(self) -> None:
+        root = Entry(name="", type="dir", mode=0o755)
+        names = self._names
+        names[""] = root
+        unames: dict[int, str] = {}
+        gnames: dict[int, str] = {}
+        last_file: Entry | None = None
+        data_entries: list[tuple[TOCEntry, Chunk]] = []
+        for index, raw in enumerate(self.toc_entries):
+            if raw.type == "chunk":
+                if last_file is None:
+                    raise FormatError(f"TOC entry {index}: chunk without a preceding regular file")
+                chunk = Chunk(raw.offset, raw.inner_offset, raw.chunk_offset, raw.chunk_size, raw.chunk_digest)
+                last_file.chunks.append(chunk)
+                data_entries.append((raw, chunk))
+                continue
+            name = clean_name(raw.name)
+            entry = Entry(name=name, **{f: getattr(raw, f) for f in _COPIED_FIELDS})
+            entry.xattrs = dict(raw.xattrs)
+            if entry.user_name:
+                unames[entry.uid] = entry.user_name
+            else:
+                entry.user_name = unames.get(entry.uid, "")
+            if entry.group_name:
+                gnames[entry.gid] = entry.group_name
+            else:
+                entry.group_name = gnames.get(entry.gid, "")
+            if entry.size < 0:
+                raise FormatError(f"TOC entry {name!r}: negative size")
+            last_file = None
+            if entry.type == "reg":
+                last_file = entry
+                if entry.size > 0:
+                    chunk = Chunk(raw.offset, raw.inner_offset, 0, raw.chunk_size, raw.chunk_digest)
+                    entry.chunks.append(chunk)
+                    data_entries.append((raw, chunk))
+            if name == "":
+                if entry.type != "dir":
+                    raise FormatError("TOC root entry is not a directory")
+                entry.children = root.children
+                names[""] = root = entry
+                continue
+            if name not in names:
+                self._order.append(name)
+            names[name] = entry
+        self._link_chunks(data_entries)
+        self._link_tree()
+
+    def _link_chunks(self, data_entries: list[tuple[TOCEntry, Chunk]]) -> None:
+        data_end = self.toc_offset
+        last = data_end
+        for raw, chunk in reversed(data_entries):
+            if not 0 <= chunk.offset < data_end or chunk.inner_offset < 0:
+                raise FormatError(f"TOC entry {raw.name!r}: chunk offset {chunk.offset} is outside the data")
+            chunk.next_offset = last
+            if chunk.offset != 0 and chunk.inner_offset == 0:
+                last = chunk.offset
+        for entry in self._names.values():
+            if entry.type != "reg" or entry.size == 0:
+                continue
+            expected = 0
+            for index, chunk in enumerate(entry.chunks):
+                if chunk.chunk_size == 0:
+                    chunk.chunk_size = entry.size - chunk.chunk_offset
+                if chunk.chunk_offset != expected or chunk.chunk_size <= 0:
+                    raise FormatError(f"TOC: chunks of {entry.name!r} do not cover the file contiguously")
+                if chunk.chunk_size > MAX_CHUNK_SIZE:
+                    raise LimitError(f"TOC: chunk of {chunk.chunk_size} bytes in {entry.name!r} is too large")
+                expected += chunk.chunk_size
+                if index + 1 == len(entry.chunks) and expected != entry.size:
+                    raise FormatError(f"TOC: chunks of {entry.name!r} add up to {expected}, not {entry.size}")
+
+    def _link_tree(self) -> None:
+        names = self._names
+        for name in self._order:
+            entry = names[name]
+            parent = self._parent_dir(name.rpartition("/")[0])
+            target = self._resolve(entry) if entry.type == "hardlink" else entry
+            parent.children[name.rpartition("/")[2]] = target
+            if target.type != "dir":
+                target.num_link += 1
+            elif target is entry:
+                parent.num_link += 1
+        for entry in names.values():
+            if entry.type == "dir":
+                entry.num_link += 2
+
+    def _parent_dir(self, name: str) -> Entry:
+        entry = self._names.get(name)
+        if entry is None:
+            entry = Entry(name=name, type="dir", mode=0o755)
+            self._names[name] = entry
+            parent = self._parent_dir(name.rpartition("/")[0])
+            parent.children[name.rpartition("/")[2]] = entry
+            parent.num_link += 1
+        elif entry.type == "hardlink":
+            entry = self._resolve(entry)
+        if entry.type != "dir":
+            raise FormatError(f"TOC: {name!r} is a {entry.type}, but entries lie below it")
+        return entry
+
+    def _resolve(self, entry: Entry) -> Entry:
+        seen = {entry.name}
+        while entry.type == "hardlink":
+            target_name = clean_name(entry.link_name)
+            target = self._names.get(target_name)
+            if target is None:
+                raise FormatError(f"TOC: hardlink {entry.name!r} points to missing {entry.link_name!r}")
+            if target_name in seen:
+                raise FormatError(f"TOC: hardlink cycle through {entry.name!r}")
+            seen.add(target_name)
+            entry = target
+        return entry
+
+    # -- lookups ---------------------------------------------------------------------------
+    def lookup(self, name: str) -> Entry:
+        """The entry for ``name`` (cleaned, so ``/a``, ``./a`` and ``a`` are equal); hardlinks resolved."""
+        entry = self._names.get(clean_name(name))
+        if entry is None:
+            raise NotFoundError(f"{name!r} is not in the layer")
+        return self._resolve(entry) if entry.type == "hardlink" else entry
+
+    def __contains__(self, name: str) -> bool:
+        return clean_name(name) in self._names
+
+    def __iter__(self) -> Iterator[Entry]:
+        """Every entry of the TOC once, in TOC order (hardlinks as themselves, not resolved)."""
+        for name in self._order:
+            yield self._names[name]
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    # -- contents --------------------------------------------------------------------------
+    def read_chunk(self, chunk: Chunk, *, name: str = "") -> bytes:
+        """The uncompressed bytes of one chunk, checked against its chunk digest if it has one."""
+        want = chunk.inner_offset + chunk.chunk_size
+        data = b"".join(inflate_members(self._pieces(chunk.offset, chunk.next_offset), want))
+        if len(data) != want:
+            raise FormatError(f"chunk at offset {chunk.offset} of {name!r} holds fewer bytes than the TOC says")
+        data = data[chunk.inner_offset:]
+        if chunk.chunk_digest and _hex_digest(data) != chunk.chunk_digest:
+            raise VerificationError(
+                f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
+        return data
+
+    def open(self, name: str) -> "EntryFile":
+        """A seekable, read-only binary file over a regular file's contents."""
+        entry = self.lookup(name)
+        if entry.type != "reg":
+            raise FormatError(f"{name!r} is not a regular file (it is a {entry.type})")
+        return EntryFile(self, entry)
+
+    def read(self, name: str) -> bytes:
+        """The whole contents of a regular file."""
+        with self.open(name) as f:
+            return f.read()
+
+    def verify(self, toc_digest: str | None = None) -> VerifyReport:
+        """Check the TOC digest (if given), every chunk digest and every file digest.
+
+        Chunks are checked per entry, so blobs whose entries share a gzip member (min-chunk-size)
+        verify too. Raises VerificationError on the first mismatch.
+        """
+        if toc_digest is not None and toc_digest != self.toc_digest:
+            raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
+        files = chunks = total = 0
+        seen: set[int] = set()
+        for entry in self._names.values():
+            if entry.type != "reg" or id(entry) in seen:
+                continue
+            seen.add(id(entry))
+            files += 1
+            if entry.size == 0:
+                if entry.digest and entry.digest != _hex_digest(b""):
+                    raise VerificationError(f"digest mismatch for empty file {entry.name!r}")
+                continue
+            if not entry.digest and not all(c.chunk_digest for c in entry.chunks):
+                raise VerificationError(f"{entry.name!r} has no digest to verify its contents")
+            file_hash = hashlib.sha256()
+            for chunk in entry.chunks:
+                data = self.read_chunk(chunk, name=entry.name)
+                file_hash.update(data)
+                chunks += 1
+                total += len(data)
+            if entry.digest and "sha256:" + file_hash.hexdigest() != entry.digest:
+                raise VerificationError(f"digest mismatch for {entry.name!r}")
+        return VerifyReport(self.toc_digest, files, chunks, total)
+
+    def iter_tar(self) -> Iterator[bytes]:
+        """The layer as a plain tar stream: the blob's data inflated, without the TOC entry."""
+        yield from inflate_members(self._pieces(0, self.toc_offset))
+        yield bytes(2 * BLOCK)
+
+    def unpack(self, out: BinaryIO) -> int:
+        """Write the layer as a plain tar to ``out``; return the number of bytes written."""
+        written = 0
+        for block in self.iter_tar():
+            out.write(block)
+            written += len(block)
+        return written
+
+    # -- lifetime --------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._owns_source:
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EntryFile(io.RawIOBase):
+    """Random access to one regular file; each read inflates only the chunks it touches."""
+
+    def __init__(self, reader: Reader, entry: Entry) -> None:
+        super().__init__()
+        self._reader = reader
+        self.entry = entry
+        self._pos = 0
+        self._cached: tuple[Chunk, bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.entry.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _chunk_at(self, offset: int) -> Chunk:
+        chunks = self.entry.chunks
+        lo, hi = 0, len(chunks) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if chunks[mid].chunk_offset <= offset:
+                lo = mid
+            else:
+                hi = mid - 1
+        return chunks[lo]
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``, without moving the file position."""
+        end = min(self.entry.size, offset + size)
+        parts = []
+        while offset < end:
+            chunk = self._chunk_at(offset)
+            if self._cached is not None and self._cached[0] is chunk:
+                data = self._cached[1]
+            else:
+                data = self._reader.read_chunk(chunk, name=self.entry.name)
+                self._cached = (chunk, data)
+            start = offset - chunk.chunk_offset
+            piece = data[start:start + end - offset]
+            parts.append(piece)
+            offset += len(piece)
+        return b"".join(parts)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(self.entry.size - self._pos, 0)
+        data = self.pread(size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def open_blob(src: SourceLike, *, toc_digest: str | None = None) -> Reader:
+    """Open an eStargz blob from a path, bytes, a seekable binary file or a ranged source.
+
+    With ``toc_digest`` the TOC is checked against it before anything else is read.
+    """
+    owns = isinstance(src, (str, bytes, bytearray, memoryview)) or hasattr(src, "__fspath__")
+    source = as_source(src)
+    try:
+        return Reader(source, toc_digest=toc_digest, owns_source=owns)
+    except BaseException:
+        if owns:
+            getattr(source, "close", lambda: None)()
+        raise

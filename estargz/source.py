@@ -1,0 +1,104 @@
+"""Ranged sources: anything with a size and ``read_at``, from a path, a file object or bytes."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from typing import BinaryIO, Protocol, Union, runtime_checkable
+
+from .errors import FormatError
+
+__all__ = ["Source", "FileSource", "BytesSource", "as_source", "SourceLike"]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A random-access byte source: ``size`` bytes, read by (offset, length)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read_at(self, offset: int, length: int) -> bytes: ...
+
+
+def _check_range(offset: int, length: int, size: int) -> None:
+    if offset < 0 or length < 0 or offset + length > size:
+        raise FormatError(f"range [{offset}, {offset + length}) lies outside the blob ({size} bytes)")
+
+
+class BytesSource:
+    """A source over bytes in memory."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._data = memoryview(data).toreadonly()
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        _check_range(offset, length, len(self._data))
+        return bytes(self._data[offset:offset + length])
+
+    def close(self) -> None:
+        self._data.release()
+
+
+class FileSource:
+    """A source over a seekable binary file (opened from a path, or given as an object)."""
+
+    def __init__(self, file: BinaryIO, *, owned: bool = False) -> None:
+        self._file = file
+        self._owned = owned
+        self._lock = threading.Lock()
+        try:
+            self._fd: int | None = file.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._fd = None
+        self._size = file.seek(0, io.SEEK_END)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "FileSource":
+        return cls(open(path, "rb"), owned=True)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        _check_range(offset, length, self._size)
+        if self._fd is not None:
+            data = os.pread(self._fd, length, offset)
+            while len(data) < length:
+                more = os.pread(self._fd, length - len(data), offset + len(data))
+                if not more:
+                    break
+                data += more
+        else:
+            with self._lock:
+                self._file.seek(offset)
+                data = self._file.read(length)
+        if len(data) != length:
+            raise FormatError(f"short read at offset {offset}: the blob is truncated")
+        return data
+
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()
+
+
+SourceLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, Source]
+
+
+def as_source(obj: SourceLike) -> Source:
+    """Adapt a path, bytes, a seekable binary file, or an object with ``size``/``read_at``."""
+    if isinstance(obj, (str, os.PathLike)):
+        return FileSource.open(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return BytesSource(obj)
+    if hasattr(obj, "read_at") and hasattr(obj, "size"):
+        return obj  # type: ignore[return-value]
+    if hasattr(obj, "seek") and hasattr(obj, "read"):
+        return FileSource(obj)  # type: ignore[arg-type]
+    raise TypeError(f"cannot read a blob from {type(obj).__name__}")

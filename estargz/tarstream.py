@@ -1,0 +1,288 @@
+"""Tar headers: parse the entries of a layer tar, and write the minimal USTAR headers estargz adds.
+
+The parser keeps what a TOC needs (raw names, numeric fields, PAX xattrs) and where each entry's
+raw header bytes and payload lie, so a writer can copy headers byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+from .errors import FormatError, UnsupportedInputError
+
+__all__ = ["BLOCK", "TarEntry", "iter_entries", "ustar_header", "padding"]
+
+BLOCK = 512
+
+_REG, _DIR = "reg", "dir"
+_KINDS = {
+    b"0": _REG, b"\0": _REG, b"7": _REG,
+    b"1": "hardlink", b"2": "symlink", b"3": "char", b"4": "block", b"5": _DIR, b"6": "fifo",
+}
+_PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK = b"x", b"g", b"L", b"K"
+_XATTR_PREFIX = "SCHILY.xattr."
+#: Extension payloads (PAX records, GNU long names) larger than this are refused.
+MAX_EXTENSION_SIZE = 8 << 20
+
+
+@dataclass(slots=True)
+class TarEntry:
+    """One logical tar entry with the location of its raw bytes in the archive."""
+
+    name: str
+    kind: str
+    size: int = 0
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    uname: str = ""
+    gname: str = ""
+    mtime: tuple[int, int] = (0, 0)
+    """Modification time as (seconds, nanoseconds), nanoseconds in [0, 1e9)."""
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    header_offset: int = 0
+    """Offset of the first header block of the entry, extension headers included."""
+    data_offset: int = 0
+    """Offset of the payload (the end of the header blocks)."""
+
+    @property
+    def end_offset(self) -> int:
+        """Offset just past the payload's padding."""
+        return self.data_offset + self.size + padding(self.size)
+
+
+def padding(size: int) -> int:
+    """Number of zero bytes that pad a payload of ``size`` bytes to a block boundary."""
+    return -size % BLOCK
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _cstring(raw: bytes) -> bytes:
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
+def _number(raw: bytes, what: str) -> int:
+    """Decode an octal or base-256 numeric header field."""
+    if raw and raw[0] & 0x80:
+        value = int.from_bytes(raw[1:], "big") | ((raw[0] & 0x3F) << (8 * (len(raw) - 1)))
+        if raw[0] & 0x40:  # negative, two's complement
+            value -= 1 << (8 * len(raw) - 1)
+        return value
+    digits = raw.split(b"\0", 1)[0].strip(b" ")
+    if not digits:
+        return 0
+    try:
+        return int(digits, 8)
+    except ValueError:
+        raise FormatError(f"tar header: invalid {what} field {raw!r}") from None
+
+
+def _checksum_ok(block: bytes) -> bool:
+    stored = _number(block[148:156], "checksum")
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    if stored == unsigned:
+        return True
+    signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b > 127)
+    return stored == signed
+
+
+_PAX_TIME = re.compile(rb"(-?)(\d+)(?:\.(\d*))?")
+
+
+def _pax_time(value: bytes) -> tuple[int, int]:
+    m = _PAX_TIME.fullmatch(value)
+    if not m:
+        raise FormatError(f"tar PAX header: invalid time {value!r}")
+    sign, secs, frac = m.groups()
+    seconds = int(secs)
+    nanos = int((frac or b"")[:9].ljust(9, b"0"))
+    if sign:
+        seconds, nanos = -seconds, -nanos
+        if nanos:
+            seconds, nanos = seconds - 1, nanos + 1_000_000_000
+    return seconds, nanos
+
+
+def _pax_records(data: bytes) -> dict[bytes, bytes]:
+    records: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:  # some writers pad the records with NULs
+            break
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space]) if space > pos else 0
+        except ValueError:
+            length = 0
+        end = pos + length
+        if length <= space - pos + 1 or end > len(data) or data[end - 1:end] != b"\n":
+            raise FormatError("tar PAX header: malformed record")
+        key, eq, value = data[space + 1:end - 1].partition(b"=")
+        if not eq:
+            raise FormatError("tar PAX header: record without '='")
+        records[key] = value
+        pos = end
+    return records
+
+
+def _pax_int(value: bytes, key: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise FormatError(f"tar PAX header: invalid {key.decode()} {value!r}") from None
+
+
+def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise FormatError(f"tar: unexpected end of archive in {what}")
+    return data
+
+
+def iter_entries(f: BinaryIO, start: int = 0) -> Iterator[TarEntry]:
+    """Yield the entries of a seekable plain tar, reading headers only and seeking past payloads.
+
+    Iteration ends at the end-of-archive marker (or at the end of the file).
+    """
+    pos = start
+    pax: dict[bytes, bytes] = {}
+    long_name: bytes | None = None
+    long_link: bytes | None = None
+    header_start = pos
+    while True:
+        f.seek(pos)
+        block = f.read(BLOCK)
+        if not block or block == bytes(BLOCK):
+            if pax or long_name is not None or long_link is not None:
+                raise FormatError("tar: extension header without an entry")
+            return
+        if len(block) != BLOCK:
+            raise FormatError("tar: truncated header block")
+        if not _checksum_ok(block):
+            raise FormatError(f"tar: bad header checksum at offset {pos}")
+        flag = block[156:157]
+        size = _number(block[124:136], "size")
+        if size < 0:
+            raise FormatError(f"tar: negative size at offset {pos}")
+        pos += BLOCK
+        if flag in (_PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
+            if size > MAX_EXTENSION_SIZE:
+                raise FormatError(f"tar: extension header of {size} bytes is too large")
+            data = _read_exact(f, size, "an extension header")
+            pos += size + padding(size)
+            if flag == _PAX_LOCAL:
+                pax.update(_pax_records(data))
+            elif flag == _GNU_LONGNAME:
+                long_name = _cstring(data)
+            elif flag == _GNU_LONGLINK:
+                long_link = _cstring(data)
+            else:
+                unknown = set(_pax_records(data)) - {b"comment"}
+                if unknown:
+                    raise UnsupportedInputError(
+                        "tar: PAX global header with records "
+                        + ", ".join(sorted(k.decode("utf-8", "replace") for k in unknown))
+                        + " is not supported (only 'comment', as written by git archive)")
+                header_start = pos
+            continue
+        kind = _KINDS.get(flag)
+        if kind is None:
+            what = "GNU sparse file" if flag == b"S" else f"tar entry type {flag.decode('latin-1')!r}"
+            raise UnsupportedInputError(f"unsupported input: {what} at offset {header_start}")
+        if any(k.startswith(b"GNU.sparse.") for k in pax):
+            raise UnsupportedInputError(f"unsupported input: PAX sparse file at offset {header_start}")
+        magic = block[257:263]
+        name = _cstring(block[0:100])
+        if magic == b"ustar\0":
+            prefix = _cstring(block[345:500])
+            if prefix:
+                name = prefix + b"/" + name
+        if long_name is not None:
+            name = long_name
+        link = long_link if long_link is not None else _cstring(block[157:257])
+        entry = TarEntry(
+            name=_text(pax.get(b"path", name) or name),
+            kind=kind,
+            size=size,
+            mode=_number(block[100:108], "mode"),
+            uid=_number(block[108:116], "uid"),
+            gid=_number(block[116:124], "gid"),
+            uname=_text(_cstring(block[265:297])),
+            gname=_text(_cstring(block[297:329])),
+            mtime=(_number(block[136:148], "mtime"), 0),
+            linkname=_text(pax.get(b"linkpath", link) or link),
+            header_offset=header_start,
+        )
+        if flag == b"\0" and entry.name.endswith("/"):
+            entry.kind = _DIR
+        if kind in ("char", "block"):
+            entry.devmajor = _number(block[329:337], "devmajor")
+            entry.devminor = _number(block[337:345], "devminor")
+        _apply_pax(entry, pax)
+        # Only regular files carry a payload; the other kinds are header-only whatever their
+        # size field says (as in Go's archive/tar and Python's tarfile).
+        if entry.kind != _REG:
+            entry.size = 0
+        payload = entry.size
+        entry.data_offset = pos
+        pos += payload + padding(payload)
+        yield entry
+        pax, long_name, long_link = {}, None, None
+        header_start = pos
+
+
+def _apply_pax(entry: TarEntry, pax: dict[bytes, bytes]) -> None:
+    for key, value in pax.items():
+        if key == b"size":
+            entry.size = _pax_int(value, key)
+        elif key == b"uid":
+            entry.uid = _pax_int(value, key)
+        elif key == b"gid":
+            entry.gid = _pax_int(value, key)
+        elif key == b"uname":
+            entry.uname = _text(value)
+        elif key == b"gname":
+            entry.gname = _text(value)
+        elif key == b"mtime":
+            entry.mtime = _pax_time(value)
+        elif key.startswith(b"SCHILY.xattr."):
+            entry.xattrs[_text(key[len(_XATTR_PREFIX):])] = value
+    if entry.size < 0:
+        raise FormatError("tar PAX header: negative size")
+
+
+def _octal(value: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, value)
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """A USTAR header for a regular file with only a name and a size set, as Go's tar writer makes it.
+
+    Used for the TOC entry and the landmark files; mode, owner and mtime are zero.
+    """
+    raw_name = name.encode()
+    if len(raw_name) > 100:
+        raise ValueError("ustar_header: name longer than 100 bytes")
+    block = bytearray(BLOCK)
+    block[0:len(raw_name)] = raw_name
+    block[100:108] = _octal(0, 8)
+    block[108:116] = _octal(0, 8)
+    block[116:124] = _octal(0, 8)
+    block[124:136] = _octal(size, 12)
+    block[136:148] = _octal(0, 12)
+    block[148:156] = b" " * 8
+    block[156:157] = b"0"
+    block[257:265] = b"ustar\x0000"
+    block[329:337] = _octal(0, 8)
+    block[337:345] = _octal(0, 8)
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)

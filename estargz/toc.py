@@ -1,0 +1,191 @@
+"""The eStargz TOC: entries, Go-exact JSON encoding, and validated decoding."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import FormatError, LimitError
+
+__all__ = [
+    "TOC_NAME", "TOCEntry", "encode_toc", "decode_toc", "format_modtime", "clean_name",
+    "EMPTY_DIGEST", "MAX_TOC_SIZE",
+]
+
+TOC_NAME = "stargz.index.json"
+EMPTY_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+#: Largest uncompressed TOC accepted by the reader (the cap containers/storage uses).
+MAX_TOC_SIZE = 150 << 20
+
+# JSON key, attribute, type; in Go struct order, which is the serialization order.
+_FIELDS: tuple[tuple[str, str, type], ...] = (
+    ("name", "name", str),
+    ("type", "type", str),
+    ("size", "size", int),
+    ("modtime", "modtime", str),
+    ("linkName", "link_name", str),
+    ("mode", "mode", int),
+    ("uid", "uid", int),
+    ("gid", "gid", int),
+    ("userName", "user_name", str),
+    ("groupName", "group_name", str),
+    ("offset", "offset", int),
+    ("innerOffset", "inner_offset", int),
+    ("devMajor", "dev_major", int),
+    ("devMinor", "dev_minor", int),
+    ("xattrs", "xattrs", dict),
+    ("digest", "digest", str),
+    ("chunkOffset", "chunk_offset", int),
+    ("chunkSize", "chunk_size", int),
+    ("chunkDigest", "chunk_digest", str),
+)
+_BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in _FIELDS}
+
+
+@dataclass(slots=True, eq=True)
+class TOCEntry:
+    """One entry of the TOC, with the JSON fields of the eStargz specification.
+
+    ``name`` is the raw name as written; readers use :func:`clean_name` on it.
+    ``xattrs`` maps attribute names to raw bytes (base64 in the JSON).
+    """
+
+    name: str
+    type: str
+    size: int = 0
+    modtime: str = ""
+    link_name: str = ""
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    user_name: str = ""
+    group_name: str = ""
+    offset: int = 0
+    inner_offset: int = 0
+    dev_major: int = 0
+    dev_minor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    digest: str = ""
+    chunk_offset: int = 0
+    chunk_size: int = 0
+    chunk_digest: str = ""
+
+    def to_json_object(self) -> dict[str, Any]:
+        """The entry as a JSON object, with Go's ``omitempty`` rules applied."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type}
+        for key, attr, _ in _FIELDS[2:]:
+            value = getattr(self, attr)
+            if value:
+                if key == "xattrs":
+                    value = {k: base64.b64encode(value[k]).decode() for k in sorted(value)}
+                out[key] = value
+        return out
+
+
+def clean_name(name: str) -> str:
+    """Clean a TOC or tar name the way readers do: ``path.Clean("/" + name)`` without the slash."""
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return "/".join(parts)
+
+
+def format_modtime(seconds: int, nanos: int = 0) -> str:
+    """RFC 3339 UTC time rounded to the nearest second (halves up); "" for time zero (Unix epoch)."""
+    if seconds == 0:
+        return ""
+    rounded = seconds + (1 if nanos >= 500_000_000 else 0)
+    try:
+        when = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=rounded)
+    except OverflowError:
+        raise LimitError(f"modification time {seconds} is out of range") from None
+    return (f"{when.year:04d}-{when.month:02d}-{when.day:02d}"
+            f"T{when.hour:02d}:{when.minute:02d}:{when.second:02d}Z")
+
+
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_GO_ESCAPE_RE = re.compile("[<>&\u2028\u2029]|[\udc80-\udcff]")
+
+
+def _go_escape(match: re.Match[str]) -> str:
+    return _GO_ESCAPES.get(match.group(), "\\ufffd")
+
+
+def encode_toc(entries: list[TOCEntry], version: int = 1) -> bytes:
+    """Serialize a TOC exactly as Go's ``json.MarshalIndent(toc, "", "\\t")`` does.
+
+    Names holding undecodable bytes (surrogate escapes) are written as ``\\ufffd`` per byte, as Go
+    does for invalid UTF-8.
+    """
+    document = {"version": version, "entries": [e.to_json_object() for e in entries] or None}
+    text = json.dumps(document, indent="\t", separators=(",", ": "), ensure_ascii=False)
+    return _GO_ESCAPE_RE.sub(_go_escape, text).encode("utf-8")
+
+
+def _field_value(entry_index: int, key: str, kind: type, value: Any) -> Any:
+    if kind is int:
+        if type(value) is not int:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise FormatError(f"TOC entry {entry_index}: {key} must be an integer")
+        if not -(1 << 63) <= value < (1 << 63):
+            raise LimitError(f"TOC entry {entry_index}: {key} out of range")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise FormatError(f"TOC entry {entry_index}: {key} must be a string")
+        return value
+    if not isinstance(value, dict):
+        raise FormatError(f"TOC entry {entry_index}: xattrs must be an object")
+    xattrs = {}
+    for name, encoded in value.items():
+        if not isinstance(encoded, str):
+            raise FormatError(f"TOC entry {entry_index}: xattr {name!r} must be base64 text")
+        try:
+            xattrs[name] = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise FormatError(f"TOC entry {entry_index}: xattr {name!r} is not base64") from None
+    return xattrs
+
+
+def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
+    """Parse TOC JSON into (version, entries). Keys match case-insensitively; unknown keys are ignored."""
+    if len(data) > MAX_TOC_SIZE:
+        raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
+    try:
+        document, _ = json.JSONDecoder().raw_decode(data.decode("utf-8").lstrip())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"TOC is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise FormatError("TOC JSON is not an object")
+    lowered = {k.lower(): v for k, v in document.items()}
+    version = lowered.get("version", 0)
+    if type(version) is not int:
+        raise FormatError("TOC version must be an integer")
+    raw_entries = lowered.get("entries") or []
+    if not isinstance(raw_entries, list):
+        raise FormatError("TOC entries must be a list")
+    entries = []
+    for index, raw in enumerate(raw_entries):
+        if not isinstance(raw, dict):
+            raise FormatError(f"TOC entry {index} is not an object")
+        values: dict[str, Any] = {"name": "", "type": ""}
+        for key, value in raw.items():
+            known = _BY_KEY.get(key.lower())
+            if known is None or value is None:
+                continue
+            json_key, attr, kind = known
+            values[attr] = _field_value(index, json_key, kind, value)
+        entries.append(TOCEntry(**values))
+    return version, entries
