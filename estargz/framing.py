@@ -18,21 +18,21 @@ from .errors import FormatError
 
 __all__ = ["GzipCompressor", "GZIP_ENGINES", "DEFAULT_GZIP_LEVEL", "inflate_members"]
 
-#: Level -> (engine, engine level). Each level is at least as dense as zlib at the same level on
-#: real layers, using the fastest engine that achieves it (docs/benchmarks.md has the figures).
+#: Level -> (engine, engine level). Each level is at least as dense as the Go reference at the same
+#: level on a real layer, using the fastest engine that achieves it (docs/benchmarks.md).
 GZIP_ENGINES: dict[int, tuple[str, int]] = {
     0: ("stored", 0),
     1: ("isal", 1),
-    2: ("isal", 2),
-    3: ("isal", 3),
-    4: ("isal", 3),
-    5: ("libdeflate", 3),
+    2: ("libdeflate", 1),
+    3: ("libdeflate", 2),
+    4: ("libdeflate", 4),
+    5: ("libdeflate", 5),
     6: ("libdeflate", 5),
     7: ("libdeflate", 6),
-    8: ("libdeflate", 7),
-    9: ("libdeflate", 8),
+    8: ("libdeflate", 6),
+    9: ("libdeflate", 6),
 }
-DEFAULT_GZIP_LEVEL = 4
+DEFAULT_GZIP_LEVEL = 9
 
 _OUTPUT_BLOCK = 1 << 20
 _MEMBER_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00%c\xff"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
+import os
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from .errors import FormatError, LimitError, NotFoundError, VerificationError
+from .extract import ExtractReport, extract
 from .footer import FOOTER_SIZES, Footer, parse_footer
 from .framing import inflate_members
 from .source import Source, SourceLike, as_source
@@ -260,6 +262,11 @@ class Reader:
             entry = target
         return entry
 
+    @property
+    def size(self) -> int:
+        """Size of the blob in bytes."""
+        return self._source.size
+
     # -- lookups ---------------------------------------------------------------------------
     def lookup(self, name: str) -> Entry:
         """The entry for ``name`` (cleaned, so ``/a``, ``./a`` and ``a`` are equal); hardlinks resolved."""
@@ -347,6 +354,10 @@ class Reader:
             out.write(block)
             written += len(block)
         return written
+
+    def extract(self, dest: "str | os.PathLike[str]") -> "ExtractReport":
+        """Extract the layer below ``dest``; see :func:`estargz.extract.extract`."""
+        return extract(self, dest)
 
     # -- lifetime --------------------------------------------------------------------------
     def close(self) -> None:

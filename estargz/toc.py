@@ -122,14 +122,27 @@ def _go_escape(match: re.Match[str]) -> str:
     return _GO_ESCAPES.get(match.group(), "\\ufffd")
 
 
+def _entry_json(entry: TOCEntry) -> str:
+    obj = entry.to_json_object()
+    if "xattrs" in obj:  # nested object: let the encoder indent it, then shift it two levels in
+        text = json.dumps(obj, indent="\t", separators=(",", ": "), ensure_ascii=False)
+        return "\t\t" + text.replace("\n", "\n\t\t")
+    # Flat object: the C encoder with the indentation as item separator gives the same layout.
+    text = json.dumps(obj, separators=(",\n\t\t\t", ": "), ensure_ascii=False)
+    return "\t\t{\n\t\t\t" + text[1:-1] + "\n\t\t}"
+
+
 def encode_toc(entries: list[TOCEntry], version: int = 1) -> bytes:
     """Serialize a TOC exactly as Go's ``json.MarshalIndent(toc, "", "\\t")`` does.
 
     Names holding undecodable bytes (surrogate escapes) are written as ``\\ufffd`` per byte, as Go
     does for invalid UTF-8.
     """
-    document = {"version": version, "entries": [e.to_json_object() for e in entries] or None}
-    text = json.dumps(document, indent="\t", separators=(",", ": "), ensure_ascii=False)
+    if entries:
+        body = "[\n" + ",\n".join(map(_entry_json, entries)) + "\n\t]"
+    else:
+        body = "null"
+    text = f'{{\n\t"version": {int(version)},\n\t"entries": {body}\n}}'
     return _GO_ESCAPE_RE.sub(_go_escape, text).encode("utf-8")
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
 import tempfile
-from collections import deque
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Sequence, Union
 
 import zstandard
@@ -129,15 +130,47 @@ class _OwnerNames:
         return name
 
 
-@dataclass
-class _Sink:
-    """Writes compressed members in order and keeps the running digests and offsets."""
+class _OrderedSink(threading.Thread):
+    """On its own thread, writes compressed batches in submission order and keeps the digests.
 
-    out: BinaryIO
-    offset: int = 0
-    uncompressed_size: int = 0
-    blob_hash: "hashlib._Hash" = field(default_factory=hashlib.sha256)
-    diff_hash: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    The queue of pending batches is bounded, which bounds the memory of the whole pipeline.
+    """
+
+    def __init__(self, out: BinaryIO, max_pending: int, progress: Progress | None, total: int) -> None:
+        super().__init__(name="estargz-sink", daemon=True)
+        self.out = out
+        self.offset = 0
+        self.uncompressed_size = 0
+        self.blob_hash = hashlib.sha256()
+        self.diff_hash = hashlib.sha256()
+        self._queue: queue.Queue[Future[list[_Compressed]] | None] = queue.Queue(max_pending)
+        self._error: BaseException | None = None
+        self._progress = progress
+        self._total = total
+
+    def put(self, batch: Future[list[_Compressed]]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(batch)
+
+    def run(self) -> None:
+        try:
+            while (batch := self._queue.get()) is not None:
+                for item in batch.result():
+                    self.write(item)
+                if self._progress is not None:
+                    self._progress(min(self.uncompressed_size, self._total), self._total)
+        except BaseException as exc:  # handed to the producer by put() and close()
+            self._error = exc
+            while self._queue.get() is not None:
+                pass
+
+    def close(self) -> None:
+        """Wait until every batch is written; re-raise what failed on the sink thread."""
+        self._queue.put(None)
+        self.join()
+        if self._error is not None:
+            raise self._error
 
     def write(self, item: _Compressed) -> None:
         member = item.member
@@ -159,19 +192,13 @@ class _Sink:
 class _Pipeline:
     """Cuts the ordered entries into members and runs them through the compression threads."""
 
-    def __init__(self, source: BinaryIO, sink: _Sink, compressor: GzipCompressor,
-                 pool: ThreadPoolExecutor, threads: int, chunk_size: int,
-                 progress: Progress | None, total: int) -> None:
+    def __init__(self, source: BinaryIO, sink: _OrderedSink, compressor: GzipCompressor,
+                 pool: ThreadPoolExecutor, chunk_size: int) -> None:
         self.source = source
         self.sink = sink
         self.compressor = compressor
         self.pool = pool
         self.chunk_size = chunk_size
-        self.progress = progress
-        self.total = total
-        self.done = 0
-        self.max_in_flight = 2 * threads + 1
-        self.in_flight: deque[Future[list[_Compressed]]] = deque()
         self.batch: list[_Member] = []
         self.batch_bytes = 0
         self.parts: list[bytes] = []
@@ -194,17 +221,8 @@ class _Pipeline:
 
     def _submit(self) -> None:
         if self.batch:
-            self.in_flight.append(self.pool.submit(_compress_batch, self.compressor, self.batch))
+            self.sink.put(self.pool.submit(_compress_batch, self.compressor, self.batch))
             self.batch, self.batch_bytes = [], 0
-            while len(self.in_flight) > self.max_in_flight:
-                self._drain_one()
-
-    def _drain_one(self) -> None:
-        for item in self.in_flight.popleft().result():
-            self.sink.write(item)
-            self.done += len(item.member.data)
-        if self.progress is not None:
-            self.progress(min(self.done, self.total), self.total)
 
     def _append(self, data: bytes) -> None:
         if self.parts_size >= _HEADER_RUN_LIMIT:
@@ -286,8 +304,6 @@ class _Pipeline:
     def finish(self) -> None:
         self._close_member()
         self._submit()
-        while self.in_flight:
-            self._drain_one()
 
 
 @contextmanager
@@ -366,12 +382,16 @@ def _convert_into(src: PathOrStream, out: BinaryIO, *, chunk_size: int, compress
         entries = list(iter_entries(tar, start))
         total = tar.seek(0, os.SEEK_END) - start
         ordered, missing = order_entries(entries, prioritized_files, allow_missing=allow_missing_prioritized)
-        sink = _Sink(out)
+        sink = _OrderedSink(out, 2 * threads + 1, progress, total)
         with ThreadPoolExecutor(threads, thread_name_prefix="estargz") as pool:
-            pipeline = _Pipeline(tar, sink, compressor, pool, threads, chunk_size, progress, total)
-            for entry in ordered:
-                pipeline.add(entry)
-            pipeline.finish()
+            sink.start()
+            pipeline = _Pipeline(tar, sink, compressor, pool, chunk_size)
+            try:
+                for entry in ordered:
+                    pipeline.add(entry)
+                pipeline.finish()
+            finally:
+                sink.close()
         toc_json = encode_toc(pipeline.entries)
         toc_offset = sink.offset
         toc_tar = b"".join((ustar_header(TOC_NAME, len(toc_json)), toc_json,

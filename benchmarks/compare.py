@@ -1,0 +1,128 @@
+"""Convert one real layer with estargz and with the Go reference, side by side in one run.
+
+The layer is a tar of this Python installation's standard library (a few hundred MB). The Go
+reference is `estargz.Build` from Debian's stargz-snapshotter package, driven by the project's
+interop checker (tests/interop/build_checker.sh builds it). For each pairing it prints wall time,
+throughput, blob size and peak RSS, and the ratios estargz/Go.
+
+    python benchmarks/compare.py                 # default pairings, table on stdout
+    python benchmarks/compare.py --markdown      # the same as a Markdown table
+    python benchmarks/compare.py --levels 1 9    # only these levels
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    tool: str
+    level: str
+    seconds: float
+    blob_size: int
+    peak_rss: int  # bytes
+
+
+def make_stdlib_tar(path: Path) -> None:
+    """A PAX tar of the standard library directory (site-packages left out)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if "/site-packages" in info.name else info
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(stdlib, arcname=str(stdlib).lstrip("/"), filter=keep)
+
+
+def run_child(command: list[str]) -> tuple[float, int, bytes]:
+    """Run ``command`` and measure it with wait4 (RSS of this child only)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout = proc.stdout.read()  # type: ignore[union-attr]
+    stderr = proc.stderr.read()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        sys.exit(f"{' '.join(command[:3])} failed: {stderr.decode(errors='replace').strip()}")
+    return seconds, usage.ru_maxrss * 1024, stdout
+
+
+def run_estargz(layer: Path, out: Path, level: int) -> Run:
+    seconds, rss, stdout = run_child([sys.executable, "-m", "estargz", "convert", "-q",
+                                      "--estargz-compression-level", str(level), str(layer), str(out)])
+    return Run("estargz", str(level), seconds, json.loads(stdout)["blobSize"], rss)
+
+
+def run_go(checker: str, layer: Path, out: Path, level: int, procs: int) -> Run:
+    seconds, rss, stdout = run_child([checker, "build", "--level", str(level), "--procs", str(procs),
+                                      str(layer), str(out)])
+    return Run("go", str(level), seconds, json.loads(stdout)["blobSize"], rss)
+
+
+def build_checker() -> str:
+    result = subprocess.run(["bash", str(ROOT / "tests/interop/build_checker.sh")],
+                            capture_output=True, text=True)
+    if result.returncode:
+        sys.exit("cannot build the Go reference checker:\n" + result.stderr)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", type=Path, help="layer tar to use (default: a tar of the stdlib)")
+    parser.add_argument("--levels", type=int, nargs="+", default=[9, 1], help="gzip levels to compare")
+    parser.add_argument("--procs", type=int, default=os.cpu_count() or 1,
+                        help="GOMAXPROCS for the Go reference (default: every CPU, as Go does)")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = parser.parse_args()
+
+    checker = build_checker()
+    with tempfile.TemporaryDirectory(prefix="estargz-bench-") as tmp:
+        work = Path(tmp)
+        layer = args.layer
+        if layer is None:
+            layer = work / "stdlib.tar"
+            make_stdlib_tar(layer)
+        size = layer.stat().st_size
+        rows = []
+        for level in args.levels:
+            go = run_go(checker, layer, work / "go.esgz", level, args.procs)
+            ours = run_estargz(layer, work / "py.esgz", level)
+            rows.append((go, ours))
+
+    print(f"layer: {layer.name if args.layer else 'Python stdlib tar'}, {size / 1e6:.1f} MB; "
+          f"Go reference with GOMAXPROCS={args.procs}; {os.cpu_count()} CPUs")
+    header = ("level", "tool", "seconds", "MB/s", "blob MB", "peak RSS MiB", "speed ×Go", "size ×Go")
+    lines = []
+    for go, ours in rows:
+        for run in (go, ours):
+            lines.append((run.level, run.tool, f"{run.seconds:.2f}", f"{size / run.seconds / 1e6:.0f}",
+                          f"{run.blob_size / 1e6:.2f}", f"{run.peak_rss / 2**20:.0f}",
+                          f"{go.seconds / run.seconds:.1f}", f"{run.blob_size / go.blob_size:.4f}"))
+    if args.markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for line in lines:
+            print("| " + " | ".join(line) + " |")
+    else:
+        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+        for line in (header, *lines):
+            print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+
+
+if __name__ == "__main__":
+    main()

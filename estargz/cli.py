@@ -1,0 +1,279 @@
+"""Command-line interface: ``python -m estargz`` (or ``estargz``) with one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from typing import BinaryIO, Callable, Sequence
+
+from . import __version__
+from .errors import EStargzError
+from .framing import DEFAULT_GZIP_LEVEL, GZIP_ENGINES
+from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .reader import Reader, open_blob
+from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
+
+__all__ = ["main"]
+
+_DESCRIPTION = """\
+Write, read and verify eStargz layers: gzip-compressed layer tars with a table of contents
+(TOC) that lets container runtimes fetch single files lazily (containerd's stargz-snapshotter).
+
+Typical use:
+  python -m estargz convert layer.tar layer.esgz      # prints the digests and OCI annotations
+  python -m estargz verify layer.esgz --toc-digest sha256:...
+  python -m estargz ls -l layer.esgz
+  python -m estargz cat layer.esgz etc/os-release
+"""
+
+
+def _progress_bar(stream=sys.stderr) -> Callable[[int, int], None]:
+    started = time.monotonic()
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.1 and done < total:
+            return
+        last[0] = now
+        fraction = done / total if total else 1.0
+        filled = int(30 * fraction)
+        rate = done / max(now - started, 1e-6) / 1e6
+        stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction:6.1%} {done / 1e6:8.1f} MB "
+                     f"{rate:6.1f} MB/s")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _binary_out(path: str) -> BinaryIO:
+    return sys.stdout.buffer if path == "-" else open(path, "wb")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    prioritized = list(args.prioritized_file)
+    for path in args.prioritized_files_from:
+        prioritized.extend(_read_lines(path))
+    allow_missing = args.allow_missing_prioritized
+    if args.estargz_record_in:
+        with open(args.estargz_record_in, "rb") as f:
+            prioritized.extend(read_workload_record(f, args.record_layer_index))
+        allow_missing = True  # as ctr-remote and nerdctl do for recorded workloads
+    show_progress = not args.quiet and sys.stderr.isatty()
+    src = sys.stdin.buffer if args.input == "-" else args.input
+    dst = sys.stdout.buffer if args.output == "-" else args.output
+    result = convert(
+        src, dst,
+        chunk_size=args.estargz_chunk_size or DEFAULT_CHUNK_SIZE,
+        compression_level=args.estargz_compression_level,
+        prioritized_files=prioritized,
+        allow_missing_prioritized=allow_missing,
+        threads=args.threads,
+        progress=_progress_bar() if show_progress else None,
+    )
+    report = json.dumps(result.to_json(), indent=2)
+    print(report, file=sys.stderr if args.output == "-" else sys.stdout)
+    return 0
+
+
+def _open(args: argparse.Namespace) -> Reader:
+    return open_blob(args.blob, toc_digest=getattr(args, "toc_digest", None))
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    with _open(args) as blob:
+        kinds = Counter(entry.type for entry in blob)
+        files = {id(e): e for e in (blob.lookup(e.name) for e in blob if e.type == "reg")}
+        prefetch = None
+        if PREFETCH_LANDMARK in blob:
+            chunks = blob.lookup(PREFETCH_LANDMARK).chunks
+            prefetch = chunks[0].offset if chunks else None
+        info = {
+            "footer": {"kind": blob.footer.kind, "size": blob.footer.size},
+            "tocOffset": blob.toc_offset,
+            "tocDigest": blob.toc_digest,
+            "tocVersion": blob.version,
+            "blobSize": blob.size,
+            "entries": len(blob),
+            "types": dict(sorted(kinds.items())),
+            "fileBytes": sum(e.size for e in files.values()),
+            "chunks": sum(len(e.chunks) for e in files.values()),
+            "landmark": (PREFETCH_LANDMARK if PREFETCH_LANDMARK in blob
+                         else NO_PREFETCH_LANDMARK if NO_PREFETCH_LANDMARK in blob else None),
+            "prefetchBytes": prefetch,
+        }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _mode_string(entry_type: str, mode: int) -> str:
+    kind = {"dir": "d", "symlink": "l", "hardlink": "h", "char": "c", "block": "b", "fifo": "p"}.get(entry_type, "-")
+    bits = ""
+    for shift, special, letter in ((6, 0o4000, "s"), (3, 0o2000, "s"), (0, 0o1000, "t")):
+        triple = (mode >> shift) & 7
+        execute = "x" if triple & 1 else "-"
+        if mode & special:
+            execute = letter if triple & 1 else letter.upper()
+        bits += ("r" if triple & 4 else "-") + ("w" if triple & 2 else "-") + execute
+    return kind + bits
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    with _open(args) as blob:
+        for entry in blob:
+            name = entry.name + ("/" if entry.type == "dir" else "")
+            if not args.long:
+                out.write(name + "\n")
+                continue
+            owner = f"{entry.user_name or entry.uid}/{entry.group_name or entry.gid}"
+            suffix = f" -> {entry.link_name}" if entry.type in ("symlink", "hardlink") else ""
+            out.write(f"{_mode_string(entry.type, entry.mode)} {owner:>15} {entry.size:>10} "
+                      f"{entry.modtime or '-':>20} {name}{suffix}\n")
+    return 0
+
+
+def _cmd_cat(args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    with _open(args) as blob:
+        for name in args.names:
+            with blob.open(name) as f:
+                while block := f.read(1 << 20):
+                    out.write(block)
+    out.flush()
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    with _open(args) as blob:
+        report = blob.verify(args.toc_digest)
+    print(json.dumps({"ok": True, "tocDigest": report.toc_digest, "files": report.files,
+                      "chunks": report.chunks, "bytes": report.bytes}, indent=2))
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    with _open(args) as blob:
+        report = blob.extract(args.directory)
+    for name, reason in report.skipped:
+        print(f"estargz: skipped {name}: {reason}", file=sys.stderr)
+    print(json.dumps({"entries": report.entries, "bytes": report.bytes,
+                      "skipped": len(report.skipped)}, indent=2))
+    return 0
+
+
+def _cmd_unpack(args: argparse.Namespace) -> int:
+    with _open(args) as blob:
+        out = _binary_out(args.output)
+        try:
+            blob.unpack(out)
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _level(text: str) -> int:
+    value = int(text)
+    if value not in GZIP_ENGINES:
+        raise argparse.ArgumentTypeError("must be 0-9")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="estargz", description=_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"estargz {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    c = command("convert", _cmd_convert,
+                "Convert a layer tar (plain, gzip or zstd) to eStargz; print digests and annotations as JSON.")
+    c.add_argument("input", help="layer tar to convert, or - for standard input")
+    c.add_argument("output", help="eStargz blob to write, or - for standard output")
+    c.add_argument("--estargz-compression-level", type=_level, default=DEFAULT_GZIP_LEVEL, metavar="N",
+                   help=f"gzip level 0-9 (default {DEFAULT_GZIP_LEVEL}); each level is at least as dense as "
+                        "the Go reference at the same level")
+    c.add_argument("--estargz-chunk-size", type=_positive, default=0, metavar="BYTES",
+                   help=f"largest chunk of a file in one gzip member (default 0 = {DEFAULT_CHUNK_SIZE})")
+    c.add_argument("--estargz-record-in", metavar="FILE",
+                   help="workload record (ctr-remote optimize --record-out JSON lines); its paths are "
+                        "prioritized, missing ones allowed")
+    c.add_argument("--record-layer-index", type=int, metavar="N",
+                   help="with --estargz-record-in, use only the records of this layer index")
+    c.add_argument("--prioritized-file", action="append", default=[], metavar="PATH",
+                   help="put PATH (and its parent directories) first, before .prefetch.landmark; repeatable")
+    c.add_argument("--prioritized-files-from", action="append", default=[], metavar="FILE",
+                   help="read prioritized paths from FILE, one per line (# starts a comment)")
+    c.add_argument("--allow-missing-prioritized", action="store_true",
+                   help="skip prioritized paths that are not in the layer instead of failing")
+    c.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="compression threads (default: every CPU); never changes the output bytes")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    for name, handler, text in (
+        ("info", _cmd_info, "Show the footer, TOC digest and entry counts of a blob as JSON."),
+        ("ls", _cmd_ls, "List the entries of a blob in TOC order."),
+        ("cat", _cmd_cat, "Write files from a blob to standard output (reads only their chunks)."),
+        ("verify", _cmd_verify, "Check the TOC digest and every chunk and file digest of a blob."),
+        ("extract", _cmd_extract, "Extract a blob into a directory (never writes outside it)."),
+        ("unpack", _cmd_unpack, "Write the layer of a blob as a plain tar (without the TOC entry)."),
+    ):
+        sub = command(name, handler, text)
+        sub.add_argument("blob", help="eStargz blob file")
+        sub.add_argument("--toc-digest", metavar="DIGEST",
+                         help="expected TOC digest (sha256:...); the blob is refused if it differs")
+        if name == "ls":
+            sub.add_argument("-l", "--long", action="store_true", help="show type, mode, owner, size, time")
+        elif name == "cat":
+            sub.add_argument("names", nargs="+", metavar="NAME", help="file in the layer")
+        elif name == "extract":
+            sub.add_argument("directory", help="target directory (created if missing)")
+        elif name == "unpack":
+            sub.add_argument("output", help="tar file to write, or - for standard output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 ok, 1 bad input or failed check, 2 usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (EStargzError, OSError, ValueError) as exc:
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename and exc.strerror:
+            message = f"{exc.filename}: {exc.strerror}"
+        print(f"estargz: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("estargz: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
