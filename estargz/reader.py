@@ -14,7 +14,7 @@ from .extract import ExtractReport, extract
 from .footer import FOOTER_SIZES, Footer, parse_footer
 from .framing import inflate_members
 from .source import Source, SourceLike, as_source
-from .tarstream import BLOCK
+from .tarstream import BLOCK, toc_header_fields
 from .toc import MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
 
 __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
@@ -22,6 +22,8 @@ __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob",
 #: Largest chunk the reader inflates into memory.
 MAX_CHUNK_SIZE = 512 << 20
 _READ_PIECE = 1 << 20
+#: Zero bytes accepted after the TOC JSON (padding and end-of-archive blocks).
+_MAX_TOC_TRAILER = 64 << 10
 
 
 @dataclass(slots=True)
@@ -130,23 +132,24 @@ class Reader:
             start += length
 
     def _read_toc(self, start: int, end: int) -> bytes:
-        limit = BLOCK + MAX_TOC_SIZE + BLOCK
-        data = b"".join(inflate_members(self._pieces(start, end), limit))
-        if len(data) < BLOCK:
+        inflated = _InflatedStream(inflate_members(self._pieces(start, end)))
+        header = inflated.read(BLOCK)
+        if len(header) < BLOCK:
             raise FormatError("TOC member is shorter than a tar header")
-        header = data[:BLOCK]
-        name = header[:100].split(b"\0", 1)[0]
-        if name != TOC_NAME.encode():
+        name, toc_size = toc_header_fields(header)
+        if name != TOC_NAME:
             raise FormatError(f"TOC tar entry is named {name!r}, expected {TOC_NAME!r}")
-        try:
-            toc_size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-        except ValueError:
-            raise FormatError("TOC tar header has an invalid size") from None
         if toc_size > MAX_TOC_SIZE:
             raise LimitError(f"TOC of {toc_size} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
-        if len(data) < BLOCK + toc_size:
+        data = inflated.read(toc_size)
+        if len(data) < toc_size:
             raise FormatError("TOC tar entry is truncated")
-        return data[BLOCK:BLOCK + toc_size]
+        # What follows is tar padding and the end-of-archive marker: zeros, then the member's end,
+        # where its CRC is checked.
+        trailer = inflated.read(_MAX_TOC_TRAILER + 1)
+        if len(trailer) > _MAX_TOC_TRAILER or trailer.count(0) != len(trailer):
+            raise FormatError("unexpected data after the TOC in its gzip member")
+        return data
 
     def _build_tree(self) -> None:
         root = Entry(name="", type="dir", mode=0o755)
@@ -236,17 +239,20 @@ class Reader:
                 entry.num_link += 2
 
     def _parent_dir(self, name: str) -> Entry:
-        entry = self._names.get(name)
-        if entry is None:
-            entry = Entry(name=name, type="dir", mode=0o755)
-            self._names[name] = entry
-            parent = self._parent_dir(name.rpartition("/")[0])
-            parent.children[name.rpartition("/")[2]] = entry
-            parent.num_link += 1
-        elif entry.type == "hardlink":
+        missing = []
+        while (entry := self._names.get(name)) is None:
+            missing.append(name)
+            name = name.rpartition("/")[0]
+        if entry.type == "hardlink":
             entry = self._resolve(entry)
         if entry.type != "dir":
             raise FormatError(f"TOC: {name!r} is a {entry.type}, but entries lie below it")
+        for directory in reversed(missing):  # synthesize absent parents, top down
+            child = Entry(name=directory, type="dir", mode=0o755)
+            self._names[directory] = child
+            entry.children[directory.rpartition("/")[2]] = child
+            entry.num_link += 1
+            entry = child
         return entry
 
     def _resolve(self, entry: Entry) -> Entry:
@@ -260,6 +266,8 @@ class Reader:
                 raise FormatError(f"TOC: hardlink cycle through {entry.name!r}")
             seen.add(target_name)
             entry = target
+        if entry.type == "dir":
+            raise FormatError(f"TOC: hardlink to directory {entry.name!r}")
         return entry
 
     @property
@@ -290,10 +298,11 @@ class Reader:
     def read_chunk(self, chunk: Chunk, *, name: str = "") -> bytes:
         """The uncompressed bytes of one chunk, checked against its chunk digest if it has one."""
         want = chunk.inner_offset + chunk.chunk_size
-        data = b"".join(inflate_members(self._pieces(chunk.offset, chunk.next_offset), want))
-        if len(data) != want:
+        inflated = _InflatedStream(inflate_members(self._pieces(chunk.offset, chunk.next_offset), want))
+        inflated.skip(chunk.inner_offset)
+        data = inflated.read(chunk.chunk_size)
+        if len(data) != chunk.chunk_size:
             raise FormatError(f"chunk at offset {chunk.offset} of {name!r} holds fewer bytes than the TOC says")
-        data = data[chunk.inner_offset:]
         if chunk.chunk_digest and _hex_digest(data) != chunk.chunk_digest:
             raise VerificationError(
                 f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
@@ -371,6 +380,27 @@ class Reader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _InflatedStream:
+    """Reads exact amounts from a generator of inflated blocks, holding at most one block extra."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
+        self._buffer = b""
+
+    def read(self, size: int) -> bytes:
+        parts, have = [self._buffer], len(self._buffer)
+        while have < size and (block := next(self._blocks, None)) is not None:
+            parts.append(block)
+            have += len(block)
+        data = b"".join(parts)
+        self._buffer = data[size:]
+        return data[:size]
+
+    def skip(self, size: int) -> None:
+        while size > 0 and (skipped := len(self.read(min(size, _READ_PIECE)))):
+            size -= skipped
 
 
 class EntryFile(io.RawIOBase):

@@ -12,7 +12,7 @@ from typing import BinaryIO, Iterator
 
 from .errors import FormatError, UnsupportedInputError
 
-__all__ = ["BLOCK", "TarEntry", "iter_entries", "ustar_header", "padding"]
+__all__ = ["BLOCK", "TarEntry", "iter_entries", "ustar_header", "padding", "toc_header_fields"]
 
 BLOCK = 512
 
@@ -286,3 +286,13 @@ def ustar_header(name: str, size: int) -> bytes:
     block[337:345] = _octal(0, 8)
     block[148:156] = b"%06o\0 " % sum(block)
     return bytes(block)
+
+
+def toc_header_fields(block: bytes) -> tuple[str, int]:
+    """Name and size of a single tar header block (the TOC entry's), checksum checked."""
+    if len(block) != BLOCK or not _checksum_ok(block):
+        raise FormatError("TOC tar header is corrupt")
+    size = _number(block[124:136], "size")
+    if size < 0:
+        raise FormatError("TOC tar header has a negative size")
+    return _text(_cstring(block[0:100])), size

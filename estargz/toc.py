@@ -148,9 +148,9 @@ def encode_toc(entries: list[TOCEntry], version: int = 1) -> bytes:
 
 def _field_value(entry_index: int, key: str, kind: type, value: Any) -> Any:
     if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if type(value) is not int:
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
             raise FormatError(f"TOC entry {entry_index}: {key} must be an integer")
         if not -(1 << 63) <= value < (1 << 63):
             raise LimitError(f"TOC entry {entry_index}: {key} out of range")
