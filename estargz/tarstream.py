@@ -72,11 +72,11 @@ def _cstring(raw: bytes) -> bytes:
 
 def _number(raw: bytes, what: str) -> int:
     """Decode an octal or base-256 numeric header field."""
-    if raw and raw[0] & 0x80:
-        value = int.from_bytes(raw[1:], "big") | ((raw[0] & 0x3F) << (8 * (len(raw) - 1)))
-        if raw[0] & 0x40:  # negative, two's complement
-            value -= 1 << (8 * len(raw) - 1)
-        return value
+    if raw and raw[0] & 0x80:  # base-256: the rest of the first byte and the others, big-endian
+        negative = bool(raw[0] & 0x40)  # two's complement: invert, read, invert back
+        data = bytes(b ^ 0xFF for b in raw) if negative else raw
+        value = int.from_bytes(bytes([data[0] & 0x7F]) + data[1:], "big")
+        return ~value if negative else value
     digits = raw.split(b"\0", 1)[0].strip(b" ")
     if not digits:
         return 0

@@ -11,6 +11,7 @@ depend on the layer size.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import queue
@@ -319,7 +320,9 @@ def _plain_tar(src: PathOrStream, stack: ExitStack) -> Iterator[BinaryIO]:
         magic = f.read(4)
         f.seek(start)
     else:
-        magic = f.read(4)
+        magic = b""
+        while len(magic) < 4 and (more := f.read(4 - len(magic))):
+            magic += more
     compressed = magic[:3] == b"\x1f\x8b\x08" or magic == b"\x28\xb5\x2f\xfd"
     if seekable and not compressed:
         yield f
@@ -328,7 +331,7 @@ def _plain_tar(src: PathOrStream, stack: ExitStack) -> Iterator[BinaryIO]:
     if seekable:
         stream: BinaryIO = f
     else:
-        stream = _Prepend(magic, f)
+        stream = io.BufferedReader(_Prepend(magic, f), _COPY_BLOCK)
     try:
         if magic[:3] == b"\x1f\x8b\x08":
             stream = stack.enter_context(igzip.IGzipFile(fileobj=stream, mode="rb"))
@@ -341,26 +344,26 @@ def _plain_tar(src: PathOrStream, stack: ExitStack) -> Iterator[BinaryIO]:
     yield spool
 
 
-class _Prepend:
+class _Prepend(io.RawIOBase):
     """A read-only stream that returns ``head`` before the rest of ``stream``."""
 
     def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        super().__init__()
         self._head = head
         self._stream = stream
 
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            head, self._head = self._head, b""
-            if size < 0:
-                return head + self._stream.read()
-            if size <= len(head):
-                self._head = head[size:]
-                return head[:size]
-            return head + self._stream.read(size - len(head))
-        return self._stream.read(size)
-
     def readable(self) -> bool:
         return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _check_options(chunk_size: int, threads: int | None) -> int:
