@@ -191,6 +191,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _level(text: str) -> int:
     value = int(text)
     if value not in GZIP_ENGINES:
@@ -229,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read prioritized paths from FILE, one per line (# starts a comment)")
     c.add_argument("--allow-missing-prioritized", action="store_true",
                    help="skip prioritized paths that are not in the layer instead of failing")
-    c.add_argument("--threads", type=int, default=None, metavar="N",
+    c.add_argument("--threads", type=_at_least_one, default=None, metavar="N",
                    help="compression threads (default: every CPU); never changes the output bytes")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -37,7 +37,9 @@ class _Tree:
 
     def __init__(self, root: str) -> None:
         os.makedirs(root, exist_ok=True)
-        self.root_fd = os.open(root, _DIR_FLAGS)
+        # The destination itself may be a symlink to a directory (as with tar -C); below it,
+        # nothing is followed.
+        self.root_fd = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)
         self._fds: dict[str, int] = {"": self.root_fd}
 
     def dir_fd(self, path: str) -> int:
@@ -114,8 +116,11 @@ def extract(reader: "Reader", dest: str | os.PathLike[str]) -> ExtractReport:
             elif entry.type == "hardlink":
                 target = reader.lookup(entry.name)
                 target_parent, target_base = _split(target.name)
-                os.link(target_base, base, src_dir_fd=tree.dir_fd(target_parent),
-                        dst_dir_fd=parent_fd, follow_symlinks=False)
+                try:
+                    os.link(target_base, base, src_dir_fd=tree.dir_fd(target_parent),
+                            dst_dir_fd=parent_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    raise FormatError(f"hardlink {entry.name!r} comes before its target {target.name!r}") from None
             elif entry.type == "fifo":
                 os.mkfifo(base, entry.permissions, dir_fd=parent_fd)
                 _set_owner_and_time(entry, base, parent_fd, as_root)
@@ -131,13 +136,7 @@ def extract(reader: "Reader", dest: str | os.PathLike[str]) -> ExtractReport:
             else:
                 report.skipped.append((entry.name, f"unknown entry type {entry.type!r}"))
         for name, entry in reversed(directories):
-            fd = tree.dir_fd(name)
-            if as_root:
-                os.fchown(fd, entry.uid, entry.gid)
-            os.fchmod(fd, entry.permissions)
-            mtime = entry.mtime
-            if mtime is not None:
-                os.utime(fd, (mtime.timestamp(), mtime.timestamp()))
+            _set_attributes(entry, tree.dir_fd(name), as_root)
     finally:
         tree.close()
     return report
@@ -152,25 +151,36 @@ def _write_file(reader: "Reader", entry: "Entry", parent_fd: int, base: str, as_
             while block := src.read(_COPY_BLOCK):
                 os.write(fd, block)
                 written += len(block)
-        for key, value in entry.xattrs.items():
-            try:
-                os.setxattr(fd, key, value)
-            except OSError:
-                pass  # attribute namespace not writable here (e.g. security.* without privileges)
-        if as_root:
-            os.fchown(fd, entry.uid, entry.gid)
-        os.fchmod(fd, entry.permissions)
-        mtime = entry.mtime
-        if mtime is not None:
-            os.utime(fd, (mtime.timestamp(), mtime.timestamp()))
+        _set_attributes(entry, fd, as_root)
     finally:
         os.close(fd)
     return written
 
 
+def _set_attributes(entry: "Entry", fd: int, as_root: bool) -> None:
+    """Owner (as root), xattrs, permissions and modification time of an open file or directory.
+
+    The owner comes first: changing it clears ``security.capability`` and setuid bits.
+    """
+    if as_root:
+        os.fchown(fd, entry.uid, entry.gid)
+    for key, value in entry.xattrs.items():
+        try:
+            os.setxattr(fd, key, value)
+        except OSError:
+            pass  # namespace not writable here (e.g. trusted.* without privileges)
+    os.fchmod(fd, entry.permissions)
+    mtime = entry.mtime
+    if mtime is not None:
+        os.utime(fd, (mtime.timestamp(), mtime.timestamp()))
+
+
 def _set_owner_and_time(entry: "Entry", base: str, parent_fd: int, as_root: bool, follow: bool = True) -> None:
+    """Owner (as root), permissions (not for symlinks) and time of a node created by name."""
     if as_root:
         os.chown(base, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=follow)
+    if follow:  # mkfifo and mknod apply the umask
+        os.chmod(base, entry.permissions, dir_fd=parent_fd)
     mtime = entry.mtime
     if mtime is not None and (follow or os.utime in os.supports_follow_symlinks):
         os.utime(base, (mtime.timestamp(), mtime.timestamp()), dir_fd=parent_fd, follow_symlinks=follow)

@@ -10,6 +10,7 @@ depend on the layer size.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -234,8 +235,7 @@ class _Pipeline:
     def _start_chunk(self, chunk: TOCEntry, payload: bytes, whole_file: bool) -> None:
         self._close_member()
         self.owner = (chunk, len(payload), whole_file)
-        self.parts.append(payload)
-        self.parts_size = len(payload)
+        self.parts.append(payload)  # parts_size counts header bytes only: it stays 0 here
 
     # -- entries -------------------------------------------------------------------------
     def _read(self, offset: int, size: int) -> bytes:
@@ -438,8 +438,11 @@ def convert(
         return _convert_into(src, dst, **options)  # type: ignore[arg-type]
     target = os.fspath(dst)
     directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "no such directory", directory)
     fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a new file gets
         with os.fdopen(fd, "wb") as out:
             result = _convert_into(src, out, **options)  # type: ignore[arg-type]
         os.replace(temp, target)
@@ -447,6 +450,12 @@ def convert(
         os.unlink(temp)
         raise
     return result
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_workload_record(lines: Sequence[str] | BinaryIO | str, layer_index: int | None = None) -> list[str]:
