@@ -15,6 +15,7 @@ from .errors import EStargzError
 from .framing import DEFAULT_GZIP_LEVEL, GZIP_ENGINES
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Reader, open_blob
+from .tocimage import write_toc_image
 from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
 
 __all__ = ["main"]
@@ -70,6 +71,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         with open(args.estargz_record_in, "rb") as f:
             prioritized.extend(read_workload_record(f, args.record_layer_index))
         allow_missing = True  # as ctr-remote and nerdctl do for recorded workloads
+    if args.estargz_keep_diff_id and not args.estargz_external_toc:
+        raise _UsageError("--estargz-keep-diff-id needs --estargz-external-toc")
+    if args.estargz_keep_diff_id and prioritized:
+        raise _UsageError("--estargz-keep-diff-id keeps the layer's order: it cannot prioritize files")
+    toc_output = args.estargz_toc_output
+    if args.estargz_external_toc and toc_output is None:
+        if args.output == "-":
+            raise _UsageError("--estargz-external-toc with output - needs --estargz-toc-output")
+        toc_output = args.output + ".toc.tar.gz"
     show_progress = not args.quiet and sys.stderr.isatty()
     src = sys.stdin.buffer if args.input == "-" else args.input
     dst = sys.stdout.buffer if args.output == "-" else args.output
@@ -77,18 +87,37 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         src, dst,
         chunk_size=args.estargz_chunk_size or DEFAULT_CHUNK_SIZE,
         compression_level=args.estargz_compression_level,
+        min_chunk_size=args.estargz_min_chunk_size,
         prioritized_files=prioritized,
         allow_missing_prioritized=allow_missing,
+        external_toc=args.estargz_external_toc,
+        keep_diff_id=args.estargz_keep_diff_id,
         threads=args.threads,
         progress=_progress_bar() if show_progress else None,
     )
-    report = json.dumps(result.to_json(), indent=2)
-    print(report, file=sys.stderr if args.output == "-" else sys.stdout)
+    summary = result.to_json()
+    if result.external_toc is not None:
+        _write_atomically(toc_output, result.external_toc)
+        summary["tocBlobPath"] = toc_output
+        if args.estargz_toc_image:
+            summary["tocImageManifestDigest"] = write_toc_image(args.estargz_toc_image, [result])
+    print(json.dumps(summary, indent=2), file=sys.stderr if args.output == "-" else sys.stdout)
     return 0
 
 
+class _UsageError(Exception):
+    """A combination of flags that cannot work; reported like argparse errors (exit 2)."""
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    temp = f"{path}.part"
+    with open(temp, "wb") as f:
+        f.write(data)
+    os.replace(temp, path)
+
+
 def _open(args: argparse.Namespace) -> Reader:
-    return open_blob(args.blob, toc_digest=getattr(args, "toc_digest", None))
+    return open_blob(args.blob, toc_digest=args.toc_digest, toc=args.toc)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -225,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "the Go reference at the same level")
     c.add_argument("--estargz-chunk-size", type=_positive, default=0, metavar="BYTES",
                    help=f"largest chunk of a file in one gzip member (default 0 = {DEFAULT_CHUNK_SIZE})")
+    c.add_argument("--estargz-min-chunk-size", type=_positive, default=0, metavar="BYTES",
+                   help="let small files and chunks share a gzip member until it holds about BYTES "
+                        "compressed bytes (smaller blobs; readers need eStargz v0.13+)")
+    c.add_argument("--estargz-external-toc", action="store_true",
+                   help="keep the TOC out of the blob, in a separate TOC blob (and TOC image)")
+    c.add_argument("--estargz-toc-output", metavar="FILE",
+                   help="with --estargz-external-toc: where to write the TOC blob (default OUTPUT.toc.tar.gz)")
+    c.add_argument("--estargz-toc-image", metavar="DIR",
+                   help="with --estargz-external-toc: also write the TOC image as an OCI layout in DIR")
+    c.add_argument("--estargz-keep-diff-id", action="store_true",
+                   help="with --estargz-external-toc: keep every byte of the tar, so the diffID does not change")
     c.add_argument("--estargz-record-in", metavar="FILE",
                    help="workload record (ctr-remote optimize --record-out JSON lines); its paths are "
                         "prioritized, missing ones allowed")
@@ -252,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("blob", help="eStargz blob file")
         sub.add_argument("--toc-digest", metavar="DIGEST",
                          help="expected TOC digest (sha256:...); the blob is refused if it differs")
+        sub.add_argument("--toc", metavar="FILE",
+                         help="TOC blob of a blob written with an external TOC")
         if name == "ls":
             sub.add_argument("-l", "--long", action="store_true", help="show type, mode, owner, size, time")
         elif name == "cat":
@@ -265,9 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 1 bad input or failed check, 2 usage)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except _UsageError as exc:
+        parser.error(str(exc))
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

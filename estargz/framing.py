@@ -29,10 +29,12 @@ GZIP_ENGINES: dict[int, tuple[str, int]] = {
     5: ("libdeflate", 5),
     6: ("libdeflate", 5),
     7: ("libdeflate", 6),
-    8: ("libdeflate", 6),
-    9: ("libdeflate", 6),
+    8: ("libdeflate", 7),
+    9: ("libdeflate", 9),
 }
-DEFAULT_GZIP_LEVEL = 9
+#: The default level: as dense as the Go reference's default (level 9) within a percent, many
+#: times faster. Level 9 is denser than Go's level 9.
+DEFAULT_GZIP_LEVEL = 6
 
 _OUTPUT_BLOCK = 1 << 20
 _MEMBER_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00%c\xff"

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
@@ -15,7 +16,7 @@ from .extract import ExtractReport, extract
 from .footer import FOOTER_SIZES, Footer, parse_footer
 from .framing import inflate_members
 from .source import Source, SourceLike, as_source
-from .tarstream import BLOCK, toc_header_fields
+from .tarstream import BLOCK, iter_entries, toc_header_fields
 from .toc import MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
 
 __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
@@ -107,16 +108,24 @@ def _hex_digest(data: bytes) -> str:
 class Reader:
     """An opened eStargz blob. Use :func:`estargz.open` to make one."""
 
-    def __init__(self, source: Source, *, toc_digest: str | None = None, owns_source: bool = False) -> None:
+    def __init__(self, source: Source, *, toc_digest: str | None = None, toc: Source | None = None,
+                 owns_source: bool = False) -> None:
         self._source = source
         self._owns_source = owns_source
         size = source.size
         tail_size = min(max(FOOTER_SIZES), size)
         self.footer: Footer = parse_footer(source.read_at(size - tail_size, tail_size), size)
-        if self.footer.toc_offset is None:
-            raise FormatError("the blob's TOC is stored outside it (external TOC); pass the TOC blob")
-        self.toc_offset: int = self.footer.toc_offset
-        toc_json = self._read_toc(self.toc_offset, size - self.footer.size)
+        self.toc_offset: int | None = self.footer.toc_offset
+        """Offset of the TOC member, or None when the TOC is kept outside the blob."""
+        if self.toc_offset is None:
+            if toc is None:
+                raise FormatError("the blob keeps its TOC outside (external TOC): "
+                                  "give the TOC blob (toc=, or --toc FILE)")
+            self.data_end = size - self.footer.size
+            toc_json = _read_toc(toc, 0, toc.size)
+        else:
+            self.data_end = self.toc_offset
+            toc_json = _read_toc(source, self.toc_offset, size - self.footer.size)
         self.toc_digest: str = _hex_digest(toc_json)
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
@@ -125,32 +134,8 @@ class Reader:
         self._order: list[str] = []
         self._build_tree()
 
-    # -- opening ---------------------------------------------------------------------------
     def _pieces(self, start: int, end: int) -> Iterator[bytes]:
-        while start < end:
-            length = min(_READ_PIECE, end - start)
-            yield self._source.read_at(start, length)
-            start += length
-
-    def _read_toc(self, start: int, end: int) -> bytes:
-        inflated = _InflatedStream(inflate_members(self._pieces(start, end)))
-        header = inflated.read(BLOCK)
-        if len(header) < BLOCK:
-            raise FormatError("TOC member is shorter than a tar header")
-        name, toc_size = toc_header_fields(header)
-        if name != TOC_NAME:
-            raise FormatError(f"TOC tar entry is named {name!r}, expected {TOC_NAME!r}")
-        if toc_size > MAX_TOC_SIZE:
-            raise LimitError(f"TOC of {toc_size} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
-        data = inflated.read(toc_size)
-        if len(data) < toc_size:
-            raise FormatError("TOC tar entry is truncated")
-        # What follows is tar padding and the end-of-archive marker: zeros, then the member's end,
-        # where its CRC is checked.
-        trailer = inflated.read(_MAX_TOC_TRAILER + 1)
-        if len(trailer) > _MAX_TOC_TRAILER or trailer.count(0) != len(trailer):
-            raise FormatError("unexpected data after the TOC in its gzip member")
-        return data
+        return _pieces(self._source, start, end)
 
     def _build_tree(self) -> None:
         root = Entry(name="", type="dir", mode=0o755)
@@ -201,7 +186,7 @@ class Reader:
         self._link_tree()
 
     def _link_chunks(self, data_entries: list[tuple[TOCEntry, Chunk]]) -> None:
-        data_end = self.toc_offset
+        data_end = self.data_end
         last = data_end
         for raw, chunk in reversed(data_entries):
             if not 0 <= chunk.offset < data_end or chunk.inner_offset < 0:
@@ -350,18 +335,21 @@ class Reader:
             raise VerificationError(f"digest mismatch for {entry.name!r}")
         return len(entry.chunks), entry.size
 
-    def iter_tar(self) -> Iterator[bytes]:
-        """The layer as a plain tar stream: the blob's data inflated, without the TOC entry."""
-        yield from inflate_members(self._pieces(0, self.toc_offset))
-        yield bytes(2 * BLOCK)
-
     def unpack(self, out: BinaryIO) -> int:
-        """Write the layer as a plain tar to ``out``; return the number of bytes written."""
-        written = 0
-        for block in self.iter_tar():
-            out.write(block)
-            written += len(block)
-        return written
+        """Write the layer as a plain tar to ``out``; return the number of bytes written.
+
+        That is the blob's data inflated, without the TOC entry. When the data has no
+        end-of-archive marker (every blob with a TOC inside), one is added; a keep-diff-id blob
+        already has it, and unpacks to the original tar byte for byte.
+        """
+        tee = _ForwardTee(inflate_members(self._pieces(0, self.data_end)), out)
+        for _ in iter_entries(tee):  # type: ignore[arg-type]
+            pass
+        if tee.exhausted:
+            tee.write(bytes(2 * BLOCK))
+        else:
+            tee.copy_rest()
+        return tee.written
 
     def extract(self, dest: "str | os.PathLike[str]") -> "ExtractReport":
         """Extract the layer below ``dest``; see :func:`estargz.extract.extract`."""
@@ -379,6 +367,35 @@ class Reader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pieces(source: Source, start: int, end: int) -> Iterator[bytes]:
+    while start < end:
+        length = min(_READ_PIECE, end - start)
+        yield source.read_at(start, length)
+        start += length
+
+
+def _read_toc(source: Source, start: int, end: int) -> bytes:
+    """The TOC JSON from the gzip member holding the ``stargz.index.json`` tar entry."""
+    inflated = _InflatedStream(inflate_members(_pieces(source, start, end)))
+    header = inflated.read(BLOCK)
+    if len(header) < BLOCK:
+        raise FormatError("TOC member is shorter than a tar header")
+    name, toc_size = toc_header_fields(header)
+    if name != TOC_NAME:
+        raise FormatError(f"TOC tar entry is named {name!r}, expected {TOC_NAME!r}")
+    if toc_size > MAX_TOC_SIZE:
+        raise LimitError(f"TOC of {toc_size} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
+    data = inflated.read(toc_size)
+    if len(data) < toc_size:
+        raise FormatError("TOC tar entry is truncated")
+    # What follows is tar padding and the end-of-archive marker: zeros, then the member's end,
+    # where its CRC is checked.
+    trailer = inflated.read(_MAX_TOC_TRAILER + 1)
+    if len(trailer) > _MAX_TOC_TRAILER or trailer.count(0) != len(trailer):
+        raise FormatError("unexpected data after the TOC in its gzip member")
+    return data
 
 
 class _InflatedStream:
@@ -400,6 +417,42 @@ class _InflatedStream:
     def skip(self, size: int) -> None:
         while size > 0 and (skipped := len(self.read(min(size, _READ_PIECE)))):
             size -= skipped
+
+
+class _ForwardTee:
+    """A forward-only stream over inflated blocks that copies everything it passes to ``out``.
+
+    Lets the tar parser walk the layer (seeking forward over payloads) while the bytes stream out.
+    """
+
+    def __init__(self, blocks: Iterator[bytes], out: BinaryIO) -> None:
+        self._inflated = _InflatedStream(blocks)
+        self._out = out
+        self._position = 0
+        self.written = 0
+        self.exhausted = False
+
+    def write(self, data: bytes) -> None:
+        self._out.write(data)
+        self.written += len(data)
+
+    def read(self, size: int) -> bytes:
+        data = self._inflated.read(size)
+        self._position += len(data)
+        self.exhausted = len(data) < size
+        self.write(data)
+        return data
+
+    def seek(self, position: int) -> int:
+        if position < self._position:
+            raise FormatError("tar stream goes backwards")
+        while self._position < position and not self.exhausted:
+            self.read(min(position - self._position, _READ_PIECE))
+        return self._position
+
+    def copy_rest(self) -> None:
+        while self.read(_READ_PIECE):
+            pass
 
 
 class EntryFile(io.RawIOBase):
@@ -469,16 +522,27 @@ class EntryFile(io.RawIOBase):
         return len(data)
 
 
-def open_blob(src: SourceLike, *, toc_digest: str | None = None) -> Reader:
+def open_blob(src: SourceLike, *, toc_digest: str | None = None, toc: SourceLike | None = None) -> Reader:
     """Open an eStargz blob from a path, bytes, a seekable binary file or a ranged source.
 
-    With ``toc_digest`` the TOC is checked against it before anything else is read.
+    With ``toc_digest`` the TOC is checked against it before anything else is read. ``toc`` is
+    the TOC blob of a blob written with an external TOC (same kinds of source).
     """
-    owns = isinstance(src, (str, bytes, bytearray, memoryview)) or hasattr(src, "__fspath__")
-    source = as_source(src)
-    try:
-        return Reader(source, toc_digest=toc_digest, owns_source=owns)
-    except BaseException:
-        if owns:
-            getattr(source, "close", lambda: None)()
-        raise
+    with ExitStack() as stack:
+        toc_source = None
+        if toc is not None:
+            toc_source = as_source(toc)
+            if _owned(toc):  # read once while opening
+                stack.callback(getattr(toc_source, "close", lambda: None))
+        source = as_source(src)
+        try:
+            return Reader(source, toc_digest=toc_digest, toc=toc_source, owns_source=_owned(src))
+        except BaseException:
+            if _owned(src):
+                getattr(source, "close", lambda: None)()
+            raise
+
+
+def _owned(src: SourceLike) -> bool:
+    """Whether opening ``src`` creates a source that the reader must close."""
+    return isinstance(src, (str, bytes, bytearray, memoryview)) or hasattr(src, "__fspath__")

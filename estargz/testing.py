@@ -148,13 +148,14 @@ class ExpectedEntry:
     xattrs: Mapping[str, bytes] = field(default_factory=dict, hash=False)
     content: bytes | None = None
     target: str | None = None
+    resolved_type: str = ""
+    """The type ``lookup`` returns: the target's for a hardlink, else ``type``."""
     implicit: bool = False
     raw_name: str = ""
 
-    @property
-    def resolved_type(self) -> str:
-        """The type ``lookup`` returns: the target's for a hardlink."""
-        return "reg" if self.type == "hardlink" else self.type
+    def __post_init__(self) -> None:
+        if not self.resolved_type:
+            object.__setattr__(self, "resolved_type", self.type)
 
 
 def clean_name(name: str) -> str:
@@ -240,8 +241,10 @@ def tar_bytes(layer: Layer, format: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def expected_entries(layer: Layer) -> dict[str, ExpectedEntry]:
+def expected_entries(layer: Layer, format: str | None = None) -> dict[str, ExpectedEntry]:
     """Cleaned path -> what a reader must return, in the order a converter writes the entries.
+
+    ``format`` is the one the layer was rendered in by :func:`tar_bytes` (default: the layer's).
 
     The last entry of a duplicated path wins and takes the later position; root-level
     :data:`RESERVED_NAMES` are dropped; missing ancestors appear as ``implicit`` directories
@@ -280,11 +283,12 @@ def expected_entries(layer: Layer) -> dict[str, ExpectedEntry]:
         out[path] = ExpectedEntry(
             name=path, type=e.kind, size=len(e.content) if e.kind == "reg" else 0,
             mode=e.mode & 0o7777, uid=e.uid, gid=e.gid, user_name=e.uname, group_name=e.gname,
-            modtime=expected_modtime(e.mtime, layer.format),
+            modtime=expected_modtime(e.mtime, format or layer.format),
             link_name=e.linkname if e.kind in ("symlink", "hardlink") else "",
             dev_major=e.devmajor if e.kind in ("char", "block") else 0,
             dev_minor=e.devminor if e.kind in ("char", "block") else 0,
-            xattrs=dict(e.xattrs), content=content, target=target, raw_name=e.name)
+            xattrs=dict(e.xattrs), content=content, target=target,
+            resolved_type=last[target].kind if target is not None else e.kind, raw_name=e.name)
     for path in list(out):
         parent = path
         while parent:

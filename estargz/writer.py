@@ -21,18 +21,18 @@ import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator, Sequence, Union
 
 import zstandard
-from isal import igzip
+from isal import igzip, isal_zlib
 
-from .errors import FormatError
-from .footer import gzip_footer
+from .errors import FormatError, UnsupportedInputError
+from .footer import external_toc_footer, gzip_footer
 from .framing import DEFAULT_GZIP_LEVEL, GzipCompressor
 from .layout import LANDMARK_CONTENTS, order_entries
 from .tarstream import BLOCK, TarEntry, iter_entries, padding, ustar_header
-from .toc import EMPTY_DIGEST, TOC_NAME, TOCEntry, encode_toc, format_modtime
+from .toc import EMPTY_DIGEST, TOC_NAME, TOCEntry, clean_name, encode_toc, format_modtime
 
 __all__ = [
     "BuildResult", "convert", "DEFAULT_CHUNK_SIZE", "TOC_DIGEST_ANNOTATION",
@@ -42,6 +42,7 @@ __all__ = [
 DEFAULT_CHUNK_SIZE = 4 << 20
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
+LAYER_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/layer.digest"
 GZIP_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 #: A run of headers longer than this is split into several members, bounding member size.
@@ -65,6 +66,20 @@ class BuildResult:
     blob_size: int
     media_type: str = GZIP_LAYER_MEDIA_TYPE
     missing_prioritized: tuple[str, ...] = ()
+    external_toc: bytes | None = field(default=None, repr=False)
+    """With ``external_toc``: the TOC blob (a gzip tar holding ``stargz.index.json``)."""
+
+    @property
+    def toc_blob_descriptor(self) -> dict[str, object] | None:
+        """With ``external_toc``: the layer descriptor of the TOC blob in the TOC image."""
+        if self.external_toc is None:
+            return None
+        return {
+            "mediaType": GZIP_LAYER_MEDIA_TYPE,
+            "digest": "sha256:" + hashlib.sha256(self.external_toc).hexdigest(),
+            "size": len(self.external_toc),
+            "annotations": {LAYER_DIGEST_ANNOTATION: self.blob_digest},
+        }
 
     @property
     def annotations(self) -> dict[str, str]:
@@ -76,7 +91,7 @@ class BuildResult:
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready summary, with the layer descriptor as it goes into a manifest."""
-        return {
+        summary: dict[str, object] = {
             "tocDigest": self.toc_digest,
             "diffID": self.diff_id,
             "uncompressedSize": self.uncompressed_size,
@@ -90,32 +105,42 @@ class BuildResult:
                 "annotations": self.annotations,
             },
         }
+        if self.external_toc is not None:
+            summary["tocDescriptor"] = self.toc_blob_descriptor
+        return summary
+
+
+@dataclass(slots=True)
+class _ChunkRef:
+    """A chunk inside a member's plaintext: its TOC entry and where its payload lies."""
+
+    entry: TOCEntry
+    start: int
+    size: int
+    whole_file: bool  # the chunk is the whole file, so its digest is the file digest
 
 
 @dataclass(slots=True)
 class _Member:
-    """The plaintext of one gzip member; if it starts with a chunk, the TOC entry of that chunk."""
+    """The plaintext of one gzip member and the chunks whose payload starts in it."""
 
     data: bytes
-    payload_size: int = 0
-    chunk: TOCEntry | None = None
-    whole_file: bool = False  # the chunk is the whole file, so its digest is the file digest
+    chunks: list[_ChunkRef]
 
 
 @dataclass(slots=True)
 class _Compressed:
     member: _Member
     blob: bytes
-    chunk_digest: str
+    chunk_digests: list[str]
 
 
 def _compress_batch(compressor: GzipCompressor, batch: list[_Member]) -> list[_Compressed]:
     out = []
     for member in batch:
-        digest = ""
-        if member.chunk is not None:
-            digest = "sha256:" + hashlib.sha256(memoryview(member.data)[:member.payload_size]).hexdigest()
-        out.append(_Compressed(member, compressor.compress(member.data), digest))
+        view = memoryview(member.data)
+        digests = ["sha256:" + hashlib.sha256(view[c.start:c.start + c.size]).hexdigest() for c in member.chunks]
+        out.append(_Compressed(member, compressor.compress(member.data), digests))
     return out
 
 
@@ -176,11 +201,11 @@ class _OrderedSink(threading.Thread):
 
     def write(self, item: _Compressed) -> None:
         member = item.member
-        if member.chunk is not None:
-            member.chunk.offset = self.offset
-            member.chunk.chunk_digest = item.chunk_digest
-            if member.whole_file:
-                member.chunk.digest = item.chunk_digest
+        for chunk, digest in zip(member.chunks, item.chunk_digests):
+            chunk.entry.offset = self.offset
+            chunk.entry.chunk_digest = digest
+            if chunk.whole_file:
+                chunk.entry.digest = digest
         self.diff_hash.update(member.data)
         self.uncompressed_size += len(member.data)
         self.write_raw(item.blob)
@@ -192,20 +217,29 @@ class _OrderedSink(threading.Thread):
 
 
 class _Pipeline:
-    """Cuts the ordered entries into members and runs them through the compression threads."""
+    """Cuts the entries into members and runs them through the compression threads.
+
+    A member starts at every chunk, or with ``min_chunk_size`` only once the open member holds
+    that many compressed bytes (estimated with a fast deflate of each piece); landmarks always
+    start a member. Runs of header bytes are split at :data:`_HEADER_RUN_LIMIT`.
+    """
 
     def __init__(self, source: BinaryIO, sink: _OrderedSink, compressor: GzipCompressor,
-                 pool: ThreadPoolExecutor, chunk_size: int) -> None:
+                 pool: ThreadPoolExecutor, chunk_size: int, min_chunk_size: int) -> None:
         self.source = source
         self.sink = sink
         self.compressor = compressor
         self.pool = pool
         self.chunk_size = chunk_size
+        self.min_chunk_size = min_chunk_size
         self.batch: list[_Member] = []
         self.batch_bytes = 0
         self.parts: list[bytes] = []
-        self.parts_size = 0
-        self.owner: tuple[TOCEntry, int, bool] | None = None
+        self.member_size = 0
+        self.header_run = 0
+        self.chunks: list[_ChunkRef] = []
+        self.estimated = 0
+        self.unestimated: list[bytes] = []
         self.entries: list[TOCEntry] = []
         self.names = (_OwnerNames(), _OwnerNames())
 
@@ -213,9 +247,9 @@ class _Pipeline:
     def _close_member(self) -> None:
         if not self.parts:
             return
-        chunk, payload_size, whole = self.owner or (None, 0, False)
-        member = _Member(b"".join(self.parts), payload_size, chunk, whole)
-        self.parts, self.parts_size, self.owner = [], 0, None
+        member = _Member(b"".join(self.parts), self.chunks)
+        self.parts, self.member_size, self.header_run, self.chunks = [], 0, 0, []
+        self.estimated, self.unestimated = 0, []
         self.batch.append(member)
         self.batch_bytes += len(member.data)
         if self.batch_bytes >= _BATCH_BYTES:
@@ -226,19 +260,35 @@ class _Pipeline:
             self.sink.put(self.pool.submit(_compress_batch, self.compressor, self.batch))
             self.batch, self.batch_bytes = [], 0
 
-    def _append(self, data: bytes) -> None:
-        if self.parts_size >= _HEADER_RUN_LIMIT:
-            self._close_member()
+    def _add_bytes(self, data: bytes) -> None:
         self.parts.append(data)
-        self.parts_size += len(data)
+        self.member_size += len(data)
+        if self.min_chunk_size:
+            self.unestimated.append(data)
 
-    def _start_chunk(self, chunk: TOCEntry, payload: bytes, whole_file: bool) -> None:
-        self._close_member()
-        self.owner = (chunk, len(payload), whole_file)
-        self.parts.append(payload)  # parts_size counts header bytes only: it stays 0 here
+    def append(self, data: bytes) -> None:
+        """Bytes between chunks: headers, padding, the archive's end."""
+        if self.header_run >= _HEADER_RUN_LIMIT:
+            self._close_member()
+        self._add_bytes(data)
+        self.header_run += len(data)
+
+    def _member_is_full(self) -> bool:
+        if self.unestimated:
+            self.estimated += len(isal_zlib.compress(b"".join(self.unestimated), 1, wbits=-15))
+            self.unestimated = []
+        return self.estimated >= self.min_chunk_size
+
+    def _start_chunk(self, chunk: TOCEntry, payload: bytes, whole_file: bool, landmark: bool) -> None:
+        if not self.min_chunk_size or landmark or self._member_is_full():
+            self._close_member()
+        chunk.inner_offset = self.member_size
+        self.chunks.append(_ChunkRef(chunk, self.member_size, len(payload), whole_file))
+        self._add_bytes(payload)
+        self.header_run = 0
 
     # -- entries -------------------------------------------------------------------------
-    def _read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes:
         self.source.seek(offset)
         data = self.source.read(size)
         if len(data) != size:
@@ -266,28 +316,25 @@ class _Pipeline:
             toc.size = entry.size
         return toc
 
-    def add(self, entry: TarEntry) -> None:
+    def add(self, entry: TarEntry, header: bytes, trailer: bytes) -> None:
+        """Add one entry: ``header`` is written before its payload, ``trailer`` after it."""
         toc = self._toc_entry(entry)
         self.entries.append(toc)
-        if entry.header_offset < 0:
-            self._append(ustar_header(entry.name, entry.size))
-            payload_at = None
-        else:
-            self._append(self._read(entry.header_offset, entry.data_offset - entry.header_offset))
-            payload_at = entry.data_offset
-        if entry.kind != "reg":
-            return
-        if entry.size == 0:
+        self.append(header)
+        if entry.kind == "reg" and entry.size == 0:
             toc.digest = EMPTY_DIGEST
-            return
+        elif entry.kind == "reg":
+            self._add_payload(entry, toc)
+        if trailer:
+            self.append(trailer)
+
+    def _add_payload(self, entry: TarEntry, toc: TOCEntry) -> None:
         size, step = entry.size, self.chunk_size
+        landmark = entry.header_offset < 0
         file_hash = hashlib.sha256() if size > step else None
         for chunk_offset in range(0, size, step):
             length = min(step, size - chunk_offset)
-            if payload_at is None:
-                payload = LANDMARK_CONTENTS
-            else:
-                payload = self._read(payload_at + chunk_offset, length)
+            payload = LANDMARK_CONTENTS if landmark else self.read(entry.data_offset + chunk_offset, length)
             if chunk_offset == 0:
                 chunk = toc
             else:
@@ -297,14 +344,41 @@ class _Pipeline:
                 chunk.chunk_size = step
             if file_hash is not None:
                 file_hash.update(payload)
-            self._start_chunk(chunk, payload, whole_file=file_hash is None)
+            self._start_chunk(chunk, payload, file_hash is None, landmark)
         if file_hash is not None:
             toc.digest = "sha256:" + file_hash.hexdigest()
-        self._append(bytes(padding(size)))
 
     def finish(self) -> None:
         self._close_member()
         self._submit()
+
+
+def _build_entries(pipeline: _Pipeline, entries: list[TarEntry], prioritized: Sequence[str],
+                   allow_missing: bool) -> list[str]:
+    """Add the entries in eStargz order, headers copied and payloads re-padded; return missing."""
+    ordered, missing = order_entries(entries, prioritized, allow_missing=allow_missing)
+    for entry in ordered:
+        if entry.header_offset < 0:
+            header = ustar_header(entry.name, entry.size)
+        else:
+            header = pipeline.read(entry.header_offset, entry.data_offset - entry.header_offset)
+        pipeline.add(entry, header, bytes(padding(entry.size)))
+    return missing
+
+
+def _lossless_entries(pipeline: _Pipeline, entries: list[TarEntry], start: int, end: int) -> None:
+    """Add the entries in input order with every input byte kept: the blob inflates to the input."""
+    position = start
+    for entry in entries:
+        if clean_name(entry.name) == TOC_NAME:
+            raise UnsupportedInputError(
+                f"the layer already holds {TOC_NAME}: it is an eStargz layer; decompress it first")
+        pipeline.add(entry, pipeline.read(position, entry.data_offset - position), b"")
+        position = entry.data_offset + entry.size
+    while position < end:
+        length = min(_COPY_BLOCK, end - position)
+        pipeline.append(pipeline.read(position, length))
+        position += length
 
 
 @contextmanager
@@ -366,41 +440,42 @@ class _Prepend(io.RawIOBase):
         return len(data)
 
 
-def _check_options(chunk_size: int, threads: int | None) -> int:
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
-    threads = os.cpu_count() or 1 if threads is None else threads
-    if threads < 1:
-        raise ValueError("threads must be at least 1")
-    return threads
+def _toc_tar(toc_json: bytes) -> bytes:
+    """The TOC as a tar: its entry, padding and the end-of-archive marker."""
+    return b"".join((ustar_header(TOC_NAME, len(toc_json)), toc_json, bytes(padding(len(toc_json)) + 2 * BLOCK)))
 
 
-def _convert_into(src: PathOrStream, out: BinaryIO, *, chunk_size: int, compression_level: int,
-                  prioritized_files: Sequence[str], allow_missing_prioritized: bool,
-                  threads: int, progress: Progress | None) -> BuildResult:
-    compressor = GzipCompressor(compression_level)
+def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildResult:
+    compressor = GzipCompressor(options.compression_level)
     with ExitStack() as stack:
         tar = stack.enter_context(_plain_tar(src, stack))
         start = tar.tell()
         entries = list(iter_entries(tar, start))
-        total = tar.seek(0, os.SEEK_END) - start
-        ordered, missing = order_entries(entries, prioritized_files, allow_missing=allow_missing_prioritized)
-        sink = _OrderedSink(out, 2 * threads + 1, progress, total)
-        with ThreadPoolExecutor(threads, thread_name_prefix="estargz") as pool:
+        end = tar.seek(0, os.SEEK_END)
+        sink = _OrderedSink(out, 2 * options.threads + 1, options.progress, end - start)
+        missing: list[str] = []
+        with ThreadPoolExecutor(options.threads, thread_name_prefix="estargz") as pool:
             sink.start()
-            pipeline = _Pipeline(tar, sink, compressor, pool, chunk_size)
+            pipeline = _Pipeline(tar, sink, compressor, pool, options.chunk_size, options.min_chunk_size)
             try:
-                for entry in ordered:
-                    pipeline.add(entry)
+                if options.keep_diff_id:
+                    _lossless_entries(pipeline, entries, start, end)
+                else:
+                    missing = _build_entries(pipeline, entries, options.prioritized_files,
+                                             options.allow_missing_prioritized)
                 pipeline.finish()
             finally:
                 sink.close()
         toc_json = encode_toc(pipeline.entries)
-        toc_offset = sink.offset
-        toc_tar = b"".join((ustar_header(TOC_NAME, len(toc_json)), toc_json,
-                            bytes(padding(len(toc_json)) + 2 * BLOCK)))
-        sink.write(_Compressed(_Member(toc_tar), compressor.compress(toc_tar), ""))
-        sink.write_raw(gzip_footer(toc_offset))
+        toc_member = compressor.compress(_toc_tar(toc_json))
+        external_toc = None
+        if options.external_toc:
+            external_toc = toc_member
+            sink.write_raw(external_toc_footer())
+        else:
+            toc_offset = sink.offset
+            sink.write(_Compressed(_Member(_toc_tar(toc_json), []), toc_member, []))
+            sink.write_raw(gzip_footer(toc_offset))
         out.flush()
     return BuildResult(
         toc_digest="sha256:" + hashlib.sha256(toc_json).hexdigest(),
@@ -409,7 +484,33 @@ def _convert_into(src: PathOrStream, out: BinaryIO, *, chunk_size: int, compress
         blob_digest="sha256:" + sink.blob_hash.hexdigest(),
         blob_size=sink.offset,
         missing_prioritized=tuple(missing),
+        external_toc=external_toc,
     )
+
+
+@dataclass(frozen=True)
+class _Options:
+    chunk_size: int
+    compression_level: int
+    min_chunk_size: int
+    prioritized_files: tuple[str, ...]
+    allow_missing_prioritized: bool
+    external_toc: bool
+    keep_diff_id: bool
+    threads: int
+    progress: Progress | None
+
+    def __post_init__(self) -> None:
+        if self.chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        if self.min_chunk_size < 0:
+            raise ValueError("min_chunk_size must not be negative")
+        if self.threads < 1:
+            raise ValueError("threads must be at least 1")
+        if self.keep_diff_id and not self.external_toc:
+            raise ValueError("keep_diff_id needs external_toc: an internal TOC would change the diffID")
+        if self.keep_diff_id and self.prioritized_files:
+            raise ValueError("keep_diff_id keeps the input order: it cannot prioritize files")
 
 
 def convert(
@@ -418,8 +519,11 @@ def convert(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     compression_level: int = DEFAULT_GZIP_LEVEL,
+    min_chunk_size: int = 0,
     prioritized_files: Sequence[str] = (),
     allow_missing_prioritized: bool = False,
+    external_toc: bool = False,
+    keep_diff_id: bool = False,
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> BuildResult:
@@ -428,14 +532,18 @@ def convert(
     ``dst`` is a path (written to a temporary file renamed into place, so a failed conversion
     leaves nothing behind) or a writable binary stream. ``threads`` (default: every CPU) changes
     speed only, never the output bytes. ``progress(done, total)`` is called as input is consumed.
+
+    ``min_chunk_size`` lets small files and chunks share a gzip member until it holds about that
+    many compressed bytes (readers find them by ``innerOffset``). ``external_toc`` leaves the TOC
+    out of the blob, which ends with the external-TOC footer; the TOC blob is
+    ``BuildResult.external_toc``. ``keep_diff_id`` (with ``external_toc``) keeps every input byte
+    in order, so the blob decompresses to the input tar and the diffID does not change.
     """
-    threads = _check_options(chunk_size, threads)
-    options = dict(chunk_size=chunk_size, compression_level=compression_level,
-                   prioritized_files=list(prioritized_files),
-                   allow_missing_prioritized=allow_missing_prioritized,
-                   threads=threads, progress=progress)
+    options = _Options(chunk_size, compression_level, min_chunk_size, tuple(prioritized_files),
+                       allow_missing_prioritized, external_toc, keep_diff_id,
+                       os.cpu_count() or 1 if threads is None else threads, progress)
     if not isinstance(dst, (str, os.PathLike)):
-        return _convert_into(src, dst, **options)  # type: ignore[arg-type]
+        return _convert_into(src, dst, options)
     target = os.fspath(dst)
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
@@ -444,7 +552,7 @@ def convert(
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a new file gets
         with os.fdopen(fd, "wb") as out:
-            result = _convert_into(src, out, **options)  # type: ignore[arg-type]
+            result = _convert_into(src, out, options)
         os.replace(temp, target)
     except BaseException:
         os.unlink(temp)

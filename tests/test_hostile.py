@@ -187,7 +187,7 @@ def test_crafted_blob_is_valid():
         assert [c.chunk_size for c in reader.lookup("a.txt").chunks] == [4, 4, 4, 1]
         assert reader.read("dir/b.bin") == FILES["dir/b.bin"]
         assert reader.verify().bytes == 23
-        with tarfile.open(fileobj=io.BytesIO(b"".join(reader.iter_tar()))) as tar:
+        with tarfile.open(fileobj=io.BytesIO(_unpacked(reader))) as tar:
             assert [(m.name, tar.extractfile(m).read()) for m in tar] == list(FILES.items())
 
 
@@ -897,3 +897,8 @@ def test_successful_conversion_to_a_path_leaves_only_the_output(tmp_path):
     assert (len(blob), sha256(blob)) == (result.blob_size, result.blob_digest)
     assert estargz.open(blob, toc_digest=result.toc_digest).read("a.txt") == FILES["a.txt"]
 
+
+def _unpacked(reader: estargz.Reader) -> bytes:
+    out = io.BytesIO()
+    reader.unpack(out)
+    return out.getvalue()

@@ -583,7 +583,7 @@ def test_header_run_longer_than_4_mib():
         assert [e.name for e in reader][1:] == names
         assert all(reader.lookup(n).digest == EMPTY_DIGEST for n in names[::997])
         assert reader.verify().files == count + 1
-        with tarfile.open(fileobj=io.BytesIO(b"".join(reader.iter_tar()))) as unpacked:
+        with tarfile.open(fileobj=io.BytesIO(_unpacked(reader))) as unpacked:
             assert unpacked.getnames() == [NOLM] + names
     assert result.uncompressed_size == sum(len(d) for _, d in parts)
 
@@ -649,3 +649,9 @@ def test_failed_conversion_to_path_leaves_nothing(tmp_path):
     with pytest.raises(FormatError):
         estargz.convert(src, tmp_path / "out.esgz")
     assert [p.name for p in tmp_path.iterdir()] == ["layer.tar"]
+
+
+def _unpacked(reader: estargz.Reader) -> bytes:
+    out = io.BytesIO()
+    reader.unpack(out)
+    return out.getvalue()
