@@ -22,8 +22,10 @@ from .reader import Chunk, Entry, EntryFile, Reader, VerifyReport
 from .reader import open_blob as open
 from .source import BytesSource, FileSource, Source
 from .toc import TOC_NAME, TOCEntry, decode_toc, encode_toc
+from .tocimage import TOC_IMAGE_TAG_SUFFIX, toc_image_manifest, write_toc_image
 from .writer import (
     DEFAULT_CHUNK_SIZE,
+    LAYER_DIGEST_ANNOTATION,
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
     BuildResult,
@@ -46,6 +48,7 @@ __all__ = [
     "Footer",
     "FormatError",
     "GZIP_ENGINES",
+    "LAYER_DIGEST_ANNOTATION",
     "LimitError",
     "NO_PREFETCH_LANDMARK",
     "NotFoundError",
@@ -54,6 +57,7 @@ __all__ = [
     "Source",
     "TOCEntry",
     "TOC_DIGEST_ANNOTATION",
+    "TOC_IMAGE_TAG_SUFFIX",
     "TOC_NAME",
     "UNCOMPRESSED_SIZE_ANNOTATION",
     "UnsupportedInputError",
@@ -64,4 +68,6 @@ __all__ = [
     "encode_toc",
     "open",
     "read_workload_record",
+    "toc_image_manifest",
+    "write_toc_image",
 ]

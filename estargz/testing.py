@@ -22,6 +22,7 @@ do not, and ``import estargz`` never imports this module.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import posixpath
 import random
@@ -466,19 +467,14 @@ class _Builder:
         return raw if self._fits(raw, kind) else path
 
     def _fresh(self, parent: str, component: str, kind: str) -> str:
-        """An unused path for ``component`` under ``parent`` that the format can write."""
+        """An unused path for ``component`` under ``parent`` (else a plain one) the format can write."""
         if parent == "" and component in RESERVED_NAMES and not self.reserved_names:
             component += "_"
-        path = posixpath.join(parent, component)
-        base, n = path, 0
-        while path in self.taken or not self._fits(path, kind):
-            n += 1
-            if n > 3 or not self._fits(base, kind):
-                base = posixpath.join(parent, f"n{len(self.entries)}")
-                if not self._fits(base, kind):
-                    parent, base = "", f"n{len(self.entries)}"
-            path = f"{base}.{n}" if n else base
-        return path
+        fallback = f"n{len(self.entries)}"
+        candidates = itertools.chain(
+            (posixpath.join(parent, component + suffix) for suffix in ("", ".1", ".2", ".3")),
+            (posixpath.join(where, f"{fallback}.{n}") for n in itertools.count() for where in (parent, "")))
+        return next(p for p in candidates if p not in self.taken and self._fits(p, kind))
 
     def _parent(self) -> str:
         parent = self.draw(self.st.sampled_from(self.dirs))

@@ -1,8 +1,9 @@
 """Convert a layer tar into an eStargz blob: order entries, cut chunks, compress members in parallel.
 
 Data flow: input tar (plain, gzip or zstd) -> seekable plain tar -> entry index -> order
-(dedupe, prioritized files, landmark) -> members (one per chunk, headers in between) ->
-thread pool (compress + chunk digest) -> written in order -> TOC member -> footer.
+(dedupe, prioritized files, landmark; or input order with every byte kept, for keep-diff-id) ->
+members (one per chunk, or grouped up to min-chunk-size; headers in between) -> thread pool
+(compress + chunk digests) -> written in order -> TOC member and footer (or external-TOC footer).
 Members are compressed independently and written in submission order, so the output bytes do
 not depend on the number of threads; at most a few members are in flight, so memory does not
 depend on the layer size.
@@ -20,9 +21,9 @@ import shutil
 import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator, Sequence, Union
+from typing import BinaryIO, Callable, Sequence, Union
 
 import zstandard
 from isal import igzip, isal_zlib
@@ -36,7 +37,7 @@ from .toc import EMPTY_DIGEST, TOC_NAME, TOCEntry, clean_name, encode_toc, forma
 
 __all__ = [
     "BuildResult", "convert", "DEFAULT_CHUNK_SIZE", "TOC_DIGEST_ANNOTATION",
-    "UNCOMPRESSED_SIZE_ANNOTATION", "read_workload_record",
+    "UNCOMPRESSED_SIZE_ANNOTATION", "LAYER_DIGEST_ANNOTATION", "read_workload_record",
 ]
 
 DEFAULT_CHUNK_SIZE = 4 << 20
@@ -381,9 +382,11 @@ def _lossless_entries(pipeline: _Pipeline, entries: list[TarEntry], start: int, 
         position += length
 
 
-@contextmanager
-def _plain_tar(src: PathOrStream, stack: ExitStack) -> Iterator[BinaryIO]:
-    """A seekable plain tar for ``src``: the file itself, or a temporary file holding its decompression."""
+def _plain_tar(src: PathOrStream, stack: ExitStack) -> BinaryIO:
+    """A seekable plain tar for ``src``: the file itself, or a temporary file holding its decompression.
+
+    Files it opens are closed by ``stack``.
+    """
     if isinstance(src, (str, os.PathLike)):
         f: BinaryIO = stack.enter_context(open(src, "rb"))
     else:
@@ -399,8 +402,7 @@ def _plain_tar(src: PathOrStream, stack: ExitStack) -> Iterator[BinaryIO]:
             magic += more
     compressed = magic[:3] == b"\x1f\x8b\x08" or magic == b"\x28\xb5\x2f\xfd"
     if seekable and not compressed:
-        yield f
-        return
+        return f
     spool = stack.enter_context(tempfile.TemporaryFile(prefix="estargz-"))
     if seekable:
         stream: BinaryIO = f
@@ -415,7 +417,7 @@ def _plain_tar(src: PathOrStream, stack: ExitStack) -> Iterator[BinaryIO]:
     except (OSError, EOFError, zstandard.ZstdError) as exc:
         raise FormatError(f"cannot decompress the input layer: {exc}") from None
     spool.seek(0)
-    yield spool
+    return spool
 
 
 class _Prepend(io.RawIOBase):
@@ -448,7 +450,7 @@ def _toc_tar(toc_json: bytes) -> bytes:
 def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildResult:
     compressor = GzipCompressor(options.compression_level)
     with ExitStack() as stack:
-        tar = stack.enter_context(_plain_tar(src, stack))
+        tar = _plain_tar(src, stack)
         start = tar.tell()
         entries = list(iter_entries(tar, start))
         end = tar.seek(0, os.SEEK_END)
