@@ -1,22 +1,29 @@
-"""Gzip members: compress one chunk into a self-contained member, and inflate a run of members.
+"""Compressed units: one chunk into one gzip member or zstd frame, and a run of them back.
 
-Each eStargz chunk is a complete gzip member, so compression is one-shot per member and members
-can be compressed on several threads at once. The deflate engine is chosen per level (see
-:data:`GZIP_ENGINES`): ISA-L for speed, libdeflate where density matters.
+Each chunk is a complete gzip member (eStargz) or zstd frame (zstd:chunked), so compression is
+one-shot per unit and units can be compressed on several threads at once. The deflate engine is
+chosen per level (see :data:`GZIP_ENGINES`): ISA-L for speed, libdeflate where density matters;
+zstd uses libzstd through ``zstandard``.
 """
 
 from __future__ import annotations
 
+import io
 import struct
+import threading
 import zlib
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 import deflate
+import zstandard
 from isal import isal_zlib
 
 from .errors import FormatError
 
-__all__ = ["GzipCompressor", "GZIP_ENGINES", "DEFAULT_GZIP_LEVEL", "inflate_members"]
+__all__ = [
+    "Compressor", "GzipCompressor", "ZstdCompressor", "GZIP_ENGINES", "DEFAULT_GZIP_LEVEL",
+    "DEFAULT_ZSTD_LEVEL", "inflate_members", "inflate_frames",
+]
 
 #: Level -> (engine, engine level). Each level is at least as dense as the Go reference at the same
 #: level on a real layer, using the fastest engine that achieves it (docs/benchmarks.md).
@@ -48,6 +55,18 @@ def _raw_deflate(engine: str, level: int) -> Callable[[bytes], bytes]:
     return lambda data: zlib.compress(data, 0, wbits=-15)
 
 
+#: zstd level of stargz-snapshotter's zstd:chunked (containers/storage defaults to 10).
+DEFAULT_ZSTD_LEVEL = 3
+
+
+class Compressor(Protocol):
+    """Compresses one chunk into one independently decompressible unit; thread-safe."""
+
+    def compress(self, data: bytes) -> bytes: ...
+
+    def inflate(self, pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]: ...
+
+
 class GzipCompressor:
     """Compresses one chunk into one gzip member (header, raw deflate, CRC-32, size)."""
 
@@ -67,6 +86,32 @@ class GzipCompressor:
             self._deflate(data),
             struct.pack("<II", isal_zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF),
         ))
+
+    @staticmethod
+    def inflate(pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]:
+        return inflate_members(pieces, max_output)
+
+
+class ZstdCompressor:
+    """Compresses one chunk into one zstd frame (with content size and checksum)."""
+
+    def __init__(self, level: int = DEFAULT_ZSTD_LEVEL) -> None:
+        if not 1 <= level <= 22:
+            raise ValueError(f"zstd compression level must be 1-22, not {level}")
+        self.level = level
+        self._local = threading.local()  # a ZstdCompressor object must not be shared by threads
+
+    def compress(self, data: bytes) -> bytes:
+        """One complete zstd frame holding ``data``."""
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(level=self.level, write_checksum=True, write_content_size=True)
+            self._local.compressor = compressor
+        return compressor.compress(data)
+
+    @staticmethod
+    def inflate(pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]:
+        return inflate_frames(pieces, max_output)
 
 
 def inflate_members(pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]:
@@ -102,3 +147,49 @@ def inflate_members(pieces: Iterable[bytes], max_output: int | None = None) -> I
                 break
     if inflater is not None:
         raise FormatError("gzip data ends in the middle of a member")
+
+
+class _PiecesReader(io.RawIOBase):
+    """A readable stream over an iterable of byte strings."""
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        super().__init__()
+        self._pieces = iter(pieces)
+        self._current = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._current:
+            self._current = next(self._pieces, b"")
+            if not self._current:
+                return 0
+        n = min(len(buffer), len(self._current))
+        buffer[:n] = self._current[:n]
+        self._current = self._current[n:]
+        return n
+
+
+def inflate_frames(pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]:
+    """Decompress consecutive zstd frames (skippable frames are skipped) fed as ``pieces``.
+
+    Output comes in blocks of at most 1 MiB and stops after ``max_output`` bytes if given.
+    Raises FormatError on corrupt data.
+    """
+    remaining = max_output
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        _PiecesReader(pieces), read_size=_OUTPUT_BLOCK // 8, read_across_frames=True)
+    try:
+        while True:
+            limit = _OUTPUT_BLOCK if remaining is None else min(_OUTPUT_BLOCK, remaining)
+            block = reader.read(limit)
+            if not block:
+                return
+            yield block
+            if remaining is not None:
+                remaining -= len(block)
+                if remaining == 0:
+                    return
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"corrupt zstd data: {exc}") from None

@@ -13,13 +13,19 @@ from typing import BinaryIO, Iterator
 
 from .errors import FormatError, LimitError, NotFoundError, VerificationError
 from .extract import ExtractReport, extract
-from .footer import FOOTER_SIZES, Footer, parse_footer
-from .framing import inflate_members
+from .footer import MAX_FOOTER_SIZE, Footer, parse_footer
+from .framing import inflate_frames, inflate_members
 from .source import Source, SourceLike, as_source
 from .tarstream import BLOCK, iter_entries, toc_header_fields
 from .toc import MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
 
 __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
+
+#: The formats a blob can be in (``Reader.format``).
+FORMAT_ESTARGZ = "estargz"
+FORMAT_ZSTD_CHUNKED = "zstd:chunked"
+FORMAT_ZSTD_CHUNKED_STARGZ = "zstd:chunked-stargz"
+_SKIPPABLE_HEADER = 8
 
 #: Largest chunk the reader inflates into memory.
 MAX_CHUNK_SIZE = 512 << 20
@@ -106,27 +112,43 @@ def _hex_digest(data: bytes) -> str:
 
 
 class Reader:
-    """An opened eStargz blob. Use :func:`estargz.open` to make one."""
+    """An opened blob (eStargz, or either dialect of zstd:chunked). Use :func:`estargz.open`."""
 
     def __init__(self, source: Source, *, toc_digest: str | None = None, toc: Source | None = None,
                  owns_source: bool = False) -> None:
         self._source = source
         self._owns_source = owns_source
         size = source.size
-        tail_size = min(max(FOOTER_SIZES), size)
+        tail_size = min(MAX_FOOTER_SIZE, size)
         self.footer: Footer = parse_footer(source.read_at(size - tail_size, tail_size), size)
         self.toc_offset: int | None = self.footer.toc_offset
-        """Offset of the TOC member, or None when the TOC is kept outside the blob."""
-        if self.toc_offset is None:
-            if toc is None:
-                raise FormatError("the blob keeps its TOC outside (external TOC): "
-                                  "give the TOC blob (toc=, or --toc FILE)")
-            self.data_end = size - self.footer.size
-            toc_json = _read_toc(toc, 0, toc.size)
+        """Offset of the TOC (gzip member, or zstd frame inside its skippable frame); None when
+        the TOC is kept outside the blob."""
+        if self.footer.toc_length is not None:  # zstd:chunked: the TOC is a zstd frame
+            self._inflate = inflate_frames
+            self.data_end = self.footer.toc_offset - _SKIPPABLE_HEADER  # type: ignore[operator]
+            compressed = source.read_at(self.footer.toc_offset, self.footer.toc_length)  # type: ignore[arg-type]
+            toc_json = _read_zstd_toc(compressed, self.footer.toc_uncompressed_length)
+            self.format = FORMAT_ZSTD_CHUNKED if _is_containers_storage_toc(toc_json) else FORMAT_ZSTD_CHUNKED_STARGZ
+            self.manifest_checksum: str | None = _hex_digest(compressed)
+            """sha256 of the compressed TOC (zstd:chunked's manifest-checksum annotation)."""
         else:
-            self.data_end = self.toc_offset
-            toc_json = _read_toc(source, self.toc_offset, size - self.footer.size)
-        self.toc_digest: str = _hex_digest(toc_json)
+            self._inflate = inflate_members
+            self.format = FORMAT_ESTARGZ
+            self.manifest_checksum = None
+            if self.toc_offset is None:
+                if toc is None:
+                    raise FormatError("the blob keeps its TOC outside (external TOC): "
+                                      "give the TOC blob (toc=, or --toc FILE)")
+                self.data_end = size - self.footer.size
+                toc_json = _read_toc(toc, 0, toc.size)
+            else:
+                self.data_end = self.toc_offset
+                toc_json = _read_toc(source, self.toc_offset, size - self.footer.size)
+        self.toc_digest: str = (self.manifest_checksum if self.format == FORMAT_ZSTD_CHUNKED  # type: ignore[assignment]
+                                else _hex_digest(toc_json))
+        """The digest a manifest annotation carries for this format: sha256 of the TOC JSON
+        (eStargz, stargz zstd:chunked) or of the compressed TOC (containers/storage zstd:chunked)."""
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
         self.version, self.toc_entries = decode_toc(toc_json)
@@ -284,7 +306,7 @@ class Reader:
     def read_chunk(self, chunk: Chunk, *, name: str = "") -> bytes:
         """The uncompressed bytes of one chunk, checked against its chunk digest if it has one."""
         want = chunk.inner_offset + chunk.chunk_size
-        inflated = _InflatedStream(inflate_members(self._pieces(chunk.offset, chunk.next_offset), want))
+        inflated = _InflatedStream(self._inflate(self._pieces(chunk.offset, chunk.next_offset), want))
         inflated.skip(chunk.inner_offset)
         data = inflated.read(chunk.chunk_size)
         if len(data) != chunk.chunk_size:
@@ -342,7 +364,7 @@ class Reader:
         end-of-archive marker (every blob with a TOC inside), one is added; a keep-diff-id blob
         already has it, and unpacks to the original tar byte for byte.
         """
-        tee = _ForwardTee(inflate_members(self._pieces(0, self.data_end)), out)
+        tee = _ForwardTee(self._inflate(self._pieces(0, self.data_end)), out)
         for _ in iter_entries(tee):  # type: ignore[arg-type]
             pass
         if tee.exhausted:
@@ -374,6 +396,23 @@ def _pieces(source: Source, start: int, end: int) -> Iterator[bytes]:
         length = min(_READ_PIECE, end - start)
         yield source.read_at(start, length)
         start += length
+
+
+def _read_zstd_toc(compressed: bytes, uncompressed_length: int | None) -> bytes:
+    """The TOC JSON from its zstd frame, checked against the length the footer gives."""
+    if uncompressed_length is not None and uncompressed_length > MAX_TOC_SIZE:
+        raise LimitError(f"TOC of {uncompressed_length} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
+    data = b"".join(inflate_frames([compressed], MAX_TOC_SIZE + 1))
+    if len(data) > MAX_TOC_SIZE:
+        raise LimitError(f"TOC exceeds the {MAX_TOC_SIZE}-byte limit")
+    if uncompressed_length is not None and len(data) != uncompressed_length:
+        raise FormatError(f"TOC holds {len(data)} bytes, the footer says {uncompressed_length}")
+    return data
+
+
+def _is_containers_storage_toc(toc_json: bytes) -> bool:
+    """containers/storage writes compact JSON whose file entries have ``endOffset``."""
+    return toc_json.startswith(b'{"version":') and (b'"endOffset":' in toc_json or b'"tarSplitDigest":' in toc_json)
 
 
 def _read_toc(source: Source, start: int, end: int) -> bytes:

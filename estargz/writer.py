@@ -29,15 +29,17 @@ import zstandard
 from isal import igzip, isal_zlib
 
 from .errors import FormatError, UnsupportedInputError
-from .footer import external_toc_footer, gzip_footer
-from .framing import DEFAULT_GZIP_LEVEL, GzipCompressor
+from .footer import external_toc_footer, gzip_footer, skippable_frame, zstd_chunked_footer_40
+from .framing import DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL, Compressor, GzipCompressor, ZstdCompressor
 from .layout import LANDMARK_CONTENTS, order_entries
 from .tarstream import BLOCK, TarEntry, iter_entries, padding, ustar_header
 from .toc import EMPTY_DIGEST, TOC_NAME, TOCEntry, clean_name, encode_toc, format_modtime
 
 __all__ = [
     "BuildResult", "convert", "DEFAULT_CHUNK_SIZE", "TOC_DIGEST_ANNOTATION",
-    "UNCOMPRESSED_SIZE_ANNOTATION", "LAYER_DIGEST_ANNOTATION", "read_workload_record",
+    "UNCOMPRESSED_SIZE_ANNOTATION", "LAYER_DIGEST_ANNOTATION", "LEGACY_MANIFEST_CHECKSUM_ANNOTATION",
+    "LEGACY_MANIFEST_POSITION_ANNOTATION", "FORMAT_ESTARGZ", "FORMAT_ZSTD_CHUNKED_STARGZ",
+    "read_workload_record",
 ]
 
 DEFAULT_CHUNK_SIZE = 4 << 20
@@ -45,6 +47,15 @@ TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 LAYER_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/layer.digest"
 GZIP_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+ZSTD_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
+#: The zstd:chunked annotation keys stargz-snapshotter writes (containers/storage <= 1.43 spelling).
+LEGACY_MANIFEST_CHECKSUM_ANNOTATION = "io.containers.zstd-chunked.manifest-checksum"
+LEGACY_MANIFEST_POSITION_ANNOTATION = "io.containers.zstd-chunked.manifest-position"
+
+FORMAT_ESTARGZ = "estargz"
+#: stargz-snapshotter's zstd:chunked (``nerdctl image convert --zstdchunked``): eStargz TOC,
+#: fixed-size chunks, 40-byte footer.
+FORMAT_ZSTD_CHUNKED_STARGZ = "zstd:chunked-stargz"
 
 #: A run of headers longer than this is split into several members, bounding member size.
 _HEADER_RUN_LIMIT = 4 << 20
@@ -58,14 +69,18 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What a conversion produced: the digests and sizes a manifest needs."""
+    """What a conversion produced: the digests, sizes and annotations a manifest needs."""
 
+    format: str
     toc_digest: str
+    """eStargz formats: sha256 of the TOC JSON. zstd:chunked: sha256 of the compressed TOC."""
     diff_id: str
     uncompressed_size: int
     blob_digest: str
     blob_size: int
-    media_type: str = GZIP_LAYER_MEDIA_TYPE
+    media_type: str
+    annotations: dict[str, str]
+    """The OCI layer-descriptor annotations that identify the format and locate the TOC."""
     missing_prioritized: tuple[str, ...] = ()
     external_toc: bytes | None = field(default=None, repr=False)
     """With ``external_toc``: the TOC blob (a gzip tar holding ``stargz.index.json``)."""
@@ -82,17 +97,10 @@ class BuildResult:
             "annotations": {LAYER_DIGEST_ANNOTATION: self.blob_digest},
         }
 
-    @property
-    def annotations(self) -> dict[str, str]:
-        """The OCI layer-descriptor annotations that mark the blob as eStargz."""
-        return {
-            TOC_DIGEST_ANNOTATION: self.toc_digest,
-            UNCOMPRESSED_SIZE_ANNOTATION: str(self.uncompressed_size),
-        }
-
     def to_json(self) -> dict[str, object]:
         """A JSON-ready summary, with the layer descriptor as it goes into a manifest."""
         summary: dict[str, object] = {
+            "format": self.format,
             "tocDigest": self.toc_digest,
             "diffID": self.diff_id,
             "uncompressedSize": self.uncompressed_size,
@@ -136,7 +144,7 @@ class _Compressed:
     chunk_digests: list[str]
 
 
-def _compress_batch(compressor: GzipCompressor, batch: list[_Member]) -> list[_Compressed]:
+def _compress_batch(compressor: Compressor, batch: list[_Member]) -> list[_Compressed]:
     out = []
     for member in batch:
         view = memoryview(member.data)
@@ -225,7 +233,7 @@ class _Pipeline:
     start a member. Runs of header bytes are split at :data:`_HEADER_RUN_LIMIT`.
     """
 
-    def __init__(self, source: BinaryIO, sink: _OrderedSink, compressor: GzipCompressor,
+    def __init__(self, source: BinaryIO, sink: _OrderedSink, compressor: Compressor,
                  pool: ThreadPoolExecutor, chunk_size: int, min_chunk_size: int) -> None:
         self.source = source
         self.sink = sink
@@ -448,7 +456,11 @@ def _toc_tar(toc_json: bytes) -> bytes:
 
 
 def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildResult:
-    compressor = GzipCompressor(options.compression_level)
+    compressor: Compressor
+    if options.format == FORMAT_ESTARGZ:
+        compressor = GzipCompressor(options.level)
+    else:
+        compressor = ZstdCompressor(options.level)
     with ExitStack() as stack:
         tar = _plain_tar(src, stack)
         start = tar.tell()
@@ -469,31 +481,55 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
             finally:
                 sink.close()
         toc_json = encode_toc(pipeline.entries)
-        toc_member = compressor.compress(_toc_tar(toc_json))
+        annotations = {
+            TOC_DIGEST_ANNOTATION: "sha256:" + hashlib.sha256(toc_json).hexdigest(),
+            UNCOMPRESSED_SIZE_ANNOTATION: "",  # the size is known once the TOC is written
+        }
         external_toc = None
-        if options.external_toc:
-            external_toc = toc_member
+        if options.format == FORMAT_ZSTD_CHUNKED_STARGZ:
+            annotations.update(_zstd_toc_and_footer(sink, compressor, toc_json))
+        elif options.external_toc:
+            external_toc = compressor.compress(_toc_tar(toc_json))
             sink.write_raw(external_toc_footer())
         else:
             toc_offset = sink.offset
-            sink.write(_Compressed(_Member(_toc_tar(toc_json), []), toc_member, []))
+            toc_tar = _toc_tar(toc_json)
+            sink.write(_Compressed(_Member(toc_tar, []), compressor.compress(toc_tar), []))
             sink.write_raw(gzip_footer(toc_offset))
+        annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(sink.uncompressed_size)
         out.flush()
     return BuildResult(
-        toc_digest="sha256:" + hashlib.sha256(toc_json).hexdigest(),
+        format=options.format,
+        toc_digest=annotations[TOC_DIGEST_ANNOTATION],
         diff_id="sha256:" + sink.diff_hash.hexdigest(),
         uncompressed_size=sink.uncompressed_size,
         blob_digest="sha256:" + sink.blob_hash.hexdigest(),
         blob_size=sink.offset,
+        media_type=GZIP_LAYER_MEDIA_TYPE if options.format == FORMAT_ESTARGZ else ZSTD_LAYER_MEDIA_TYPE,
+        annotations=annotations,
         missing_prioritized=tuple(missing),
         external_toc=external_toc,
     )
 
 
+def _zstd_toc_and_footer(sink: _OrderedSink, compressor: Compressor, toc_json: bytes) -> dict[str, str]:
+    """stargz-snapshotter's zstd:chunked tail: the TOC frame and the 40-byte footer, in skippable
+    frames; returns the annotations that locate the TOC."""
+    toc_frame = compressor.compress(toc_json)
+    toc_offset = sink.offset + 8
+    sink.write_raw(skippable_frame(toc_frame))
+    sink.write_raw(zstd_chunked_footer_40(toc_offset, len(toc_frame), len(toc_json)))
+    return {
+        LEGACY_MANIFEST_CHECKSUM_ANNOTATION: "sha256:" + hashlib.sha256(toc_frame).hexdigest(),
+        LEGACY_MANIFEST_POSITION_ANNOTATION: f"{toc_offset}:{len(toc_frame)}:{len(toc_json)}:1",
+    }
+
+
 @dataclass(frozen=True)
 class _Options:
+    format: str
     chunk_size: int
-    compression_level: int
+    level: int
     min_chunk_size: int
     prioritized_files: tuple[str, ...]
     allow_missing_prioritized: bool
@@ -513,14 +549,19 @@ class _Options:
             raise ValueError("keep_diff_id needs external_toc: an internal TOC would change the diffID")
         if self.keep_diff_id and self.prioritized_files:
             raise ValueError("keep_diff_id keeps the input order: it cannot prioritize files")
+        if self.format not in (FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED_STARGZ):
+            raise ValueError(f"unknown format {self.format!r}")
+        if self.format != FORMAT_ESTARGZ and self.external_toc:
+            raise ValueError("an external TOC exists only for the gzip eStargz format")
 
 
 def convert(
     src: PathOrStream,
     dst: PathOrStream,
     *,
+    format: str = FORMAT_ESTARGZ,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    compression_level: int = DEFAULT_GZIP_LEVEL,
+    compression_level: int | None = None,
     min_chunk_size: int = 0,
     prioritized_files: Sequence[str] = (),
     allow_missing_prioritized: bool = False,
@@ -529,7 +570,11 @@ def convert(
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> BuildResult:
-    """Convert a layer tar (plain, gzip or zstd; a path or a binary stream) to an eStargz blob.
+    """Convert a layer tar (plain, gzip or zstd; a path or a binary stream) to a lazy-pulling blob.
+
+    ``format`` is :data:`FORMAT_ESTARGZ` (gzip) or :data:`FORMAT_ZSTD_CHUNKED_STARGZ`
+    (stargz-snapshotter's zstd:chunked). ``compression_level`` is a gzip level 0-9 (default
+    :data:`DEFAULT_GZIP_LEVEL`) or a zstd level 1-22 (default :data:`DEFAULT_ZSTD_LEVEL`).
 
     ``dst`` is a path (written to a temporary file renamed into place, so a failed conversion
     leaves nothing behind) or a writable binary stream. ``threads`` (default: every CPU) changes
@@ -541,7 +586,9 @@ def convert(
     ``BuildResult.external_toc``. ``keep_diff_id`` (with ``external_toc``) keeps every input byte
     in order, so the blob decompresses to the input tar and the diffID does not change.
     """
-    options = _Options(chunk_size, compression_level, min_chunk_size, tuple(prioritized_files),
+    if compression_level is None:
+        compression_level = DEFAULT_GZIP_LEVEL if format == FORMAT_ESTARGZ else DEFAULT_ZSTD_LEVEL
+    options = _Options(format, chunk_size, compression_level, min_chunk_size, tuple(prioritized_files),
                        allow_missing_prioritized, external_toc, keep_diff_id,
                        os.cpu_count() or 1 if threads is None else threads, progress)
     if not isinstance(dst, (str, os.PathLike)):

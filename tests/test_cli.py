@@ -126,6 +126,7 @@ def test_convert_prints_json_matching_the_blob(tmp_path, layer_tar, capsys):
     with estargz.open(out) as reader:
         toc_digest = reader.toc_digest
     assert doc == {
+        "format": "estargz",
         "tocDigest": toc_digest,
         "diffID": sha256(raw),
         "uncompressedSize": len(raw),
@@ -410,7 +411,7 @@ def test_info_of_plain_tar_fails(layer_tar):
     proc = run_cli("info", layer_tar)
     assert proc.returncode == 1
     assert proc.stdout == b""
-    assert_one_error_line(proc.stderr, "no eStargz footer")
+    assert_one_error_line(proc.stderr, "no eStargz or zstd:chunked footer")
 
 
 @pytest.mark.parametrize("content", [b"", b"x", gzip.compress(TAR)])
@@ -420,7 +421,7 @@ def test_info_of_non_estargz_fails_in_process(tmp_path, capsys, content):
     assert main(["info", str(path)]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert_one_error_line(captured.err, "no eStargz footer")
+    assert_one_error_line(captured.err, "no eStargz or zstd:chunked footer")
 
 
 def test_ls(blob_file, capsys):

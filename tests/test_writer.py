@@ -594,6 +594,7 @@ def test_build_result_json_consistent_with_annotations():
     json.dumps(doc)  # JSON-ready
     raw = gzip.decompress(blob)
     assert doc == {
+        "format": "estargz",
         "tocDigest": result.toc_digest,
         "diffID": sha256(raw),
         "uncompressedSize": len(raw),
