@@ -12,17 +12,25 @@ from typing import BinaryIO, Callable, Sequence
 
 from . import __version__
 from .errors import EStargzError
-from .framing import DEFAULT_GZIP_LEVEL, GZIP_ENGINES
+from .framing import DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL, GZIP_ENGINES
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Reader, open_blob
 from .tocimage import write_toc_image
-from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
+from .writer import (
+    DEFAULT_CHUNK_SIZE,
+    FORMAT_ESTARGZ,
+    FORMAT_ZSTD_CHUNKED_STARGZ,
+    convert,
+    read_workload_record,
+)
 
 __all__ = ["main"]
 
 _DESCRIPTION = """\
-Write, read and verify eStargz layers: gzip-compressed layer tars with a table of contents
-(TOC) that lets container runtimes fetch single files lazily (containerd's stargz-snapshotter).
+Write, read and verify lazy-pulling container layers: eStargz (gzip, containerd's
+stargz-snapshotter) and zstd:chunked (podman, CRI-O, skopeo; and stargz-snapshotter's own
+flavour). Each is a compressed layer tar with a table of contents (TOC) that lets a runtime
+fetch single files instead of the whole layer.
 
 Typical use:
   python -m estargz convert layer.tar layer.esgz      # prints the digests and OCI annotations
@@ -67,10 +75,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     for path in args.prioritized_files_from:
         prioritized.extend(_read_lines(path))
     allow_missing = args.allow_missing_prioritized
-    if args.estargz_record_in:
-        with open(args.estargz_record_in, "rb") as f:
-            prioritized.extend(read_workload_record(f, args.record_layer_index))
-        allow_missing = True  # as ctr-remote and nerdctl do for recorded workloads
+    for record in (args.estargz_record_in, args.zstdchunked_record_in):
+        if record:
+            with open(record, "rb") as f:
+                prioritized.extend(read_workload_record(f, args.record_layer_index))
+            allow_missing = True  # as ctr-remote and nerdctl do for recorded workloads
+    layer_format = _convert_format(args)
+    zstd = layer_format != FORMAT_ESTARGZ
     if args.estargz_keep_diff_id and not args.estargz_external_toc:
         raise _UsageError("--estargz-keep-diff-id needs --estargz-external-toc")
     if args.estargz_keep_diff_id and prioritized:
@@ -85,8 +96,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     dst = sys.stdout.buffer if args.output == "-" else args.output
     result = convert(
         src, dst,
-        chunk_size=args.estargz_chunk_size or DEFAULT_CHUNK_SIZE,
-        compression_level=args.estargz_compression_level,
+        format=layer_format,
+        chunk_size=(args.zstdchunked_chunk_size if zstd else args.estargz_chunk_size) or DEFAULT_CHUNK_SIZE,
+        compression_level=args.zstdchunked_compression_level if zstd else args.estargz_compression_level,
         min_chunk_size=args.estargz_min_chunk_size,
         prioritized_files=prioritized,
         allow_missing_prioritized=allow_missing,
@@ -103,6 +115,21 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             summary["tocImageManifestDigest"] = write_toc_image(args.estargz_toc_image, [result])
     print(json.dumps(summary, indent=2), file=sys.stderr if args.output == "-" else sys.stdout)
     return 0
+
+
+def _convert_format(args: argparse.Namespace) -> str:
+    """The output format from --format and the nerdctl-style --zstdchunked; refuse flags that
+    do not apply to it."""
+    layer_format = args.format
+    if args.zstdchunked:
+        if layer_format not in (FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED_STARGZ):
+            raise _UsageError(f"--zstdchunked conflicts with --format {layer_format}")
+        layer_format = FORMAT_ZSTD_CHUNKED_STARGZ
+    if layer_format != FORMAT_ESTARGZ:
+        for flag in ("estargz_external_toc", "estargz_keep_diff_id", "estargz_toc_output", "estargz_toc_image"):
+            if getattr(args, flag):
+                raise _UsageError(f"--{flag.replace('_', '-')} applies to --format estargz only")
+    return layer_format
 
 
 class _UsageError(Exception):
@@ -129,6 +156,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             chunks = blob.lookup(PREFETCH_LANDMARK).chunks
             prefetch = chunks[0].offset if chunks else None
         info = {
+            "format": blob.format,
             "footer": {"kind": blob.footer.kind, "size": blob.footer.size},
             "tocOffset": blob.toc_offset,
             "tocDigest": blob.toc_digest,
@@ -227,6 +255,13 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _zstd_level(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 22:
+        raise argparse.ArgumentTypeError("must be 1-22")
+    return value
+
+
 def _level(text: str) -> int:
     value = int(text)
     if value not in GZIP_ENGINES:
@@ -249,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
                 "Convert a layer tar (plain, gzip or zstd) to eStargz; print digests and annotations as JSON.")
     c.add_argument("input", help="layer tar to convert, or - for standard input")
     c.add_argument("output", help="eStargz blob to write, or - for standard output")
+    c.add_argument("--format", choices=(FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED_STARGZ), default=FORMAT_ESTARGZ,
+                   help="estargz: gzip eStargz (default). zstd:chunked-stargz: stargz-snapshotter's "
+                        "zstd:chunked, as nerdctl --zstdchunked writes it")
+    c.add_argument("--zstdchunked", action="store_true",
+                   help="as in nerdctl: the same as --format zstd:chunked-stargz")
+    c.add_argument("--zstdchunked-compression-level", type=_zstd_level, default=DEFAULT_ZSTD_LEVEL, metavar="N",
+                   help=f"zstd level 1-22 for the zstd:chunked formats (default {DEFAULT_ZSTD_LEVEL})")
+    c.add_argument("--zstdchunked-chunk-size", type=_positive, default=0, metavar="BYTES",
+                   help=f"largest chunk per zstd frame (default 0 = {DEFAULT_CHUNK_SIZE})")
+    c.add_argument("--zstdchunked-record-in", metavar="FILE", help="as --estargz-record-in, for zstd:chunked")
     c.add_argument("--estargz-compression-level", type=_level, default=DEFAULT_GZIP_LEVEL, metavar="N",
                    help=f"gzip level 0-9 (default {DEFAULT_GZIP_LEVEL}); each level is at least as dense as "
                         "the Go reference at the same level")
