@@ -41,6 +41,10 @@ class TarEntry:
     gname: str = ""
     mtime: tuple[int, int] = (0, 0)
     """Modification time as (seconds, nanoseconds), nanoseconds in [0, 1e9)."""
+    atime: tuple[int, int] | None = None
+    """Access time (PAX ``atime`` or the GNU header field), if the archive has one."""
+    ctime: tuple[int, int] | None = None
+    """Change time (PAX ``ctime`` or the GNU header field), if the archive has one."""
     linkname: str = ""
     devmajor: int = 0
     devminor: int = 0
@@ -222,6 +226,10 @@ def iter_entries(f: BinaryIO, start: int = 0) -> Iterator[TarEntry]:
             linkname=_text(pax.get(b"linkpath", link) or link),
             header_offset=header_start,
         )
+        if magic == b"ustar ":  # GNU: atime and ctime in the prefix area, when set
+            for attr, field in (("atime", block[345:357]), ("ctime", block[357:369])):
+                if field[:1] not in (b"", b"\0"):
+                    setattr(entry, attr, (_number(field, attr), 0))
         if flag == b"\0" and entry.name.endswith("/"):
             entry.kind = _DIR
         if kind in ("char", "block"):
@@ -254,6 +262,10 @@ def _apply_pax(entry: TarEntry, pax: dict[bytes, bytes]) -> None:
             entry.gname = _text(value)
         elif key == b"mtime":
             entry.mtime = _pax_time(value)
+        elif key == b"atime":
+            entry.atime = _pax_time(value)
+        elif key == b"ctime":
+            entry.ctime = _pax_time(value)
         elif key.startswith(b"SCHILY.xattr."):
             entry.xattrs[_text(key[len(_XATTR_PREFIX):])] = value
     if entry.size < 0:

@@ -502,7 +502,7 @@ class _Builder:
         parent = self._parent()
         if kind == "opaque":
             path = posixpath.join(parent, ".wh..wh..opq")
-            kind, name_kind = "reg", "reg"
+            kind = "reg"
             if not parent or path in self.taken or not self._fits(path, "reg"):
                 path = self._fresh(parent, ".wh." + draw(self.components), "reg")
         elif kind == "whiteout":

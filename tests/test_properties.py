@@ -6,7 +6,6 @@ import contextlib
 import gzip
 import hashlib
 import io
-import math
 import os
 import posixpath
 import subprocess
@@ -303,7 +302,11 @@ def _packed(kind: str) -> tuple[bytes, bytes]:
 
 @pytest.mark.parametrize("kind", ["plain", "gzip", "zstd"])
 def test_unseekable_input(kind: str) -> None:
-    """A layer read from a pipe (e.g. ``docker save | estargz convert -``)."""
+    """A layer read from a pipe (e.g. ``docker save | estargz convert -``).
+
+    Regression: gzip input from a pipe once failed with AttributeError (the stream wrapper that
+    puts the sniffed magic bytes back had no ``readinto``, which the gzip reader needs).
+    """
     tar, packed = _packed(kind)
     read_fd, write_fd = os.pipe()
     writer = threading.Thread(target=lambda: (os.write(write_fd, packed), os.close(write_fd)))
@@ -320,7 +323,8 @@ def test_unseekable_input(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["plain", "gzip", "zstd"])
 def test_unseekable_input_with_short_reads(kind: str) -> None:
     """An unbuffered pipe or socket may return fewer bytes than asked; format detection must not
-    depend on the first read returning all four magic bytes."""
+    depend on the first read returning all four magic bytes (regression: compressed input read
+    one byte at a time was once taken for a plain tar)."""
     tar, packed = _packed(kind)
     out = io.BytesIO()
     result = estargz.convert(Unseekable(packed, piece=1), out, threads=1)
