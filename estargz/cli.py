@@ -86,6 +86,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise _UsageError("--estargz-keep-diff-id needs --estargz-external-toc")
     if args.estargz_keep_diff_id and prioritized:
         raise _UsageError("--estargz-keep-diff-id keeps the layer's order: it cannot prioritize files")
+    if not args.estargz_external_toc and (args.estargz_toc_output or args.estargz_toc_image):
+        raise _UsageError("--estargz-toc-output and --estargz-toc-image need --estargz-external-toc")
     toc_output = args.estargz_toc_output
     if args.estargz_external_toc and toc_output is None:
         if args.output == "-":

@@ -143,6 +143,8 @@ class Reader:
                 self.data_end = size - self.footer.size
                 toc_json = _read_toc(toc, 0, toc.size)
             else:
+                if toc is not None:
+                    raise ValueError("toc= is for blobs whose TOC is kept outside; this one has its TOC inside")
                 self.data_end = self.toc_offset
                 toc_json = _read_toc(source, self.toc_offset, size - self.footer.size)
         self.toc_digest: str = (self.manifest_checksum if self.format == FORMAT_ZSTD_CHUNKED  # type: ignore[assignment]
@@ -361,8 +363,9 @@ class Reader:
         """Write the layer as a plain tar to ``out``; return the number of bytes written.
 
         That is the blob's data inflated, without the TOC entry. When the data has no
-        end-of-archive marker (every blob with a TOC inside), one is added; a keep-diff-id blob
-        already has it, and unpacks to the original tar byte for byte.
+        end-of-archive marker (every blob with a TOC inside), one is added. Blobs that keep the
+        input's bytes (keep-diff-id, containers/storage zstd:chunked) unpack to the original tar
+        byte for byte whenever it ended with its marker, as tars do.
         """
         tee = _ForwardTee(self._inflate(self._pieces(0, self.data_end)), out)
         for _ in iter_entries(tee):  # type: ignore[arg-type]

@@ -381,6 +381,7 @@ def test_info(blob_file, capsys):
     with estargz.open(path) as reader:
         toc_offset = reader.toc_offset
     assert doc == {
+        "format": "estargz",
         "footer": {"kind": "estargz", "size": 51},
         "tocOffset": toc_offset,
         "tocDigest": result.toc_digest,
