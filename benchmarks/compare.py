@@ -9,6 +9,7 @@ RSS, and the ratios to the Go run of the pairing.
 
     python benchmarks/compare.py                 # table on stdout
     python benchmarks/compare.py --markdown      # the same as a Markdown table
+    python benchmarks/compare.py --all-levels    # blob sizes of both at every level 1-9
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from estargz import DEFAULT_GZIP_LEVEL
+from estargz import DEFAULT_GZIP_LEVEL, GZIP_ENGINES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,7 +88,12 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 1,
                         help="GOMAXPROCS for the Go reference (default: every CPU, as Go does)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--all-levels", action="store_true",
+                        help="compare blob sizes at every level 1-9 instead (Markdown)")
     args = parser.parse_args()
+    if args.all_levels:
+        all_levels(build_checker(), args.layer, args.procs)
+        return
 
     checker = build_checker()
     with tempfile.TemporaryDirectory(prefix="estargz-bench-") as tmp:
@@ -121,7 +127,24 @@ def main() -> None:
     else:
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
         for line in (header, *lines):
-            print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+            print("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+def all_levels(checker: str, layer: Path | None, procs: int) -> None:
+    """Blob sizes of the Go reference and estargz at each level, on the same layer."""
+    with tempfile.TemporaryDirectory(prefix="estargz-bench-") as tmp:
+        work = Path(tmp)
+        if layer is None:
+            layer = work / "stdlib.tar"
+            make_stdlib_tar(layer)
+        print("| level | Go blob bytes | estargz engine | estargz blob bytes | size ×Go |")
+        print("|---|---|---|---|---|")
+        for level in range(1, 10):
+            go = run_go(checker, layer, work / "go.esgz", level, procs)
+            ours = run_estargz(layer, work / "py.esgz", level)
+            engine, engine_level = GZIP_ENGINES[level]
+            print(f"| {level} | {go.blob_size} | {engine} {engine_level} | {ours.blob_size} | "
+                  f"{ours.blob_size / go.blob_size:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def main() -> None:
         reference = gzip9_size(layer)
         m = args.min_chunk_size
         modes = [
-            ("default (level 6)", {}),
+            (f"default (level {estargz.DEFAULT_GZIP_LEVEL})", {}),
             ("level 9", {"compression_level": 9}),
             (f"min-chunk-size {m}", {"min_chunk_size": m}),
             ("external TOC", {"external_toc": True}),

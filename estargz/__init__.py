@@ -1,4 +1,4 @@
-"""estargz: write, read and verify eStargz lazy-pulling container layers.
+"""estargz: write, read and verify lazy-pulling container layers (eStargz and zstd:chunked).
 
 >>> import estargz
 >>> result = estargz.convert("layer.tar", "layer.esgz")          # doctest: +SKIP
@@ -7,6 +7,16 @@
 ...     data = blob.read("etc/os-release")
 """
 
+from .annotations import (
+    LAYER_DIGEST_ANNOTATION,
+    LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
+    LEGACY_MANIFEST_POSITION_ANNOTATION,
+    MANIFEST_CHECKSUM_ANNOTATION,
+    MANIFEST_POSITION_ANNOTATION,
+    TARSPLIT_POSITION_ANNOTATION,
+    TOC_DIGEST_ANNOTATION,
+    UNCOMPRESSED_SIZE_ANNOTATION,
+)
 from .errors import (
     EStargzError,
     FormatError,
@@ -16,22 +26,25 @@ from .errors import (
     VerificationError,
 )
 from .footer import Footer
-from .framing import DEFAULT_GZIP_LEVEL, GZIP_ENGINES
+from .formats import (
+    FORMAT_ESTARGZ,
+    FORMAT_ZSTD_CHUNKED,
+    FORMAT_ZSTD_CHUNKED_STARGZ,
+    FORMATS,
+)
+from .framing import (
+    DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL,
+    DEFAULT_GZIP_LEVEL,
+    DEFAULT_ZSTD_LEVEL,
+    GZIP_ENGINES,
+)
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Chunk, Entry, EntryFile, Reader, VerifyReport
 from .reader import open_blob as open
 from .source import BytesSource, FileSource, Source
 from .toc import TOC_NAME, TOCEntry, decode_toc, encode_toc
 from .tocimage import TOC_IMAGE_TAG_SUFFIX, toc_image_manifest, write_toc_image
-from .writer import (
-    DEFAULT_CHUNK_SIZE,
-    LAYER_DIGEST_ANNOTATION,
-    TOC_DIGEST_ANNOTATION,
-    UNCOMPRESSED_SIZE_ANNOTATION,
-    BuildResult,
-    convert,
-    read_workload_record,
-)
+from .writer import DEFAULT_CHUNK_SIZE, BuildResult, convert, read_workload_record
 
 __version__ = "0.1.0"
 
@@ -39,35 +52,46 @@ __all__ = [
     "BuildResult",
     "BytesSource",
     "Chunk",
+    "convert",
+    "decode_toc",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL",
     "DEFAULT_GZIP_LEVEL",
-    "EStargzError",
+    "DEFAULT_ZSTD_LEVEL",
+    "encode_toc",
     "Entry",
     "EntryFile",
+    "EStargzError",
     "FileSource",
     "Footer",
+    "FORMAT_ESTARGZ",
+    "FORMAT_ZSTD_CHUNKED",
+    "FORMAT_ZSTD_CHUNKED_STARGZ",
     "FormatError",
+    "FORMATS",
     "GZIP_ENGINES",
     "LAYER_DIGEST_ANNOTATION",
+    "LEGACY_MANIFEST_CHECKSUM_ANNOTATION",
+    "LEGACY_MANIFEST_POSITION_ANNOTATION",
     "LimitError",
+    "MANIFEST_CHECKSUM_ANNOTATION",
+    "MANIFEST_POSITION_ANNOTATION",
     "NO_PREFETCH_LANDMARK",
     "NotFoundError",
+    "open",
     "PREFETCH_LANDMARK",
+    "read_workload_record",
     "Reader",
     "Source",
-    "TOCEntry",
+    "TARSPLIT_POSITION_ANNOTATION",
     "TOC_DIGEST_ANNOTATION",
+    "toc_image_manifest",
     "TOC_IMAGE_TAG_SUFFIX",
     "TOC_NAME",
+    "TOCEntry",
     "UNCOMPRESSED_SIZE_ANNOTATION",
     "UnsupportedInputError",
     "VerificationError",
     "VerifyReport",
-    "convert",
-    "decode_toc",
-    "encode_toc",
-    "open",
-    "read_workload_record",
-    "toc_image_manifest",
     "write_toc_image",
 ]

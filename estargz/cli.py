@@ -12,17 +12,22 @@ from typing import BinaryIO, Callable, Sequence
 
 from . import __version__
 from .errors import EStargzError
-from .framing import DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL, GZIP_ENGINES
+from .formats import (
+    FORMAT_ESTARGZ,
+    FORMAT_ZSTD_CHUNKED,
+    FORMAT_ZSTD_CHUNKED_STARGZ,
+    FORMATS,
+)
+from .framing import (
+    DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL,
+    DEFAULT_GZIP_LEVEL,
+    DEFAULT_ZSTD_LEVEL,
+    GZIP_ENGINES,
+)
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Reader, open_blob
 from .tocimage import write_toc_image
-from .writer import (
-    DEFAULT_CHUNK_SIZE,
-    FORMAT_ESTARGZ,
-    FORMAT_ZSTD_CHUNKED_STARGZ,
-    convert,
-    read_workload_record,
-)
+from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
 
 __all__ = ["main"]
 
@@ -131,6 +136,12 @@ def _convert_format(args: argparse.Namespace) -> str:
         for flag in ("estargz_external_toc", "estargz_keep_diff_id", "estargz_toc_output", "estargz_toc_image"):
             if getattr(args, flag):
                 raise _UsageError(f"--{flag.replace('_', '-')} applies to --format estargz only")
+    if layer_format == FORMAT_ZSTD_CHUNKED:
+        for flag in ("zstdchunked_chunk_size", "estargz_min_chunk_size", "prioritized_file",
+                     "prioritized_files_from", "estargz_record_in", "zstdchunked_record_in"):
+            if getattr(args, flag):
+                raise _UsageError(f"--{flag.replace('_', '-')} does not apply to --format zstd:chunked, "
+                                  "which keeps the tar as it is")
     return layer_format
 
 
@@ -146,7 +157,14 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 
 def _open(args: argparse.Namespace) -> Reader:
-    return open_blob(args.blob, toc_digest=args.toc_digest, toc=args.toc)
+    annotations = None
+    if args.annotations:
+        with open(args.annotations, encoding="utf-8") as f:
+            document = json.load(f)
+        annotations = document.get("annotations", document) if isinstance(document, dict) else None
+        if not isinstance(annotations, dict):
+            raise ValueError(f"{args.annotations}: expected a JSON object of annotations or a descriptor")
+    return open_blob(args.blob, toc_digest=args.toc_digest, toc=args.toc, annotations=annotations)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -217,8 +235,11 @@ def _cmd_cat(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     with _open(args) as blob:
         report = blob.verify(args.toc_digest)
-    print(json.dumps({"ok": True, "tocDigest": report.toc_digest, "files": report.files,
-                      "chunks": report.chunks, "bytes": report.bytes}, indent=2))
+    summary = {"ok": True, "tocDigest": report.toc_digest, "files": report.files,
+               "chunks": report.chunks, "bytes": report.bytes}
+    if report.diff_id is not None:
+        summary["diffID"] = report.diff_id
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -286,13 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "Convert a layer tar (plain, gzip or zstd) to eStargz; print digests and annotations as JSON.")
     c.add_argument("input", help="layer tar to convert, or - for standard input")
     c.add_argument("output", help="eStargz blob to write, or - for standard output")
-    c.add_argument("--format", choices=(FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED_STARGZ), default=FORMAT_ESTARGZ,
-                   help="estargz: gzip eStargz (default). zstd:chunked-stargz: stargz-snapshotter's "
-                        "zstd:chunked, as nerdctl --zstdchunked writes it")
+    c.add_argument("--format", choices=FORMATS, default=FORMAT_ESTARGZ,
+                   help="estargz: gzip eStargz (default). zstd:chunked: containers/storage's, for podman, "
+                        "CRI-O and skopeo (lossless, content-defined chunks). zstd:chunked-stargz: "
+                        "stargz-snapshotter's, as nerdctl --zstdchunked writes it")
     c.add_argument("--zstdchunked", action="store_true",
                    help="as in nerdctl: the same as --format zstd:chunked-stargz")
-    c.add_argument("--zstdchunked-compression-level", type=_zstd_level, default=DEFAULT_ZSTD_LEVEL, metavar="N",
-                   help=f"zstd level 1-22 for the zstd:chunked formats (default {DEFAULT_ZSTD_LEVEL})")
+    c.add_argument("--zstdchunked-compression-level", type=_zstd_level, default=None, metavar="N",
+                   help=f"zstd level 1-22 for the zstd:chunked formats (default {DEFAULT_ZSTD_LEVEL}, or "
+                        f"{DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL} for zstd:chunked as podman uses)")
     c.add_argument("--zstdchunked-chunk-size", type=_positive, default=0, metavar="BYTES",
                    help=f"largest chunk per zstd frame (default 0 = {DEFAULT_CHUNK_SIZE})")
     c.add_argument("--zstdchunked-record-in", metavar="FILE", help="as --estargz-record-in, for zstd:chunked")
@@ -341,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="expected TOC digest (sha256:...); the blob is refused if it differs")
         sub.add_argument("--toc", metavar="FILE",
                          help="TOC blob of a blob written with an external TOC")
+        sub.add_argument("--annotations", metavar="FILE",
+                         help="JSON file with the layer's annotations (or its whole descriptor): "
+                              "zstd:chunked positions locate the TOC, and the digests are checked")
         if name == "ls":
             sub.add_argument("-l", "--long", action="store_true", help="show type, mode, owner, size, time")
         elif name == "cat":

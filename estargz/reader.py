@@ -6,26 +6,36 @@ import datetime as _dt
 import hashlib
 import io
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
+from .annotations import (
+    LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
+    LEGACY_MANIFEST_POSITION_ANNOTATION,
+    MANIFEST_CHECKSUM_ANNOTATION,
+    MANIFEST_POSITION_ANNOTATION,
+    TARSPLIT_POSITION_ANNOTATION,
+    TOC_DIGEST_ANNOTATION,
+)
+from .cstoc import CSTOCEntry, decode_cs_toc, format_rfc3339nano, parse_rfc3339
 from .errors import FormatError, LimitError, NotFoundError, VerificationError
 from .extract import ExtractReport, extract
 from .footer import MAX_FOOTER_SIZE, Footer, parse_footer
+from .formats import FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_STARGZ
 from .framing import inflate_frames, inflate_members
 from .source import Source, SourceLike, as_source
+from .tarsplit import TarSplitEntry, decode_entries, iter_tar
 from .tarstream import BLOCK, iter_entries, toc_header_fields
-from .toc import MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
+from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
 
 __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
 
-#: The formats a blob can be in (``Reader.format``).
-FORMAT_ESTARGZ = "estargz"
-FORMAT_ZSTD_CHUNKED = "zstd:chunked"
-FORMAT_ZSTD_CHUNKED_STARGZ = "zstd:chunked-stargz"
 _SKIPPABLE_HEADER = 8
+#: Largest tar-split the reader inflates.
+_MAX_TAR_SPLIT = 1 << 30
 
 #: Largest chunk the reader inflates into memory.
 MAX_CHUNK_SIZE = 512 << 20
@@ -82,9 +92,10 @@ class Entry:
         if not self.modtime:
             return None
         try:
-            return _dt.datetime.fromisoformat(self.modtime.replace("Z", "+00:00"))
-        except ValueError:
+            seconds, nanos = parse_rfc3339(self.modtime)
+        except FormatError:
             return None
+        return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc) + _dt.timedelta(microseconds=nanos // 1000)
 
     def is_dir(self) -> bool:
         return self.type == "dir"
@@ -101,6 +112,8 @@ class VerifyReport:
     files: int
     chunks: int
     bytes: int
+    diff_id: str | None = None
+    """containers/storage zstd:chunked: the diffID of the tar rebuilt from tar-split and files."""
 
 
 _COPIED_FIELDS = ("type", "size", "modtime", "link_name", "mode", "uid", "gid", "user_name",
@@ -115,12 +128,13 @@ class Reader:
     """An opened blob (eStargz, or either dialect of zstd:chunked). Use :func:`estargz.open`."""
 
     def __init__(self, source: Source, *, toc_digest: str | None = None, toc: Source | None = None,
-                 owns_source: bool = False) -> None:
+                 annotations: Mapping[str, str] | None = None, owns_source: bool = False) -> None:
         self._source = source
         self._owns_source = owns_source
         size = source.size
-        tail_size = min(MAX_FOOTER_SIZE, size)
-        self.footer: Footer = parse_footer(source.read_at(size - tail_size, tail_size), size)
+        annotations = dict(annotations or {})
+        self.footer: Footer = _footer_from_annotations(annotations, size) or parse_footer(
+            source.read_at(size - min(MAX_FOOTER_SIZE, size), min(MAX_FOOTER_SIZE, size)), size)
         self.toc_offset: int | None = self.footer.toc_offset
         """Offset of the TOC (gzip member, or zstd frame inside its skippable frame); None when
         the TOC is kept outside the blob."""
@@ -153,7 +167,13 @@ class Reader:
         (eStargz, stargz zstd:chunked) or of the compressed TOC (containers/storage zstd:chunked)."""
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
-        self.version, self.toc_entries = decode_toc(toc_json)
+        _check_annotated_digests(annotations, self.manifest_checksum, _hex_digest(toc_json))
+        self.tar_split_digest = ""
+        if self.format == FORMAT_ZSTD_CHUNKED:
+            version, cs_entries, self.tar_split_digest = decode_cs_toc(toc_json)
+            self.version, self.toc_entries = version, [_from_cs_entry(e) for e in cs_entries]
+        else:
+            self.version, self.toc_entries = decode_toc(toc_json)
         self._names: dict[str, Entry] = {}
         self._order: list[str] = []
         self._build_tree()
@@ -342,7 +362,47 @@ class Reader:
         files = [entry for entry in self._names.values() if entry.type == "reg"]
         with ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="estargz-verify") as pool:
             counts = list(pool.map(self._verify_file, files))
-        return VerifyReport(self.toc_digest, len(files), sum(c for c, _ in counts), sum(n for _, n in counts))
+        diff_id = None
+        if self.format == FORMAT_ZSTD_CHUNKED and self.footer.tar_split is not None:
+            diff_hash = hashlib.sha256()
+            for piece in self.iter_rebuilt_tar():
+                diff_hash.update(piece)
+            diff_id = "sha256:" + diff_hash.hexdigest()
+        return VerifyReport(self.toc_digest, len(files), sum(c for c, _ in counts), sum(n for _, n in counts),
+                            diff_id)
+
+    def tar_split(self) -> list[TarSplitEntry]:
+        """The tar-split records of a containers/storage zstd:chunked blob, checked against the
+        TOC's ``tarSplitDigest`` and against the TOC's entries (same names and sizes, in order)."""
+        if self.footer.tar_split is None:
+            raise FormatError("this blob has no tar-split (only containers/storage >= 1.50 writes it)")
+        offset, length, uncompressed = self.footer.tar_split
+        compressed = self._source.read_at(offset, length)
+        if self.tar_split_digest and _hex_digest(compressed) != self.tar_split_digest:
+            raise VerificationError("tar-split digest differs from the TOC's tarSplitDigest")
+        data = b"".join(inflate_frames([compressed], min(uncompressed, _MAX_TAR_SPLIT) + 1))
+        if len(data) != uncompressed:
+            raise FormatError(f"tar-split holds {len(data)} bytes, the footer says {uncompressed}")
+        records = decode_entries(data)
+        files = [r for r in records if r.type == 1]
+        toc = [e for e in self.toc_entries if e.type != "chunk"]
+        if [(r.name, r.size) for r in files] != [(e.name.encode("utf-8", "surrogateescape"), e.size) for e in toc]:
+            raise VerificationError("tar-split and TOC disagree on the entries of the layer")
+        return records
+
+    def iter_rebuilt_tar(self) -> Iterator[bytes]:
+        """The original tar of a containers/storage zstd:chunked blob, rebuilt from its tar-split
+        and the files' chunks (as a partial pull does), each file checked against its CRC-64."""
+        records = self.tar_split()
+        by_name = {clean_name(e.name): e for e in self.toc_entries if e.type != "chunk"}
+
+        def content(record: TarSplitEntry) -> Iterator[bytes]:
+            name = clean_name(record.name.decode("utf-8", "surrogateescape"))
+            with self.open(by_name[name].name) as f:
+                while block := f.read(_READ_PIECE):
+                    yield block
+
+        return iter_tar(records, content)
 
     def _verify_file(self, entry: Entry) -> tuple[int, int]:
         """Check one regular file; return (chunks read, bytes read)."""
@@ -399,6 +459,57 @@ def _pieces(source: Source, start: int, end: int) -> Iterator[bytes]:
         length = min(_READ_PIECE, end - start)
         yield source.read_at(start, length)
         start += length
+
+
+def _position(annotations: Mapping[str, str], keys: tuple[str, ...], fields: int) -> tuple[int, ...] | None:
+    for key in keys:
+        if key in annotations:
+            parts = annotations[key].split(":")
+            if len(parts) != fields or not all(p.isdigit() for p in parts):
+                raise FormatError(f"annotation {key} is not {fields} numbers: {annotations[key]!r}")
+            return tuple(int(p) for p in parts)
+    return None
+
+
+def _footer_from_annotations(annotations: Mapping[str, str], blob_size: int) -> Footer | None:
+    """Where the TOC (and tar-split) lie according to zstd:chunked layer annotations, if given."""
+    if TOC_DIGEST_ANNOTATION in annotations and MANIFEST_CHECKSUM_ANNOTATION in annotations:
+        raise FormatError("both zstd:chunked and eStargz TOC annotations found")
+    position = _position(annotations, (MANIFEST_POSITION_ANNOTATION, LEGACY_MANIFEST_POSITION_ANNOTATION), 4)
+    if position is None:
+        return None
+    offset, length, uncompressed, manifest_type = position
+    if manifest_type != 1:
+        raise FormatError(f"manifest-position annotation has type {manifest_type}, expected 1")
+    tar_split = _position(annotations, (TARSPLIT_POSITION_ANNOTATION,), 3)
+    for start, size in ((offset, length), tar_split[:2] if tar_split else (0, 0)):
+        if start < _SKIPPABLE_HEADER or start + size > blob_size:
+            raise FormatError(f"annotation points at [{start}, {start + size}) outside the blob")
+    return Footer("annotations", 0, offset, length, uncompressed, tar_split)  # type: ignore[arg-type]
+
+
+def _check_annotated_digests(annotations: Mapping[str, str], manifest_checksum: str | None,
+                             toc_json_digest: str) -> None:
+    for key in (MANIFEST_CHECKSUM_ANNOTATION, LEGACY_MANIFEST_CHECKSUM_ANNOTATION):
+        if key in annotations and annotations[key] != manifest_checksum:
+            raise VerificationError(f"compressed TOC digest is {manifest_checksum}, annotation {key} says "
+                                    f"{annotations[key]}")
+    expected = annotations.get(TOC_DIGEST_ANNOTATION)
+    if expected is not None and expected != toc_json_digest:
+        raise VerificationError(f"TOC digest is {toc_json_digest}, annotation {TOC_DIGEST_ANNOTATION} "
+                                f"says {expected}")
+
+
+def _from_cs_entry(entry: CSTOCEntry) -> TOCEntry:
+    """A containers/storage TOC entry in the eStargz model the tree is built from."""
+    return TOCEntry(
+        name=entry.name, type=entry.type, size=entry.size if entry.type == "reg" else 0,
+        modtime=format_rfc3339nano(*entry.modtime) if entry.modtime else "",
+        link_name=entry.link_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
+        offset=entry.offset, dev_major=entry.dev_major, dev_minor=entry.dev_minor,
+        xattrs=entry.xattrs, digest=entry.digest or (EMPTY_DIGEST if entry.type == "reg" else ""),
+        chunk_offset=entry.chunk_offset, chunk_size=entry.chunk_size, chunk_digest=entry.chunk_digest,
+    )
 
 
 def _read_zstd_toc(compressed: bytes, uncompressed_length: int | None) -> bytes:
@@ -564,11 +675,14 @@ class EntryFile(io.RawIOBase):
         return len(data)
 
 
-def open_blob(src: SourceLike, *, toc_digest: str | None = None, toc: SourceLike | None = None) -> Reader:
-    """Open an eStargz blob from a path, bytes, a seekable binary file or a ranged source.
+def open_blob(src: SourceLike, *, toc_digest: str | None = None, toc: SourceLike | None = None,
+              annotations: Mapping[str, str] | None = None) -> Reader:
+    """Open a blob (eStargz or zstd:chunked) from a path, bytes, a seekable file or a ranged source.
 
     With ``toc_digest`` the TOC is checked against it before anything else is read. ``toc`` is
-    the TOC blob of a blob written with an external TOC (same kinds of source).
+    the TOC blob of a blob written with an external TOC (same kinds of source). ``annotations``
+    are the layer descriptor's: zstd:chunked positions locate the TOC instead of the footer, and
+    the TOC digests they carry are checked.
     """
     with ExitStack() as stack:
         toc_source = None
@@ -578,7 +692,8 @@ def open_blob(src: SourceLike, *, toc_digest: str | None = None, toc: SourceLike
                 stack.callback(getattr(toc_source, "close", lambda: None))
         source = as_source(src)
         try:
-            return Reader(source, toc_digest=toc_digest, toc=toc_source, owns_source=_owned(src))
+            return Reader(source, toc_digest=toc_digest, toc=toc_source, annotations=annotations,
+                          owns_source=_owned(src))
         except BaseException:
             if _owned(src):
                 getattr(source, "close", lambda: None)()

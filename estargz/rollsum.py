@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Union
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 __all__ = [
     "WINDOW_SIZE", "CHAR_OFFSET", "ROLLSUM_BITS", "HOLE_THRESHOLD",
-    "Chunk", "chunk_file", "split_positions", "find_holes",
+    "Chunk", "chunk_file", "chunk_stream", "split_positions", "find_holes",
 ]
 
 WINDOW_SIZE = 64
@@ -35,7 +35,7 @@ HOLE_THRESHOLD = 1 << 10
 
 Chunk = tuple[int, int, bool]
 """(offset in the file, length, is a run of zeros)."""
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 _S2_INIT = WINDOW_SIZE * (WINDOW_SIZE - 1) * CHAR_OFFSET
 _MASK = (1 << ROLLSUM_BITS) - 1
@@ -52,13 +52,17 @@ _LOCAL = threading.local()
 _COALESCE = 1 << 16
 
 
-def _as_array(data: Buffer) -> np.ndarray:
+def _byte_view(data: Buffer) -> memoryview:
     view = memoryview(data)
     if not view.c_contiguous:
         raise TypeError("chunking needs a contiguous buffer")
     if view.ndim != 1 or view.format != "B":
         view = view.cast("B")
-    return np.frombuffer(view, np.uint8)
+    return view
+
+
+def _as_array(data: Buffer) -> np.ndarray:
+    return np.frombuffer(_byte_view(data), np.uint8)
 
 
 def _first_nonzero(arr: np.ndarray, view: memoryview, pos: int) -> int:
@@ -108,8 +112,8 @@ class _Finder:
 
 def find_holes(data: Buffer) -> list[tuple[int, int]]:
     """The maximal runs of at least :data:`HOLE_THRESHOLD` zero bytes, as sorted (start, end) pairs."""
-    arr = _as_array(data)
-    view = memoryview(arr)
+    view = _byte_view(data)
+    arr = np.frombuffer(view, np.uint8)
     finder = _Finder(data, view)
     holes: list[tuple[int, int]] = []
     pos = 0
@@ -246,3 +250,147 @@ def chunk_file(data: Buffer) -> list[Chunk]:
             chunks.append((start, end - start, False))
             start = end
     return chunks
+
+
+def _bounded_ranges(holes: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """The stretches of [start, end) between ``holes``, merged like :func:`_data_ranges`."""
+    ranges: list[tuple[int, int]] = []
+    pos = start
+    for hole_start, hole_end in holes + [(end, end)]:
+        if hole_start > pos:
+            if ranges and pos - ranges[-1][1] < _COALESCE:
+                ranges[-1] = (ranges[-1][0], hole_start)
+            else:
+                ranges.append((pos, hole_start))
+        pos = hole_end
+    return ranges
+
+
+def chunk_stream(read: Callable[[int, int], Buffer], size: int, *,
+                 window: int = 16 << 20) -> Iterator[Chunk]:
+    """:func:`chunk_file` for a file too large for memory, read ``window`` bytes at a time.
+
+    ``read(offset, length)`` must return exactly ``length`` bytes of the file at ``offset``; it is
+    called for consecutive, non-overlapping stretches of at most ``window`` bytes, so every byte is
+    read once, in order. Yields the same chunks as ``chunk_file(whole_file)``, each as soon as it
+    is certain (a data chunk when its split is seen, a hole when its first non-zero follower is).
+    Besides the current window, at most 1086 bytes are kept: the 63 bytes of rolling context and a
+    zero run of under :data:`HOLE_THRESHOLD` bytes ending a window, whose fate (hole or data) the
+    next window decides. A hole longer than the window is read through and never held whole.
+    """
+    if window < 1:
+        raise ValueError(f"window must be positive, not {window}")
+    if size < 0:
+        raise ValueError(f"size must be non-negative, not {size}")
+    return _chunk_stream(read, size, window)
+
+
+def _chunk_stream(read: Callable[[int, int], Buffer], size: int, window: int) -> Iterator[Chunk]:
+    zero_context = bytes(_CONTEXT)
+    chunk_start = 0  # everything before it has been yielded
+    pos = 0  # next byte to read
+    # Normal state: the zero bytes [pos - carry, pos) are neither tested nor classified yet, and
+    # ``context`` holds the 63 bytes before them (zeros before the file start).
+    carry = 0
+    context = zero_context
+    # Hole state: [hole_start, pos) is a hole (chunk_start == hole_start) whose end is not known.
+    hole_start = -1
+    while pos < size:
+        n = min(window, size - pos)
+        data = read(pos, n)
+        if not isinstance(data, (bytes, bytearray)):
+            data = _byte_view(data).tobytes()
+        if len(data) != n:
+            raise ValueError(f"read({pos}, {n}) returned {len(data)} bytes")
+        view = memoryview(data)
+        arr = np.frombuffer(view, np.uint8)
+        last = pos + n == size
+        skip = 0  # bytes of ``data`` that continue the open hole
+        if hole_start >= 0:
+            skip = _first_nonzero(arr, view, 0)
+            if skip == n:
+                pos += n
+                continue
+            yield (hole_start, pos + skip - hole_start, True)
+            chunk_start = pos + skip
+            hole_start = -1
+            context = zero_context  # a hole is longer than the context
+        start = pos + skip - carry  # file offset of the first byte to test in this window
+
+        # Holes: the leading zero run (which may extend the carried one), then the others.
+        first = _first_nonzero(arr, view, skip)
+        holes: list[tuple[int, int]] = []
+        if carry + first - skip >= HOLE_THRESHOLD:
+            holes.append((start, pos + first))
+        scan = first
+        while scan <= n - HOLE_THRESHOLD and (found := data.find(_HOLE_NEEDLE, scan)) >= 0:
+            scan = _first_nonzero(arr, view, found + HOLE_THRESHOLD)
+            holes.append((pos + found, pos + scan))
+        if first == n and not holes and not last:  # a short zero run so far: wait and see
+            carry += n - skip
+            pos += n
+            continue
+
+        # Bytes up to ``data_end`` are settled; a zero run ending the window may grow.
+        data_end = pos + n
+        open_hole = -1
+        if not last:
+            if holes and holes[-1][1] == pos + n:
+                open_hole = holes.pop()[0]
+                data_end = open_hole
+            elif arr[n - 1] == 0:  # under HOLE_THRESHOLD zeros, else found above; first < n
+                low = max(first, n - HOLE_THRESHOLD)
+                data_end = pos + low + int(np.flatnonzero(arr[low:])[-1]) + 1
+
+        # Splits of [start, data_end) minus the holes, on the virtual buffer
+        # context + carried zeros + data[skip:]: its first 63 tested bytes need the small
+        # ``head`` buffer, the rest has its whole context inside ``data``.
+        head = context + bytes(carry) + bytes(view[skip:skip + _CONTEXT])
+        base = start - _CONTEXT  # file offset of head[0]
+        head_ranges, tail_ranges = [], []
+        for lo, hi in _bounded_ranges(holes, start, data_end):
+            if lo - base < len(head):
+                head_ranges.append((lo - base, min(hi - base, len(head))))
+            lo = max(lo - pos, skip + _CONTEXT)
+            if hi - pos > lo:
+                tail_ranges.append((lo, hi - pos))
+        splits = []
+        if head_ranges:
+            splits += (split_positions(head, head_ranges) + base).tolist()
+        if tail_ranges:
+            splits += (split_positions(data, tail_ranges) + pos).tolist()
+
+        hole_index = 0
+        # A split inside a hole ends at or before chunk_start: skipped. The pending data chunk
+        # ends at data_end only if a hole follows or the file ends.
+        final = [data_end] if last or open_hole >= 0 else []
+        for end in splits + final:
+            while hole_index < len(holes) and holes[hole_index][0] < end:
+                closed_start, closed_end = holes[hole_index]
+                if closed_start > chunk_start:
+                    yield (chunk_start, closed_start - chunk_start, False)
+                yield (closed_start, closed_end - closed_start, True)
+                chunk_start = closed_end
+                hole_index += 1
+            if end > chunk_start:
+                yield (chunk_start, end - chunk_start, False)
+                chunk_start = end
+        for closed_start, closed_end in holes[hole_index:]:
+            if closed_start > chunk_start:
+                yield (chunk_start, closed_start - chunk_start, False)
+            yield (closed_start, closed_end - closed_start, True)
+            chunk_start = closed_end
+
+        if open_hole >= 0:
+            hole_start = open_hole
+            carry = 0
+        else:
+            carry = pos + n - data_end
+            # The 63 bytes before data_end: inside data[skip:], or else inside head.
+            if data_end - pos - _CONTEXT >= skip:
+                context = bytes(view[data_end - pos - _CONTEXT:data_end - pos])
+            else:
+                context = head[data_end - base - _CONTEXT:data_end - base]
+        pos += n
+    if hole_start >= 0:
+        yield (hole_start, size - hole_start, True)

@@ -23,39 +23,64 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Sequence, Union
+from typing import BinaryIO, Callable, Iterator, Sequence, Union
 
 import zstandard
 from isal import igzip, isal_zlib
 
+from . import rollsum
+from .annotations import (
+    LAYER_DIGEST_ANNOTATION,
+    LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
+    LEGACY_MANIFEST_POSITION_ANNOTATION,
+    MANIFEST_CHECKSUM_ANNOTATION,
+    MANIFEST_POSITION_ANNOTATION,
+    TARSPLIT_POSITION_ANNOTATION,
+    TOC_DIGEST_ANNOTATION,
+    UNCOMPRESSED_SIZE_ANNOTATION,
+)
+from .cstoc import CSTOCEntry, encode_cs_toc
 from .errors import FormatError, UnsupportedInputError
-from .footer import external_toc_footer, gzip_footer, skippable_frame, zstd_chunked_footer_40
-from .framing import DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL, Compressor, GzipCompressor, ZstdCompressor
+from .footer import (
+    external_toc_footer,
+    gzip_footer,
+    skippable_frame,
+    zstd_chunked_footer_40,
+    zstd_chunked_footer_64,
+)
+from .formats import (
+    FORMAT_ESTARGZ,
+    FORMAT_ZSTD_CHUNKED,
+    FORMAT_ZSTD_CHUNKED_STARGZ,
+    FORMATS,
+    GZIP_LAYER_MEDIA_TYPE,
+    ZSTD_LAYER_MEDIA_TYPE,
+)
+from .framing import (
+    DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL,
+    DEFAULT_GZIP_LEVEL,
+    DEFAULT_ZSTD_LEVEL,
+    Compressor,
+    GzipCompressor,
+    ZstdCompressor,
+)
 from .layout import LANDMARK_CONTENTS, order_entries
+from .tarsplit import TarSplitWriter, crc64_iso
 from .tarstream import BLOCK, TarEntry, iter_entries, padding, ustar_header
-from .toc import EMPTY_DIGEST, TOC_NAME, TOCEntry, clean_name, encode_toc, format_modtime
+from .toc import (
+    EMPTY_DIGEST,
+    TOC_NAME,
+    TOCEntry,
+    clean_name,
+    encode_toc,
+    format_modtime,
+)
 
-__all__ = [
-    "BuildResult", "convert", "DEFAULT_CHUNK_SIZE", "TOC_DIGEST_ANNOTATION",
-    "UNCOMPRESSED_SIZE_ANNOTATION", "LAYER_DIGEST_ANNOTATION", "LEGACY_MANIFEST_CHECKSUM_ANNOTATION",
-    "LEGACY_MANIFEST_POSITION_ANNOTATION", "FORMAT_ESTARGZ", "FORMAT_ZSTD_CHUNKED_STARGZ",
-    "read_workload_record",
-]
+__all__ = ["BuildResult", "convert", "DEFAULT_CHUNK_SIZE", "read_workload_record"]
 
 DEFAULT_CHUNK_SIZE = 4 << 20
-TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
-UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
-LAYER_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/layer.digest"
-GZIP_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
-ZSTD_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
-#: The zstd:chunked annotation keys stargz-snapshotter writes (containers/storage <= 1.43 spelling).
-LEGACY_MANIFEST_CHECKSUM_ANNOTATION = "io.containers.zstd-chunked.manifest-checksum"
-LEGACY_MANIFEST_POSITION_ANNOTATION = "io.containers.zstd-chunked.manifest-position"
 
-FORMAT_ESTARGZ = "estargz"
-#: stargz-snapshotter's zstd:chunked (``nerdctl image convert --zstdchunked``): eStargz TOC,
-#: fixed-size chunks, 40-byte footer.
-FORMAT_ZSTD_CHUNKED_STARGZ = "zstd:chunked-stargz"
+
 
 #: A run of headers longer than this is split into several members, bounding member size.
 _HEADER_RUN_LIMIT = 4 << 20
@@ -123,18 +148,36 @@ class BuildResult:
 class _ChunkRef:
     """A chunk inside a member's plaintext: its TOC entry and where its payload lies."""
 
-    entry: TOCEntry
+    entry: TOCEntry | CSTOCEntry
     start: int
     size: int
     whole_file: bool  # the chunk is the whole file, so its digest is the file digest
+    ends_file: CSTOCEntry | None = None  # the file entry whose endOffset is this member's end
 
 
 @dataclass(slots=True)
 class _Member:
-    """The plaintext of one gzip member and the chunks whose payload starts in it."""
+    """The plaintext of one member (gzip member or zstd frame) and the chunks starting in it.
+
+    A run of zeros (containers/storage holes) is kept as its length, never materialized.
+    """
 
     data: bytes
     chunks: list[_ChunkRef]
+    zeros: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.zeros or len(self.data)
+
+    def blocks(self) -> Iterator[bytes]:
+        """The plaintext, in blocks of at most 1 MiB for a run of zeros."""
+        if not self.zeros:
+            yield self.data
+            return
+        block = bytes(min(self.zeros, _COPY_BLOCK))
+        for start in range(0, self.zeros, len(block)):
+            yield block[:min(len(block), self.zeros - start)]
 
 
 @dataclass(slots=True)
@@ -147,6 +190,13 @@ class _Compressed:
 def _compress_batch(compressor: Compressor, batch: list[_Member]) -> list[_Compressed]:
     out = []
     for member in batch:
+        if member.zeros:
+            digest = hashlib.sha256()
+            for block in member.blocks():
+                digest.update(block)
+            blob = compressor.compress_zeros(member.zeros)  # type: ignore[attr-defined]
+            out.append(_Compressed(member, blob, ["sha256:" + digest.hexdigest()]))
+            continue
         view = memoryview(member.data)
         digests = ["sha256:" + hashlib.sha256(view[c.start:c.start + c.size]).hexdigest() for c in member.chunks]
         out.append(_Compressed(member, compressor.compress(member.data), digests))
@@ -210,13 +260,16 @@ class _OrderedSink(threading.Thread):
 
     def write(self, item: _Compressed) -> None:
         member = item.member
-        for chunk, digest in zip(member.chunks, item.chunk_digests):
+        for chunk, digest in zip(member.chunks, item.chunk_digests, strict=True):
             chunk.entry.offset = self.offset
             chunk.entry.chunk_digest = digest
             if chunk.whole_file:
                 chunk.entry.digest = digest
-        self.diff_hash.update(member.data)
-        self.uncompressed_size += len(member.data)
+            if chunk.ends_file is not None:
+                chunk.ends_file.end_offset = self.offset + len(item.blob)
+        for block in member.blocks():
+            self.diff_hash.update(block)
+        self.uncompressed_size += member.size
         self.write_raw(item.blob)
 
     def write_raw(self, blob: bytes) -> None:
@@ -234,8 +287,10 @@ class _Pipeline:
     """
 
     def __init__(self, source: BinaryIO, sink: _OrderedSink, compressor: Compressor,
-                 pool: ThreadPoolExecutor, chunk_size: int, min_chunk_size: int) -> None:
+                 pool: ThreadPoolExecutor, chunk_size: int, min_chunk_size: int,
+                 separate_metadata: bool = False) -> None:
         self.source = source
+        self.separate_metadata = separate_metadata
         self.sink = sink
         self.compressor = compressor
         self.pool = pool
@@ -256,9 +311,11 @@ class _Pipeline:
     def _close_member(self) -> None:
         if not self.parts:
             return
-        member = _Member(b"".join(self.parts), self.chunks)
+        self._queue_member(_Member(b"".join(self.parts), self.chunks))
         self.parts, self.member_size, self.header_run, self.chunks = [], 0, 0, []
         self.estimated, self.unestimated = 0, []
+
+    def _queue_member(self, member: _Member) -> None:
         self.batch.append(member)
         self.batch_bytes += len(member.data)
         if self.batch_bytes >= _BATCH_BYTES:
@@ -277,7 +334,7 @@ class _Pipeline:
 
     def append(self, data: bytes) -> None:
         """Bytes between chunks: headers, padding, the archive's end."""
-        if self.header_run >= _HEADER_RUN_LIMIT:
+        if self.header_run >= _HEADER_RUN_LIMIT or (self.separate_metadata and self.chunks):
             self._close_member()
         self._add_bytes(data)
         self.header_run += len(data)
@@ -295,6 +352,19 @@ class _Pipeline:
         self.chunks.append(_ChunkRef(chunk, self.member_size, len(payload), whole_file))
         self._add_bytes(payload)
         self.header_run = 0
+
+    def add_chunk(self, chunk: CSTOCEntry, payload: bytes, whole_file: bool,
+                  ends_file: CSTOCEntry | None) -> None:
+        """A chunk in a member of its own (containers/storage)."""
+        self._close_member()
+        self.chunks.append(_ChunkRef(chunk, 0, len(payload), whole_file, ends_file))
+        self._add_bytes(payload)
+        self.header_run = 0
+
+    def add_zeros(self, chunk: CSTOCEntry, size: int, whole_file: bool, ends_file: CSTOCEntry | None) -> None:
+        """A run of zeros in a frame of its own (a containers/storage hole)."""
+        self._close_member()
+        self._queue_member(_Member(b"", [_ChunkRef(chunk, 0, size, whole_file, ends_file)], zeros=size))
 
     # -- entries -------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> bytes:
@@ -450,6 +520,108 @@ class _Prepend(io.RawIOBase):
         return len(data)
 
 
+def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], start: int, end: int,
+                                tar_split: TarSplitWriter) -> list[CSTOCEntry]:
+    """Add the entries as containers/storage does: every input byte kept in order, each
+    content-defined chunk in a frame of its own, headers and padding in frames between them."""
+    toc: list[CSTOCEntry] = []
+    single_chunk: list[CSTOCEntry] = []
+    position = start
+    last_size = 0
+    for entry in entries:
+        header = pipeline.read(position, entry.data_offset - position)
+        pipeline.append(header)
+        tar_split.segment(header)
+        record = CSTOCEntry(
+            type=entry.kind, name=entry.name, mode=entry.mode, size=entry.size, uid=entry.uid,
+            gid=entry.gid, modtime=entry.mtime, accesstime=entry.atime, changetime=entry.ctime,
+            xattrs=entry.xattrs,
+        )
+        if entry.kind in ("symlink", "hardlink"):
+            record.link_name = entry.linkname
+        elif entry.kind in ("char", "block"):
+            record.dev_major, record.dev_minor = entry.devmajor, entry.devminor
+        toc.append(record)
+        crc = None
+        if entry.kind == "reg" and entry.size:
+            crc = _containers_storage_content(pipeline, entry, record, toc, single_chunk)
+        tar_split.file(entry.name.encode("utf-8", "surrogateescape"), entry.size, crc)
+        position, last_size = entry.data_offset + entry.size, entry.size
+    # The end of the archive as a tar reader consumes it (last padding, two zero blocks), then
+    # whatever follows, every byte kept.
+    archive_end = min(end, position + padding(last_size) + 2 * BLOCK)
+    ending = pipeline.read(position, archive_end - position)
+    pipeline.append(ending)
+    tar_split.segment(ending)
+    for offset in range(archive_end, end, _COPY_BLOCK):
+        rest = pipeline.read(offset, min(_COPY_BLOCK, end - offset))
+        pipeline.append(rest)
+        tar_split.trailing(rest)
+    tar_split.close()
+    return toc
+
+
+def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CSTOCEntry,
+                                toc: list[CSTOCEntry], single_chunk: list[CSTOCEntry]) -> int:
+    """Cut one file into content-defined chunks and frame each; return the content's CRC-64."""
+    def read(offset: int, length: int) -> bytes:
+        return pipeline.read(entry.data_offset + offset, length)
+
+    spans = list(rollsum.chunk_stream(read, entry.size))
+    file_hash = hashlib.sha256() if len(spans) > 1 else None
+    crc = 0
+    for index, (offset, length, zeros) in enumerate(spans):
+        if index == 0:
+            chunk = record
+        else:
+            chunk = CSTOCEntry(type="chunk", name=entry.name, chunk_offset=offset)
+            toc.append(chunk)
+        last = record if index == len(spans) - 1 else None
+        if file_hash is not None:
+            chunk.chunk_size = length
+            chunk.chunk_type = "zeros" if zeros else ""
+        if zeros:
+            pipeline.add_zeros(chunk, length, file_hash is None, last)
+            block = bytes(min(length, _COPY_BLOCK))
+            for start in range(0, length, len(block)):
+                piece = block[:min(len(block), length - start)]
+                crc = crc64_iso(piece, crc)
+                if file_hash is not None:
+                    file_hash.update(piece)
+        else:
+            payload = read(offset, length)
+            crc = crc64_iso(payload, crc)
+            if file_hash is not None:
+                file_hash.update(payload)
+            pipeline.add_chunk(chunk, payload, file_hash is None, last)
+    if file_hash is not None:
+        record.digest = "sha256:" + file_hash.hexdigest()
+    else:
+        single_chunk.append(record)
+    return crc
+
+
+def _containers_storage_tail(sink: _OrderedSink, compressor: Compressor, toc: list[CSTOCEntry],
+                             tar_split: bytes) -> dict[str, str]:
+    """The TOC and tar-split frames and the 64-byte footer; returns the annotations."""
+    for record in toc:
+        if record.type == "reg" and not record.chunk_size:
+            record.chunk_digest = ""  # single-chunk files carry only their digest
+    tar_split_frame = compressor.compress(tar_split)
+    toc_json = encode_cs_toc(toc, "sha256:" + hashlib.sha256(tar_split_frame).hexdigest())
+    toc_frame = compressor.compress(toc_json)
+    toc_offset = sink.offset + 8
+    sink.write_raw(skippable_frame(toc_frame))
+    tar_split_position = (sink.offset + 8, len(tar_split_frame), len(tar_split))
+    sink.write_raw(skippable_frame(tar_split_frame))
+    sink.write_raw(zstd_chunked_footer_64(toc_offset, len(toc_frame), len(toc_json), tar_split_position))
+    return {
+        MANIFEST_CHECKSUM_ANNOTATION: "sha256:" + hashlib.sha256(toc_frame).hexdigest(),
+        MANIFEST_POSITION_ANNOTATION: f"{toc_offset}:{len(toc_frame)}:{len(toc_json)}:1",
+        TARSPLIT_POSITION_ANNOTATION: "{}:{}:{}".format(*tar_split_position),
+    }
+
+
 def _toc_tar(toc_json: bytes) -> bytes:
     """The TOC as a tar: its entry, padding and the end-of-archive marker."""
     return b"".join((ustar_header(TOC_NAME, len(toc_json)), toc_json, bytes(padding(len(toc_json)) + 2 * BLOCK)))
@@ -461,6 +633,7 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
         compressor = GzipCompressor(options.level)
     else:
         compressor = ZstdCompressor(options.level)
+    containers_storage = options.format == FORMAT_ZSTD_CHUNKED
     with ExitStack() as stack:
         tar = _plain_tar(src, stack)
         start = tar.tell()
@@ -470,9 +643,14 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
         missing: list[str] = []
         with ThreadPoolExecutor(options.threads, thread_name_prefix="estargz") as pool:
             sink.start()
-            pipeline = _Pipeline(tar, sink, compressor, pool, options.chunk_size, options.min_chunk_size)
+            pipeline = _Pipeline(tar, sink, compressor, pool, options.chunk_size, options.min_chunk_size,
+                                 separate_metadata=containers_storage)
+            tar_split = TarSplitWriter()
+            cs_toc: list[CSTOCEntry] = []
             try:
-                if options.keep_diff_id:
+                if containers_storage:
+                    cs_toc = _containers_storage_entries(pipeline, entries, start, end, tar_split)
+                elif options.keep_diff_id:
                     _lossless_entries(pipeline, entries, start, end)
                 else:
                     missing = _build_entries(pipeline, entries, options.prioritized_files,
@@ -480,12 +658,25 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
                 pipeline.finish()
             finally:
                 sink.close()
+        external_toc = None
+        if containers_storage:
+            annotations = _containers_storage_tail(sink, compressor, cs_toc, tar_split.getvalue())
+            out.flush()
+            return BuildResult(
+                format=options.format,
+                toc_digest=annotations[MANIFEST_CHECKSUM_ANNOTATION],
+                diff_id="sha256:" + sink.diff_hash.hexdigest(),
+                uncompressed_size=sink.uncompressed_size,
+                blob_digest="sha256:" + sink.blob_hash.hexdigest(),
+                blob_size=sink.offset,
+                media_type=ZSTD_LAYER_MEDIA_TYPE,
+                annotations=annotations,
+            )
         toc_json = encode_toc(pipeline.entries)
         annotations = {
             TOC_DIGEST_ANNOTATION: "sha256:" + hashlib.sha256(toc_json).hexdigest(),
             UNCOMPRESSED_SIZE_ANNOTATION: "",  # the size is known once the TOC is written
         }
-        external_toc = None
         if options.format == FORMAT_ZSTD_CHUNKED_STARGZ:
             annotations.update(_zstd_toc_and_footer(sink, compressor, toc_json))
         elif options.external_toc:
@@ -549,10 +740,13 @@ class _Options:
             raise ValueError("keep_diff_id needs external_toc: an internal TOC would change the diffID")
         if self.keep_diff_id and self.prioritized_files:
             raise ValueError("keep_diff_id keeps the input order: it cannot prioritize files")
-        if self.format not in (FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED_STARGZ):
+        if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}")
-        if self.format != FORMAT_ESTARGZ and self.external_toc:
-            raise ValueError("an external TOC exists only for the gzip eStargz format")
+        if self.format != FORMAT_ESTARGZ and (self.external_toc or self.keep_diff_id):
+            raise ValueError("external TOC and keep-diff-id exist only for the gzip eStargz format")
+        if self.format == FORMAT_ZSTD_CHUNKED and (self.prioritized_files or self.min_chunk_size):
+            raise ValueError("containers/storage zstd:chunked keeps the tar as it is: no prioritized "
+                             "files, no min-chunk-size")
 
 
 def convert(
@@ -572,9 +766,12 @@ def convert(
 ) -> BuildResult:
     """Convert a layer tar (plain, gzip or zstd; a path or a binary stream) to a lazy-pulling blob.
 
-    ``format`` is :data:`FORMAT_ESTARGZ` (gzip) or :data:`FORMAT_ZSTD_CHUNKED_STARGZ`
-    (stargz-snapshotter's zstd:chunked). ``compression_level`` is a gzip level 0-9 (default
-    :data:`DEFAULT_GZIP_LEVEL`) or a zstd level 1-22 (default :data:`DEFAULT_ZSTD_LEVEL`).
+    ``format`` is :data:`FORMAT_ESTARGZ` (gzip), :data:`FORMAT_ZSTD_CHUNKED` (containers/storage:
+    podman, skopeo, CRI-O) or :data:`FORMAT_ZSTD_CHUNKED_STARGZ` (stargz-snapshotter's flavour).
+    ``compression_level`` is a gzip level 0-9 (default :data:`DEFAULT_GZIP_LEVEL`) or a zstd level
+    1-22 (default :data:`DEFAULT_ZSTD_LEVEL`, or :data:`DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL`).
+    ``chunk_size``, ``min_chunk_size`` and prioritized files do not apply to containers/storage
+    zstd:chunked, whose chunks are content-defined and whose tar is kept as it is.
 
     ``dst`` is a path (written to a temporary file renamed into place, so a failed conversion
     leaves nothing behind) or a writable binary stream. ``threads`` (default: every CPU) changes
@@ -587,7 +784,8 @@ def convert(
     in order, so the blob decompresses to the input tar and the diffID does not change.
     """
     if compression_level is None:
-        compression_level = DEFAULT_GZIP_LEVEL if format == FORMAT_ESTARGZ else DEFAULT_ZSTD_LEVEL
+        compression_level = {FORMAT_ESTARGZ: DEFAULT_GZIP_LEVEL,
+                             FORMAT_ZSTD_CHUNKED: DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL}.get(format, DEFAULT_ZSTD_LEVEL)
     options = _Options(format, chunk_size, compression_level, min_chunk_size, tuple(prioritized_files),
                        allow_missing_prioritized, external_toc, keep_diff_id,
                        os.cpu_count() or 1 if threads is None else threads, progress)

@@ -1,0 +1,331 @@
+"""The containers/storage zstd:chunked TOC ("manifest"): entries, exact JSON, validated decoding.
+
+The writer serializes with json-iterator (``ConfigCompatibleWithStandardLibrary``): compact,
+``{"version":1,"entries":[...],"tarSplitDigest":"sha256:..."}``, entry keys in the order of
+:data:`FIELDS`, every key but ``type`` and ``name`` omitted when zero, ``"entries":null`` for an
+empty layer. Times are RFC 3339 with nanoseconds; this module writes them in UTC, from integer
+(seconds, nanoseconds) pairs, since Python's datetime has no nanoseconds.
+
+The reader matches keys case-insensitively, skips unknown keys and rejects data after the object.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import FormatError, LimitError
+from .gojson import quote
+from .toc import MAX_TOC_SIZE
+
+__all__ = [
+    "TOC_VERSION", "ENTRY_TYPES", "CHUNK_TYPE_ZEROS", "GO_ZERO_TIME", "FIELDS", "CSTOCEntry",
+    "encode_cs_toc", "decode_cs_toc", "format_rfc3339nano", "parse_rfc3339",
+]
+
+TOC_VERSION = 1
+ENTRY_TYPES = frozenset({"reg", "dir", "symlink", "hardlink", "char", "block", "fifo", "chunk"})
+CHUNK_TYPE_ZEROS = "zeros"
+#: Go's zero ``time.Time`` (0001-01-01T00:00:00Z), which containers/storage <= 1.54 wrote for a
+#: missing atime/ctime; newer writers omit the key.
+GO_ZERO_TIME = (-62135596800, 0)
+
+Time = tuple[int, int]
+"""A point in time as (seconds since the Unix epoch, nanoseconds in [0, 1e9))."""
+
+# JSON key, attribute, kind (s: string, i: integer, n: non-negative integer, t: time, x: xattrs),
+# in Go struct order, which is the serialization order.
+FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("type", "type", "s"),
+    ("name", "name", "s"),
+    ("linkName", "link_name", "s"),
+    ("mode", "mode", "i"),
+    ("size", "size", "n"),
+    ("uid", "uid", "i"),
+    ("gid", "gid", "i"),
+    ("modtime", "modtime", "t"),
+    ("accesstime", "accesstime", "t"),
+    ("changetime", "changetime", "t"),
+    ("devMajor", "dev_major", "i"),
+    ("devMinor", "dev_minor", "i"),
+    ("xattrs", "xattrs", "x"),
+    ("digest", "digest", "s"),
+    ("offset", "offset", "n"),
+    ("endOffset", "end_offset", "n"),
+    ("chunkSize", "chunk_size", "n"),
+    ("chunkOffset", "chunk_offset", "n"),
+    ("chunkDigest", "chunk_digest", "s"),
+    ("chunkType", "chunk_type", "s"),
+)
+_BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in FIELDS}
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}")
+_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                   r"(?:[.,]([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_SPACE = " \t\r\n"
+
+
+@dataclass(slots=True, eq=True)
+class CSTOCEntry:
+    """One TOC entry with the containers/storage fields (see the module docstring for the JSON).
+
+    ``name``/``link_name`` are raw tar names; ``xattrs`` maps names to raw values (base64 in the
+    JSON); times are :data:`Time` pairs or None (omitted). ``chunk_type`` is "" or "zeros".
+    """
+
+    type: str
+    name: str
+    link_name: str = ""
+    mode: int = 0
+    size: int = 0
+    uid: int = 0
+    gid: int = 0
+    modtime: Time | None = None
+    accesstime: Time | None = None
+    changetime: Time | None = None
+    dev_major: int = 0
+    dev_minor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    digest: str = ""
+    offset: int = 0
+    end_offset: int = 0
+    chunk_size: int = 0
+    chunk_offset: int = 0
+    chunk_digest: str = ""
+    chunk_type: str = ""
+
+
+# --- times -----------------------------------------------------------------------------------
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of a day count since 1970-01-01, proleptic Gregorian (H. Hinnant)."""
+    days += 719468
+    era, doe = divmod(days, 146097)
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    year -= month <= 2
+    era, yoe = divmod(year, 400)
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def format_rfc3339nano(seconds: int, nanos: int = 0) -> str:
+    """Go ``t.UTC().Format(time.RFC3339Nano)`` (also its JSON form, without quotes).
+
+    The fraction appears only when ``nanos`` is not 0, trailing zeros trimmed. Years outside
+    0..9999 raise :class:`LimitError`, as Go's MarshalJSON fails on them.
+    """
+    extra, nanos = divmod(nanos, 1_000_000_000)
+    days, clock = divmod(seconds + extra, 86400)
+    year, month, day = _civil_from_days(days)
+    if not 0 <= year <= 9999:
+        raise LimitError(f"time {seconds}s is outside years 0..9999")
+    hour, rest = divmod(clock, 3600)
+    fraction = "." + f"{nanos:09d}".rstrip("0") if nanos else ""
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{rest // 60:02d}:{rest % 60:02d}{fraction}Z"
+
+
+def parse_rfc3339(text: str) -> Time:
+    """Parse a time as Go's ``time.Parse(time.RFC3339, text)`` does, into UTC (seconds, nanos).
+
+    Fractional seconds of any length are accepted (truncated to nanoseconds), zones ``Z`` or
+    ``+hh:mm``/``-hh:mm``. Raises :class:`FormatError` otherwise.
+    """
+    match = _TIME.fullmatch(text)
+    if not match:
+        raise FormatError(f"invalid RFC 3339 time {text!r}")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    if not (1 <= month <= 12 and 1 <= day <= _days_in_month(year, month)
+            and hour < 24 and minute < 60 and second < 60):
+        raise FormatError(f"RFC 3339 time {text!r} out of range")
+    nanos = int((match.group(7) or "")[:9].ljust(9, "0"))
+    zone = match.group(8)
+    offset = 0
+    if zone != "Z":
+        zone_hours, zone_minutes = int(zone[1:3]), int(zone[4:6])
+        if zone_hours > 24 or zone_minutes > 59:  # Go accepts up to +24:00
+            raise FormatError(f"RFC 3339 time {text!r}: bad zone offset")
+        offset = (zone_hours * 3600 + zone_minutes * 60) * (-1 if zone[0] == "-" else 1)
+    days = _days_from_civil(year, month, day)
+    return days * 86400 + hour * 3600 + minute * 60 + second - offset, nanos
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+
+def _key_order(name: str) -> bytes:
+    # json-iterator sorts map keys as they read back from its own output: invalid UTF-8 is U+FFFD.
+    return _SURROGATE.sub("\ufffd", name).encode("utf-8")
+
+
+def _int(value: int, where: str) -> str:
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise LimitError(f"{where} {value} does not fit in 64 bits")
+    return str(int(value))
+
+
+def _entry_json(entry: CSTOCEntry) -> str:
+    parts = ['{"type":', quote(entry.type), ',"name":', quote(entry.name)]
+    for key, attr, kind in FIELDS[2:]:
+        value = getattr(entry, attr)
+        if not value:
+            continue
+        if kind == "s":
+            text = quote(value)
+        elif kind == "t":
+            text = '"' + format_rfc3339nano(*value) + '"'
+        elif kind == "x":
+            text = "{" + ",".join(
+                quote(name) + ':"' + base64.b64encode(value[name]).decode("ascii") + '"'
+                for name in sorted(value, key=_key_order)) + "}"
+        else:
+            text = _int(value, key)
+        parts += [',"', key, '":', text]
+    parts.append("}")
+    return "".join(parts)
+
+
+def encode_cs_toc(entries: list[CSTOCEntry], tar_split_digest: str = "", *,
+                  version: int = TOC_VERSION) -> bytes:
+    """Serialize a TOC byte for byte as containers/storage does (times in UTC).
+
+    No entries give ``"entries":null``; an empty ``tar_split_digest`` is omitted. Names holding
+    undecodable bytes (surrogate escapes) are written as ``\\ufffd`` per byte, as Go does.
+    """
+    body = "[" + ",".join(map(_entry_json, entries)) + "]" if entries else "null"
+    text = f'{{"version":{_int(version, "version")},"entries":{body}'
+    if tar_split_digest:
+        text += ',"tarSplitDigest":' + quote(tar_split_digest)
+    return (text + "}").encode("utf-8")
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _value(index: int, key: str, kind: str, value: Any) -> Any:
+    where = f"TOC entry {index}: {key}"
+    if kind == "s":
+        if value is None:  # json-iterator reads null as ""
+            return ""
+        if not isinstance(value, str):
+            raise FormatError(f"{where} must be a string")
+        return value
+    if kind in ("i", "n"):
+        if type(value) is not int:
+            raise FormatError(f"{where} must be an integer")
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise LimitError(f"{where} does not fit in 64 bits")
+        if kind == "n" and value < 0:
+            raise FormatError(f"{where} must not be negative")
+        return value
+    if kind == "t":
+        if not isinstance(value, str):
+            raise FormatError(f"{where} must be an RFC 3339 string")
+        return parse_rfc3339(value)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise FormatError(f"{where} must be an object")
+    xattrs = {}
+    for name, encoded in value.items():
+        if encoded is None:
+            encoded = ""
+        if not isinstance(encoded, str):
+            raise FormatError(f"{where}: {name!r} must be a base64 string")
+        try:
+            xattrs[name] = base64.b64decode(encoded.encode("ascii"), validate=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise FormatError(f"{where}: {name!r} is not base64") from None
+    return xattrs
+
+
+def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
+    if not isinstance(raw, dict):
+        raise FormatError(f"TOC entry {index} is not an object")
+    values: dict[str, Any] = {"type": "", "name": ""}
+    for key, value in raw.items():
+        known = _BY_KEY.get(key.lower())
+        if known is not None:
+            json_key, attr, kind = known
+            values[attr] = _value(index, json_key, kind, value)
+    entry = CSTOCEntry(**values)
+    if entry.type not in ENTRY_TYPES:
+        raise FormatError(f"TOC entry {index}: unknown type {entry.type!r}")
+    if entry.chunk_type not in ("", CHUNK_TYPE_ZEROS):
+        raise FormatError(f"TOC entry {index}: unknown chunk type {entry.chunk_type!r}")
+    for attr in ("digest", "chunk_digest"):
+        digest = getattr(entry, attr)
+        if digest and not _DIGEST.fullmatch(digest):
+            raise FormatError(f"TOC entry {index}: invalid {attr} {digest!r}")
+    return entry
+
+
+def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
+    """Parse TOC JSON into ``(version, entries, tar_split_digest)``, validating it.
+
+    Keys match case-insensitively and unknown keys are ignored (at any level); anything but
+    whitespace after the object, wrong JSON types, bad times, base64 or digests, unknown entry
+    or chunk types and a ``chunk`` entry that does not follow a ``reg`` raise
+    :class:`FormatError`. Bytes that are not UTF-8 are kept as surrogate escapes.
+    """
+    if len(data) > MAX_TOC_SIZE:
+        raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
+    text = bytes(data).decode("utf-8", "surrogateescape")
+    try:
+        start = len(text) - len(text.lstrip(_JSON_SPACE))
+        document, end = _DECODER.raw_decode(text, start)
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"TOC is not valid JSON: {exc}") from None
+    if text[end:].strip(_JSON_SPACE):
+        raise FormatError("unexpected data after the TOC")
+    if not isinstance(document, dict):
+        raise FormatError("TOC is not a JSON object")
+    version, raw_entries, tar_split_digest = 0, None, ""
+    for key, value in document.items():
+        lowered = key.lower()
+        if lowered == "version":
+            if type(value) is not int or not _INT64[0] <= value <= _INT64[1]:
+                raise FormatError("TOC version must be an integer")
+            version = value
+        elif lowered == "entries":
+            if value is not None and not isinstance(value, list):
+                raise FormatError("TOC entries must be an array")
+            raw_entries = value
+        elif lowered == "tarsplitdigest":
+            if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+                raise FormatError(f"invalid tarSplitDigest {value!r}")
+            tar_split_digest = value
+    entries = [_decode_entry(i, raw) for i, raw in enumerate(raw_entries or [])]
+    previous = ""
+    for index, entry in enumerate(entries):
+        if entry.type == "chunk" and previous not in ("reg", "chunk"):
+            raise FormatError(f"TOC entry {index}: chunk type without a regular file")
+        previous = entry.type
+    return version, entries, tar_split_digest

@@ -1,0 +1,19 @@
+"""The layer formats estargz writes and reads, and their OCI media types."""
+
+__all__ = [
+    "FORMAT_ESTARGZ", "FORMAT_ZSTD_CHUNKED", "FORMAT_ZSTD_CHUNKED_STARGZ", "FORMATS",
+    "GZIP_LAYER_MEDIA_TYPE", "ZSTD_LAYER_MEDIA_TYPE",
+]
+
+#: eStargz: gzip members, TOC as the tar entry ``stargz.index.json``, 51-byte footer.
+FORMAT_ESTARGZ = "estargz"
+#: containers/storage's zstd:chunked (podman, buildah, skopeo, CRI-O): lossless, content-defined
+#: chunks, compact TOC and tar-split in skippable frames, 64-byte footer.
+FORMAT_ZSTD_CHUNKED = "zstd:chunked"
+#: stargz-snapshotter's zstd:chunked (``nerdctl image convert --zstdchunked``): the eStargz TOC
+#: and chunking in zstd frames, 40-byte footer.
+FORMAT_ZSTD_CHUNKED_STARGZ = "zstd:chunked-stargz"
+FORMATS = (FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_STARGZ)
+
+GZIP_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+ZSTD_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"

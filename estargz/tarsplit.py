@@ -1,0 +1,338 @@
+"""tar-split JSON lines (vbatts/tar-split), the tar metadata stream embedded in zstd:chunked.
+
+Each record is one JSON object and a newline, keys in Go struct order: ``type`` (1 = file,
+2 = segment), ``name`` (or ``name_raw``, base64, when the name is not UTF-8), ``size`` (omitted
+when 0), ``payload`` (base64; a segment's raw bytes, a file's big-endian CRC-64/ISO, ``null`` for
+an empty file) and ``position`` (the record's index).
+
+A tar is recorded as, per entry, one segment with the raw bytes before its content (previous
+padding and every header block) and one file record; then one segment with the end-of-archive
+bytes the tar reader consumed, then the remaining input. Go splits that remainder wherever its
+reads returned, so it is not reproducible; :class:`TarSplitWriter` cuts it canonically into
+segments of :data:`MAX_TRAILING_SEGMENT` bytes (the last one shorter).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anycrc
+
+from .errors import FormatError, LimitError, UnsupportedInputError, VerificationError
+from .gojson import quote
+
+__all__ = [
+    "FILE_TYPE", "SEGMENT_TYPE", "MAX_TRAILING_SEGMENT", "TarSplitEntry", "crc64_iso",
+    "encode_entry", "decode_entries", "iter_tar", "rebuild_tar", "TarSplitWriter", "go_clean",
+]
+
+FILE_TYPE = 1
+SEGMENT_TYPE = 2
+#: Size of the pieces :class:`TarSplitWriter` cuts the bytes after the end-of-archive into.
+MAX_TRAILING_SEGMENT = 1 << 20
+
+Buffer = bytes | bytearray | memoryview
+Content = Buffer | Iterable[Buffer]
+
+_CRC64_ISO = anycrc.Model("CRC64-GO-ISO")
+_INT64_MAX = (1 << 63) - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_SPACE = " \t\r\n"
+
+
+def crc64_iso(data: Buffer, crc: int = 0) -> int:
+    """Go ``crc64.Update(crc, crc64.MakeTable(crc64.ISO), data)``: pass the previous result to continue."""
+    view = memoryview(data)
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    return _CRC64_ISO.calc(view, crc)
+
+
+@dataclass(frozen=True, slots=True)
+class TarSplitEntry:
+    """One tar-split record. ``name``/``size`` are for file records only; ``position`` is the index."""
+
+    type: int
+    payload: bytes | None = None
+    """Segment: the raw bytes. File: the 8-byte big-endian CRC-64, or None for an empty file."""
+    name: bytes = b""
+    size: int = 0
+    position: int = 0
+
+    @property
+    def crc(self) -> int | None:
+        """A file record's CRC-64/ISO, or None."""
+        if self.type != FILE_TYPE or not self.payload:
+            return None
+        return int.from_bytes(self.payload, "big")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def encode_entry(entry: TarSplitEntry, *, short_bf: bool = True) -> bytes:
+    """One record exactly as Go's ``json.Encoder`` writes it, newline included.
+
+    ``short_bf`` (default) writes backspace/form feed in names as Go >= 1.22 does (``\\b``,
+    ``\\f``); False gives Go <= 1.21's ``\\u0008``/``\\u000c``.
+    """
+    parts = ['{"type":', str(int(entry.type))]
+    if entry.name:
+        try:
+            text = entry.name.decode("utf-8")
+        except UnicodeDecodeError:
+            parts += [',"name_raw":"', _b64(entry.name), '"']
+        else:
+            parts += [',"name":', quote(text, short_bf=short_bf)]
+    if entry.size:
+        parts += [',"size":', str(int(entry.size))]
+    if entry.payload is None:
+        parts.append(',"payload":null')
+    else:
+        parts += [',"payload":"', _b64(entry.payload), '"']
+    parts += [',"position":', str(int(entry.position)), "}\n"]
+    return "".join(parts).encode("utf-8")
+
+
+def go_clean(path: bytes) -> bytes:
+    """Go ``filepath.Clean`` (Unix), on bytes."""
+    rooted = path.startswith(b"/")
+    out: list[bytes] = []
+    for part in path.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if out and out[-1] != b"..":
+                out.pop()
+            elif not rooted:
+                out.append(b"..")
+            continue
+        out.append(part)
+    cleaned = b"/".join(out)
+    if rooted:
+        return b"/" + cleaned
+    return cleaned or b"."
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _int_field(record: dict[str, Any], key: str, where: str) -> int:
+    value = record.get(key)
+    if value is None:
+        return 0
+    if type(value) is not int:
+        raise FormatError(f"{where}: {key} must be an integer")
+    if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+        raise LimitError(f"{where}: {key} out of range")
+    return value
+
+
+def _bytes_field(record: dict[str, Any], key: str, where: str) -> bytes | None:
+    value = record.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise FormatError(f"{where}: {key} must be a base64 string")
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise FormatError(f"{where}: {key} is not valid base64") from None
+
+
+def _decode_line(line: bytes, index: int) -> TarSplitEntry:
+    where = f"tar-split record {index}"
+    try:
+        text = line.decode("utf-8")
+        start = len(text) - len(text.lstrip(_JSON_SPACE))
+        record, end = _DECODER.raw_decode(text, start)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"{where} is not valid JSON: {exc}") from None
+    if text[end:].strip(_JSON_SPACE):
+        raise FormatError(f"{where}: data after the JSON object")
+    if not isinstance(record, dict):
+        raise FormatError(f"{where} is not a JSON object")
+    fields = {key.lower(): value for key, value in record.items()}  # Go matches keys case-insensitively
+    kind = fields.get("type")
+    if type(kind) is not int or kind not in (FILE_TYPE, SEGMENT_TYPE):
+        raise FormatError(f"{where}: type must be {FILE_TYPE} or {SEGMENT_TYPE}, not {kind!r}")
+    position = _int_field(fields, "position", where)
+    if position != index:
+        raise FormatError(f"{where}: position is {position}")
+    payload = _bytes_field(fields, "payload", where)
+    if kind == SEGMENT_TYPE:
+        return TarSplitEntry(SEGMENT_TYPE, payload or b"", position=position)
+    size = _int_field(fields, "size", where)
+    if size < 0:
+        raise FormatError(f"{where}: negative size")
+    if (payload is not None and len(payload) not in (0, 8)) or (size and not payload):
+        raise FormatError(f"{where}: a file's payload must be its 8-byte CRC-64")
+    name = _bytes_field(fields, "name_raw", where)
+    if not name:
+        name_text = fields.get("name")
+        if name_text is not None and not isinstance(name_text, str):
+            raise FormatError(f"{where}: name must be a string")
+        name = _SURROGATE.sub("\ufffd", name_text or "").encode("utf-8")
+    return TarSplitEntry(FILE_TYPE, payload or None, name=name, size=size, position=position)
+
+
+def decode_entries(data: bytes) -> list[TarSplitEntry]:
+    """Parse and validate tar-split JSON lines.
+
+    Checks every record's JSON, field types, base64, type, ``position`` (must be the index) and
+    CRC length, and rejects two file records whose names clean to the same path (as tar-split
+    does). A final record without its newline is accepted, as Go does.
+    """
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    entries = []
+    seen: set[bytes] = set()
+    for index, line in enumerate(lines):
+        entry = _decode_line(line, index)
+        if entry.type == FILE_TYPE:
+            cleaned = go_clean(entry.name)
+            if cleaned in seen:
+                raise FormatError(f"tar-split record {index}: duplicate path {entry.name!r}")
+            seen.add(cleaned)
+        entries.append(entry)
+    return entries
+
+
+def iter_tar(entries: Iterable[TarSplitEntry],
+             content: Callable[[TarSplitEntry], Content]) -> Iterator[bytes | Buffer]:
+    """Rebuild the tar stream: segments verbatim, each non-empty file from ``content(entry)``.
+
+    ``content`` returns the file's bytes, or an iterable of pieces. Their total length and CRC-64
+    are checked against the record: :class:`VerificationError` is raised after the file's bytes
+    were yielded, so a consumer must discard the output on error.
+    """
+    for entry in entries:
+        if entry.type == SEGMENT_TYPE:
+            if entry.payload:
+                yield entry.payload
+            continue
+        if entry.type != FILE_TYPE:
+            raise FormatError(f"tar-split record {entry.position}: unknown type {entry.type!r}")
+        if entry.size <= 0:
+            continue
+        expected = entry.crc
+        if expected is None:
+            raise FormatError(f"tar-split record {entry.position}: file without a CRC-64")
+        got = content(entry)
+        pieces = [got] if isinstance(got, (bytes, bytearray, memoryview)) else got
+        crc = total = 0
+        for piece in pieces:
+            total += memoryview(piece).nbytes
+            if total > entry.size:
+                raise VerificationError(f"{entry.name!r}: more than the {entry.size} bytes recorded")
+            crc = crc64_iso(piece, crc)
+            yield piece
+        if total != entry.size:
+            raise VerificationError(f"{entry.name!r}: {total} bytes, tar-split records {entry.size}")
+        if crc != expected:
+            raise VerificationError(f"{entry.name!r}: CRC-64 {crc:016x}, tar-split records {expected:016x}")
+
+
+def rebuild_tar(entries: Iterable[TarSplitEntry],
+                content: Callable[[TarSplitEntry], Content]) -> bytes:
+    """The whole tar stream of :func:`iter_tar` as bytes."""
+    return b"".join(iter_tar(entries, content))
+
+
+class TarSplitWriter:
+    """Builds the tar-split records of a tar while it is streamed, entry by entry.
+
+    Per entry call :meth:`segment` with the raw bytes before its content, then :meth:`file`;
+    then :meth:`segment` with the end-of-archive bytes, :meth:`trailing` with anything after them,
+    and :meth:`close`. Lines go to ``write`` as they are made, or are kept for :meth:`getvalue`.
+    """
+
+    def __init__(self, write: Callable[[bytes], object] | None = None, *, short_bf: bool = True) -> None:
+        self._lines: list[bytes] = []
+        self._write = write if write is not None else self._lines.append
+        self._short_bf = short_bf
+        self._seen: set[bytes] = set()
+        self._pending = bytearray()
+        self._trailing = False
+        self._closed = False
+        self.position = 0
+        """Number of records written."""
+        self.size = 0
+        """Bytes of JSON written (the uncompressed tar-split length)."""
+        self.tar_size = 0
+        """Length of the tar described so far (segments and file contents)."""
+
+    def _emit(self, entry: TarSplitEntry) -> None:
+        line = encode_entry(entry, short_bf=self._short_bf)
+        self._write(line)
+        self.position += 1
+        self.size += len(line)
+
+    def _check_open(self, trailing_ok: bool = False) -> None:
+        if self._closed:
+            raise ValueError("TarSplitWriter is closed")
+        if self._trailing and not trailing_ok:
+            raise ValueError("no records can follow the trailing bytes")
+
+    def segment(self, raw: Buffer) -> None:
+        """One segment of raw tar bytes (a header group, or the end-of-archive); empty is skipped."""
+        self._check_open()
+        if raw:
+            data = bytes(raw)
+            self.tar_size += len(data)
+            self._emit(TarSplitEntry(SEGMENT_TYPE, data, position=self.position))
+
+    def file(self, name: bytes, size: int, crc: int | None = None) -> None:
+        """The record of one entry (any type): raw name bytes, content size, CRC-64 if size > 0."""
+        self._check_open()
+        if size < 0 or size > _INT64_MAX:
+            raise LimitError(f"{name!r}: size {size} out of range")
+        payload = None
+        if size:
+            if crc is None or not 0 <= crc < 1 << 64:
+                raise ValueError(f"{name!r}: a non-empty file needs its CRC-64")
+            payload = crc.to_bytes(8, "big")
+        cleaned = go_clean(bytes(name))
+        if cleaned in self._seen:
+            raise UnsupportedInputError(f"duplicates of file paths not supported: {bytes(name)!r}")
+        self._seen.add(cleaned)
+        self.tar_size += size
+        self._emit(TarSplitEntry(FILE_TYPE, payload, name=bytes(name), size=size, position=self.position))
+
+    def trailing(self, raw: Buffer) -> None:
+        """Bytes after the end-of-archive; may be fed in any pieces, the split stays the same."""
+        self._check_open(trailing_ok=True)
+        self._trailing = True
+        self._pending += raw
+        while len(self._pending) >= MAX_TRAILING_SEGMENT:
+            self._flush_pending(MAX_TRAILING_SEGMENT)
+
+    def _flush_pending(self, count: int) -> None:
+        data = bytes(self._pending[:count])
+        del self._pending[:count]
+        self.tar_size += len(data)
+        self._emit(TarSplitEntry(SEGMENT_TYPE, data, position=self.position))
+
+    def close(self) -> None:
+        """Write the last trailing segment; no records can be added afterwards."""
+        if not self._closed:
+            if self._pending:
+                self._flush_pending(len(self._pending))
+            self._closed = True
+
+    def getvalue(self) -> bytes:
+        """Close, and return every line (when no ``write`` callable was given)."""
+        self.close()
+        return b"".join(self._lines)
