@@ -75,6 +75,12 @@ def _first_nonzero(arr: np.ndarray, view: memoryview, pos: int) -> int:
     while pos < size:
         segment = arr[pos:pos + step]
         if segment.any():
+            while len(segment) > 1 << 16:  # halve it first: the mask below stays small
+                half = len(segment) // 2
+                if segment[:half].any():
+                    segment = segment[:half]
+                else:
+                    pos, segment = pos + half, segment[half:]
             return pos + int(np.argmax(segment != 0))
         pos += step
         step = min(step * 2, 1 << 22)
@@ -295,8 +301,10 @@ def _chunk_stream(read: Callable[[int, int], Buffer], size: int, window: int) ->
     context = zero_context
     # Hole state: [hole_start, pos) is a hole (chunk_start == hole_start) whose end is not known.
     hole_start = -1
+    data = view = arr = None
     while pos < size:
         n = min(window, size - pos)
+        data = view = arr = None  # let the previous window go before reading the next one
         data = read(pos, n)
         if not isinstance(data, (bytes, bytearray)):
             data = _byte_view(data).tobytes()

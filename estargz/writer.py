@@ -28,7 +28,6 @@ from typing import BinaryIO, Callable, Iterator, Sequence, Union
 import zstandard
 from isal import igzip, isal_zlib
 
-from . import rollsum
 from .annotations import (
     LAYER_DIGEST_ANNOTATION,
     LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
@@ -567,7 +566,9 @@ def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CS
     def read(offset: int, length: int) -> bytes:
         return pipeline.read(entry.data_offset + offset, length)
 
-    spans = list(rollsum.chunk_stream(read, entry.size))
+    from .rollsum import chunk_stream  # numpy is loaded only for this format
+
+    spans = list(chunk_stream(read, entry.size))
     file_hash = hashlib.sha256() if len(spans) > 1 else None
     crc = 0
     for index, (offset, length, zeros) in enumerate(spans):
@@ -601,7 +602,7 @@ def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CS
     return crc
 
 
-def _containers_storage_tail(sink: _OrderedSink, compressor: Compressor, toc: list[CSTOCEntry],
+def _containers_storage_tail(sink: _OrderedSink, compressor: _OnWorker, toc: list[CSTOCEntry],
                              tar_split: bytes) -> dict[str, str]:
     """The TOC and tar-split frames and the 64-byte footer; returns the annotations."""
     for record in toc:
@@ -627,6 +628,17 @@ def _toc_tar(toc_json: bytes) -> bytes:
     return b"".join((ustar_header(TOC_NAME, len(toc_json)), toc_json, bytes(padding(len(toc_json)) + 2 * BLOCK)))
 
 
+class _OnWorker:
+    """Compresses on a pool thread, whose compression context is already allocated."""
+
+    def __init__(self, compressor: Compressor, pool: ThreadPoolExecutor) -> None:
+        self._compressor = compressor
+        self._pool = pool
+
+    def compress(self, data: bytes) -> bytes:
+        return self._pool.submit(self._compressor.compress, data).result()
+
+
 def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildResult:
     compressor: Compressor
     if options.format == FORMAT_ESTARGZ:
@@ -634,64 +646,54 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
     else:
         compressor = ZstdCompressor(options.level)
     containers_storage = options.format == FORMAT_ZSTD_CHUNKED
+    missing: list[str] = []
+    external_toc = None
     with ExitStack() as stack:
         tar = _plain_tar(src, stack)
         start = tar.tell()
         entries = list(iter_entries(tar, start))
         end = tar.seek(0, os.SEEK_END)
         sink = _OrderedSink(out, 2 * options.threads + 1, options.progress, end - start)
-        missing: list[str] = []
-        with ThreadPoolExecutor(options.threads, thread_name_prefix="estargz") as pool:
-            sink.start()
-            pipeline = _Pipeline(tar, sink, compressor, pool, options.chunk_size, options.min_chunk_size,
-                                 separate_metadata=containers_storage)
-            tar_split = TarSplitWriter()
-            cs_toc: list[CSTOCEntry] = []
-            try:
-                if containers_storage:
-                    cs_toc = _containers_storage_entries(pipeline, entries, start, end, tar_split)
-                elif options.keep_diff_id:
-                    _lossless_entries(pipeline, entries, start, end)
-                else:
-                    missing = _build_entries(pipeline, entries, options.prioritized_files,
-                                             options.allow_missing_prioritized)
-                pipeline.finish()
-            finally:
-                sink.close()
-        external_toc = None
+        pool = stack.enter_context(ThreadPoolExecutor(options.threads, thread_name_prefix="estargz"))
+        sink.start()
+        pipeline = _Pipeline(tar, sink, compressor, pool, options.chunk_size, options.min_chunk_size,
+                             separate_metadata=containers_storage)
+        tar_split = TarSplitWriter()
+        cs_toc: list[CSTOCEntry] = []
+        try:
+            if containers_storage:
+                cs_toc = _containers_storage_entries(pipeline, entries, start, end, tar_split)
+            elif options.keep_diff_id:
+                _lossless_entries(pipeline, entries, start, end)
+            else:
+                missing = _build_entries(pipeline, entries, options.prioritized_files,
+                                         options.allow_missing_prioritized)
+            pipeline.finish()
+        finally:
+            sink.close()
+        tail = _OnWorker(compressor, pool)
         if containers_storage:
-            annotations = _containers_storage_tail(sink, compressor, cs_toc, tar_split.getvalue())
-            out.flush()
-            return BuildResult(
-                format=options.format,
-                toc_digest=annotations[MANIFEST_CHECKSUM_ANNOTATION],
-                diff_id="sha256:" + sink.diff_hash.hexdigest(),
-                uncompressed_size=sink.uncompressed_size,
-                blob_digest="sha256:" + sink.blob_hash.hexdigest(),
-                blob_size=sink.offset,
-                media_type=ZSTD_LAYER_MEDIA_TYPE,
-                annotations=annotations,
-            )
-        toc_json = encode_toc(pipeline.entries)
-        annotations = {
-            TOC_DIGEST_ANNOTATION: "sha256:" + hashlib.sha256(toc_json).hexdigest(),
-            UNCOMPRESSED_SIZE_ANNOTATION: "",  # the size is known once the TOC is written
-        }
-        if options.format == FORMAT_ZSTD_CHUNKED_STARGZ:
-            annotations.update(_zstd_toc_and_footer(sink, compressor, toc_json))
-        elif options.external_toc:
-            external_toc = compressor.compress(_toc_tar(toc_json))
-            sink.write_raw(external_toc_footer())
+            annotations = _containers_storage_tail(sink, tail, cs_toc, tar_split.getvalue())
+            toc_digest = annotations[MANIFEST_CHECKSUM_ANNOTATION]
         else:
-            toc_offset = sink.offset
-            toc_tar = _toc_tar(toc_json)
-            sink.write(_Compressed(_Member(toc_tar, []), compressor.compress(toc_tar), []))
-            sink.write_raw(gzip_footer(toc_offset))
-        annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(sink.uncompressed_size)
+            toc_json = encode_toc(pipeline.entries)
+            toc_digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
+            annotations = {TOC_DIGEST_ANNOTATION: toc_digest}
+            if options.format == FORMAT_ZSTD_CHUNKED_STARGZ:
+                annotations.update(_zstd_toc_and_footer(sink, tail, toc_json))
+            elif options.external_toc:
+                external_toc = tail.compress(_toc_tar(toc_json))
+                sink.write_raw(external_toc_footer())
+            else:
+                toc_offset = sink.offset
+                toc_tar = _toc_tar(toc_json)
+                sink.write(_Compressed(_Member(toc_tar, []), tail.compress(toc_tar), []))
+                sink.write_raw(gzip_footer(toc_offset))
+            annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(sink.uncompressed_size)
         out.flush()
     return BuildResult(
         format=options.format,
-        toc_digest=annotations[TOC_DIGEST_ANNOTATION],
+        toc_digest=toc_digest,
         diff_id="sha256:" + sink.diff_hash.hexdigest(),
         uncompressed_size=sink.uncompressed_size,
         blob_digest="sha256:" + sink.blob_hash.hexdigest(),
@@ -703,7 +705,7 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
     )
 
 
-def _zstd_toc_and_footer(sink: _OrderedSink, compressor: Compressor, toc_json: bytes) -> dict[str, str]:
+def _zstd_toc_and_footer(sink: _OrderedSink, compressor: _OnWorker, toc_json: bytes) -> dict[str, str]:
     """stargz-snapshotter's zstd:chunked tail: the TOC frame and the 40-byte footer, in skippable
     frames; returns the annotations that locate the TOC."""
     toc_frame = compressor.compress(toc_json)

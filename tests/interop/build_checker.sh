@@ -20,6 +20,7 @@ binary="$out_dir/estargz-checker"
 packages=(
     golang-go
     golang-github-containerd-stargz-snapshotter-dev
+    golang-github-containers-storage-dev
     golang-github-klauspost-compress-dev
     golang-github-opencontainers-go-digest-dev
     golang-golang-x-sync-dev

@@ -11,6 +11,11 @@
 //	                      [--allow-missing-prioritized] [--zstdchunked] [--procs N]
 //	                      IN.tar OUT.blob
 //	estargz-checker toc [--zstdchunked] BLOB
+//	estargz-checker build-cs [--level N] IN.tar OUT.blob
+//
+// build-cs runs the containers/storage zstd:chunked writer (the one skopeo
+// and podman use; Debian packages containers/storage 1.43) and prints the
+// annotations it produces with the blob's size and digest.
 //
 // Results go to stdout as JSON (raw TOC JSON bytes for "toc"). Diagnostics
 // go to stderr. Any failure exits with status 1 after printing a single
@@ -24,6 +29,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"runtime"
@@ -34,6 +40,7 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	cscompressor "github.com/containers/storage/pkg/chunked/compressor"
 	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
 )
@@ -45,7 +52,8 @@ const usageText = `usage:
   estargz-checker build [--chunk-size N] [--level N] [--prioritized a,b,...]
                         [--allow-missing-prioritized] [--zstdchunked] [--procs N]
                         IN.tar OUT.blob
-  estargz-checker toc [--zstdchunked] BLOB`
+  estargz-checker toc [--zstdchunked] BLOB
+  estargz-checker build-cs [--level N] IN.tar OUT.blob`
 
 func main() {
 	os.Exit(run(os.Args[1:]))
@@ -72,6 +80,8 @@ func run(args []string) (status int) {
 		err = cmdBuild(args[1:])
 	case "toc":
 		err = cmdTOC(args[1:])
+	case "build-cs":
+		err = cmdBuildCS(args[1:])
 	case "help", "-h", "--help":
 		fmt.Fprintln(os.Stderr, usageText)
 		return 0
@@ -784,4 +794,74 @@ func checkFileDigest(e *estargz.TOCEntry, sum []byte) error {
 		return fmt.Errorf("content digest %s does not match entry digest %s", got, e.Digest)
 	}
 	return nil
+}
+
+// cmdBuildCS writes IN.tar as containers/storage zstd:chunked to OUT.blob.
+func cmdBuildCS(args []string) error {
+	o := newOptions(nil, []string{"level"})
+	pos, err := o.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		return errors.New("build-cs: want exactly two arguments: IN.tar OUT.blob")
+	}
+	level, err := o.intValue("level", 10) // the containers/storage default
+	if err != nil {
+		return err
+	}
+	in, err := os.Open(pos[0])
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(pos[1])
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			out.Close()
+			os.Remove(pos[1])
+		}
+	}()
+	counted := &countingWriter{w: out, h: sha256.New()}
+	metadata := map[string]string{}
+	w, err := cscompressor.ZstdCompressor(counted, metadata, &level)
+	if err != nil {
+		return fmt.Errorf("ZstdCompressor: %w", err)
+	}
+	// The 1.43 writer stops consuming at the end-of-archive marker and drops
+	// what follows (record padding included), which io.Copy reports as a
+	// short write.
+	if _, err := io.Copy(w, in); err != nil && !errors.Is(err, io.ErrShortWrite) {
+		return fmt.Errorf("compressing: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("closing the compressor: %w", err)
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	ok = true
+	return writeJSON(map[string]interface{}{
+		"blobSize":    counted.n,
+		"blobDigest":  "sha256:" + hex.EncodeToString(counted.h.Sum(nil)),
+		"annotations": metadata,
+	})
+}
+
+// countingWriter passes writes through while counting and hashing them.
+type countingWriter struct {
+	w io.Writer
+	h hash.Hash
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.h.Write(p[:n])
+	c.n += int64(n)
+	return n, err
 }
