@@ -10,6 +10,7 @@ RSS, and the ratios to the Go run of the pairing.
     python benchmarks/compare.py                 # table on stdout
     python benchmarks/compare.py --markdown      # the same as a Markdown table
     python benchmarks/compare.py --all-levels    # blob sizes of both at every level 1-9
+    python benchmarks/compare.py --zstd          # zstd:chunked against both Go writers
 """
 
 from __future__ import annotations
@@ -68,6 +69,43 @@ def run_estargz(layer: Path, out: Path, level: int | None) -> Run:
     return Run("estargz", label, seconds, json.loads(stdout)["blobSize"], rss)
 
 
+def run_estargz_zstd(layer: Path, out: Path, layer_format: str, level: int | None) -> Run:
+    flags = [] if level is None else ["--zstdchunked-compression-level", str(level)]
+    seconds, rss, stdout = run_child([sys.executable, "-m", "estargz", "convert", "-q", "--format", layer_format,
+                                      *flags, str(layer), str(out)])
+    label = f"{layer_format} " + ("default" if level is None else f"level {level}")
+    return Run("estargz", label, seconds, json.loads(stdout)["blobSize"], rss)
+
+
+def zstd_comparison(checker: str, layer: Path | None, procs: int) -> None:
+    """zstd:chunked: both estargz dialects against the Go stargz-snapshotter writer (level 3) and
+    the containers/storage 1.43 writer (level 10), ratios against the faster Go writer."""
+    with tempfile.TemporaryDirectory(prefix="estargz-bench-") as tmp:
+        work = Path(tmp)
+        if layer is None:
+            layer = work / "stdlib.tar"
+            make_stdlib_tar(layer)
+        size = layer.stat().st_size
+        seconds, rss, stdout = run_child([checker, "build", "--zstdchunked", "--procs", str(procs),
+                                          str(layer), str(work / "go.zst")])
+        go_stargz = Run("go stargz-snapshotter", "zstd:chunked-stargz level 3", seconds,
+                        json.loads(stdout)["blobSize"], rss)
+        seconds, rss, stdout = run_child([checker, "build-cs", str(layer), str(work / "go.zst")])
+        go_cs = Run("go containers/storage 1.43", "zstd:chunked level 10", seconds,
+                    json.loads(stdout)["blobSize"], rss)
+        ours = [run_estargz_zstd(layer, work / "py.zst", "zstd:chunked-stargz", None),
+                run_estargz_zstd(layer, work / "py.zst", "zstd:chunked", 3),
+                run_estargz_zstd(layer, work / "py.zst", "zstd:chunked", None)]
+    fastest = min(go_stargz, go_cs, key=lambda run: run.seconds)
+    print(f"layer: {size / 1e6:.1f} MB; ratios against the faster Go writer ({fastest.tool})\n")
+    print("| tool | format and level | seconds | MB/s | blob MB | peak RSS MiB | speed ×Go | size ×Go |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run in (go_stargz, go_cs, *ours):
+        print(f"| {run.tool} | {run.level} | {run.seconds:.2f} | {size / run.seconds / 1e6:.0f} | "
+              f"{run.blob_size / 1e6:.2f} | {run.peak_rss / 2**20:.0f} | {fastest.seconds / run.seconds:.1f} | "
+              f"{run.blob_size / fastest.blob_size:.4f} |")
+
+
 def run_go(checker: str, layer: Path, out: Path, level: int, procs: int) -> Run:
     seconds, rss, stdout = run_child([checker, "build", "--level", str(level), "--procs", str(procs),
                                       str(layer), str(out)])
@@ -88,11 +126,16 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 1,
                         help="GOMAXPROCS for the Go reference (default: every CPU, as Go does)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--zstd", action="store_true",
+                        help="compare the zstd:chunked writers instead (Markdown)")
     parser.add_argument("--all-levels", action="store_true",
                         help="compare blob sizes at every level 1-9 instead (Markdown)")
     args = parser.parse_args()
     if args.all_levels:
         all_levels(build_checker(), args.layer, args.procs)
+        return
+    if args.zstd:
+        zstd_comparison(build_checker(), args.layer, args.procs)
         return
 
     checker = build_checker()
