@@ -157,14 +157,20 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 
 def _open(args: argparse.Namespace) -> Reader:
-    annotations = None
+    annotations: dict[str, str] = {}
     if args.annotations:
         with open(args.annotations, encoding="utf-8") as f:
             document = json.load(f)
-        annotations = document.get("annotations", document) if isinstance(document, dict) else None
-        if not isinstance(annotations, dict):
+        found = document.get("annotations", document) if isinstance(document, dict) else None
+        if not isinstance(found, dict):
             raise ValueError(f"{args.annotations}: expected a JSON object of annotations or a descriptor")
-    return open_blob(args.blob, toc_digest=args.toc_digest, toc=args.toc, annotations=annotations)
+        annotations.update(found)
+    for pair in args.annotation:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise _UsageError(f"--annotation {pair!r} is not KEY=VALUE")
+        annotations[key] = value
+    return open_blob(args.blob, toc_digest=args.toc_digest, toc=args.toc, annotations=annotations or None)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -359,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("unpack", _cmd_unpack, "Write the layer of a blob as a plain tar (without the TOC entry)."),
     ):
         sub = command(name, handler, text)
-        sub.add_argument("blob", help="eStargz blob file")
+        sub.add_argument("blob", help="blob file (eStargz or zstd:chunked)")
         sub.add_argument("--toc-digest", metavar="DIGEST",
                          help="expected TOC digest (sha256:...); the blob is refused if it differs")
         sub.add_argument("--toc", metavar="FILE",
@@ -367,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--annotations", metavar="FILE",
                          help="JSON file with the layer's annotations (or its whole descriptor): "
                               "zstd:chunked positions locate the TOC, and the digests are checked")
+        sub.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE",
+                         help="one layer annotation, as with --annotations; repeatable")
         if name == "ls":
             sub.add_argument("-l", "--long", action="store_true", help="show type, mode, owner, size, time")
         elif name == "cat":

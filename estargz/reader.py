@@ -482,7 +482,7 @@ def _footer_from_annotations(annotations: Mapping[str, str], blob_size: int) -> 
     if manifest_type != 1:
         raise FormatError(f"manifest-position annotation has type {manifest_type}, expected 1")
     tar_split = _position(annotations, (TARSPLIT_POSITION_ANNOTATION,), 3)
-    for start, size in ((offset, length), tar_split[:2] if tar_split else (0, 0)):
+    for start, size in [(offset, length), *([tar_split[:2]] if tar_split else [])]:
         if start < _SKIPPABLE_HEADER or start + size > blob_size:
             raise FormatError(f"annotation points at [{start}, {start + size}) outside the blob")
     return Footer("annotations", 0, offset, length, uncompressed, tar_split)  # type: ignore[arg-type]
