@@ -273,16 +273,17 @@ def _bounded_ranges(holes: list[tuple[int, int]], start: int, end: int) -> list[
 
 
 def chunk_stream(read: Callable[[int, int], Buffer], size: int, *,
-                 window: int = 16 << 20) -> Iterator[Chunk]:
+                 window: int = 1 << 20) -> Iterator[Chunk]:
     """:func:`chunk_file` for a file too large for memory, read ``window`` bytes at a time.
 
     ``read(offset, length)`` must return exactly ``length`` bytes of the file at ``offset``; it is
     called for consecutive, non-overlapping stretches of at most ``window`` bytes, so every byte is
     read once, in order. Yields the same chunks as ``chunk_file(whole_file)``, each as soon as it
     is certain (a data chunk when its split is seen, a hole when its first non-zero follower is).
-    Besides the current window, at most 1086 bytes are kept: the 63 bytes of rolling context and a
-    zero run of under :data:`HOLE_THRESHOLD` bytes ending a window, whose fate (hole or data) the
-    next window decides. A hole longer than the window is read through and never held whole.
+    Besides the current window only 63 bytes of rolling context are kept, and the length of a zero
+    run (under :data:`HOLE_THRESHOLD` bytes) ending the previous window, whose fate (hole or data)
+    the next window decides; a hole longer than the window is read through, never held whole.
+    ``window`` may be any positive size; below about 64 KiB the per-window overhead shows.
     """
     if window < 1:
         raise ValueError(f"window must be positive, not {window}")
@@ -301,7 +302,6 @@ def _chunk_stream(read: Callable[[int, int], Buffer], size: int, window: int) ->
     context = zero_context
     # Hole state: [hole_start, pos) is a hole (chunk_start == hole_start) whose end is not known.
     hole_start = -1
-    data = view = arr = None
     while pos < size:
         n = min(window, size - pos)
         data = view = arr = None  # let the previous window go before reading the next one

@@ -23,7 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from estargz import rollsum
-from estargz.rollsum import chunk_file, find_holes, split_positions
+from estargz.rollsum import (
+    HOLE_THRESHOLD,
+    chunk_file,
+    chunk_stream,
+    find_holes,
+    split_positions,
+)
 
 DATA = Path(__file__).parent / "data" / "zstd-chunked-cs"
 SCALE = float(os.environ.get("ESTARGZ_PROPERTY_SCALE", "1"))
@@ -303,3 +309,203 @@ def test_thread_safety() -> None:
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(chunk_file, inputs * 2)) == expected * 2
 
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+segments = st.one_of(
+    st.binary(min_size=1, max_size=3000),
+    st.sampled_from(TRIGGERS),
+    st.integers(1, 1023).map(bytes),
+    st.integers(1024, 5000).map(bytes),
+    st.just(bytes(1024)),
+    st.builds(lambda text, count: text * count,
+              st.sampled_from((b"lorem ipsum dolor sit amet ", b"ab", b"\0x")), st.integers(1, 400)),
+)
+stream_contents = st.lists(segments, max_size=25).map(b"".join)
+
+
+class Reader:
+    """A read callback over ``data`` that records its calls and checks they are in order."""
+
+    def __init__(self, data: bytes, window: int) -> None:
+        self.data, self.window, self.done = data, window, 0
+
+    def __call__(self, offset: int, length: int) -> bytes:
+        assert offset == self.done and 0 < length <= self.window
+        assert offset + length <= len(self.data)
+        self.done += length
+        return self.data[offset:offset + length]
+
+
+def _certain_at(data: bytes, chunk: tuple[int, int, bool]) -> int:
+    """How many bytes must have been read before ``chunk`` can be known."""
+    offset, size, zeros = chunk
+    end, n = offset + size, len(data)
+    if end == n:
+        return n
+    if zeros:  # the non-zero byte after the hole
+        return end + 1
+    if not any(data[end:end + HOLE_THRESHOLD]) and end + HOLE_THRESHOLD <= n:
+        return end + HOLE_THRESHOLD  # a hole follows: it must be seen whole
+    if data[end - 1] == 0:  # a split in a short zero run: the run's end must be seen
+        follower = next((i for i in range(end, n) if data[i]), n)
+        return min(follower + 1, n)
+    return end
+
+
+def _stream_checked(data: bytes, window: int) -> list[tuple[int, int, bool]]:
+    """chunk_stream over ``data``, checking reads and that each chunk comes out without delay."""
+    reader = Reader(data, window)
+    chunks = []
+    for chunk in chunk_stream(reader, len(data), window=window):
+        # Reads are whole windows: the chunk is due once the window holding its last needed byte is in.
+        due = min(-(-_certain_at(data, chunk) // window) * window, len(data))
+        assert reader.done <= due, (chunk, reader.done, due)
+        chunks.append(chunk)
+    assert reader.done == len(data)
+    return chunks
+
+
+
+@PROPERTY
+@given(stream_contents, st.integers(1024, 20000))
+def test_stream_matches_chunk_file(data: bytes, window: int) -> None:
+    expected = chunk_file(data)
+    assert _stream_checked(data, window) == expected
+    for small in (1024, 1500, 4096):
+        assert list(chunk_stream(Reader(data, small), len(data), window=small)) == expected
+
+
+@settings(max_examples=max(1, round(30 * SCALE)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(stream_contents, st.integers(1, 1100))
+def test_stream_tiny_windows_and_small_tuning(data: bytes, window: int) -> None:
+    """Windows shorter than the context or the hole threshold work too (slowly)."""
+    expected = chunk_file(data)
+    with _small_tuning():
+        assert list(chunk_stream(Reader(data, window), len(data), window=window)) == expected
+        assert list(chunk_stream(Reader(data, 4096), len(data), window=4096)) == expected
+
+
+@pytest.mark.parametrize("window", [1024, 1500, 4096, 65536, 1 << 20])
+def test_stream_chunking_vectors(vector_files: dict[str, bytes], window: int) -> None:
+    for name, data in vector_files.items():
+        if window < 4096 and len(data) > 100_000:
+            data = data[:100_000]  # keep the tiny windows quick
+        assert list(chunk_stream(Reader(data, window), len(data), window=window)) == chunk_file(data), name
+
+
+def test_stream_edge_cases() -> None:
+    assert list(chunk_stream(Reader(b"", 1024), 0)) == []
+    assert list(chunk_stream(Reader(b"\0", 1024), 1)) == [(0, 1, False)]
+    for n in (1023, 1024, 1025, 4096, 4097):
+        data = bytes(n)
+        assert list(chunk_stream(Reader(data, 1024), n, window=1024)) == chunk_file(data)
+    # A split right before a window edge, in a short zero run across it, right after a hole.
+    trigger = TRIGGERS[0]
+    for data in (trigger + bytes(2000), trigger + bytes(1000) + b"x", bytes(3000) + trigger + b"y"):
+        for window in range(1024, 1100):
+            assert _stream_checked(data, window) == chunk_file(data)
+    with pytest.raises(ValueError):
+        chunk_stream(Reader(b"x", 1), 1, window=0)
+    with pytest.raises(ValueError):
+        list(chunk_stream(lambda offset, length: b"", 10))  # short read
+    # Any contiguous buffer may come back from read.
+    data = random.Random(4).randbytes(5000) + bytes(3000) + b"z"
+    got = list(chunk_stream(lambda offset, length: memoryview(data)[offset:offset + length],
+                            len(data), window=1024))
+    assert got == chunk_file(data)
+
+
+def _sparse_layout(size: int) -> list[tuple[int, bytes]]:
+    """Random islands (non-zero at both ends) in a zero file, some only 1023 zeros apart."""
+    rng = random.Random(11)
+    gaps = [40 << 20, 1023, 1024, 1025, 1 << 20, 5000, 1023, 2 << 20, 300_000, 0]
+    islands, pos, tail = [], 0, 100_000  # the file starts and ends with data
+    while True:
+        length = rng.randint(1, 400_000)
+        if pos + length + 2048 + tail > size:
+            break
+        body = bytearray(rng.randbytes(length))
+        body[0] |= 1
+        body[-1] |= 1
+        islands.append((pos, bytes(body)))
+        pos += length + gaps[len(islands) % len(gaps)]
+    body = bytearray(rng.randbytes(tail))
+    body[0] = body[-1] = 7
+    islands.append((size - tail, bytes(body)))
+    return islands
+
+
+def test_stream_memory_on_a_sparse_file() -> None:
+    import bisect
+    import tracemalloc
+
+    size, window = 64 << 20, 1 << 20
+    islands = _sparse_layout(size)
+    starts = [start for start, _ in islands]
+
+    def read(offset: int, length: int) -> bytearray:
+        out = bytearray(length)
+        i = max(bisect.bisect_right(starts, offset) - 1, 0)
+        while i < len(islands) and islands[i][0] < offset + length:
+            start, body = islands[i]
+            lo, hi = max(start, offset), min(start + len(body), offset + length)
+            if lo < hi:
+                out[lo - offset:hi - offset] = body[lo - start:hi - start]
+            i += 1
+        return out
+
+    # Expected: islands closer than 1024 zeros form one region, chunked with a zero context.
+    expected, regions = [], []
+    for start, body in islands:
+        if regions and start - regions[-1][1] < HOLE_THRESHOLD:
+            regions[-1][2].append(bytes(start - regions[-1][1]) + body)
+            regions[-1][1] = start + len(body)
+        else:
+            regions.append([start, start + len(body), [body]])
+    pos = 0
+    for start, end, parts in regions:
+        if start > pos:
+            expected.append((pos, start - pos, True))
+        expected += [(start + off, n, False) for off, n, _ in chunk_file(b"".join(parts))]
+        pos = end
+    assert pos == size and any(n > 30 * window for _, n, z in expected if z)
+
+    tracemalloc.start()
+    try:
+        got = list(chunk_stream(read, size, window=window))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == expected
+    assert peak < 8 << 20, peak
+
+
+def test_stream_long_zero_file() -> None:
+    import tracemalloc
+
+    size, window = 100_000_000, 1 << 20
+    tracemalloc.start()
+    try:
+        got = list(chunk_stream(lambda offset, length: bytes(length), size, window=window))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == [(0, size, True)]
+    assert peak < 4 << 20, peak
+
+
+def test_first_nonzero_in_long_zero_runs() -> None:
+    """The search narrows big segments down before building a mask (bounded temporary memory)."""
+    size = 9 << 20
+    for target in (0, 4095, 4096, 70_000, 200_001, (4 << 20) + 12345, size - 1, size):
+        buf = bytearray(size)
+        if target < size:
+            buf[target] = 3
+            buf[-1] = 1
+        arr = np.frombuffer(buf, np.uint8)
+        assert rollsum._first_nonzero(arr, memoryview(buf), 0) == target
+        assert find_holes(bytes(buf)) == ([(0, target)] if target >= 1024 else []) + (
+            [(target + 1, size - 1)] if target < size - 1025 else [])
