@@ -28,7 +28,7 @@ from .formats import FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_ST
 from .framing import inflate_frames, inflate_members
 from .source import Source, SourceLike, as_source
 from .tarsplit import TarSplitEntry, decode_entries, iter_tar
-from .tarstream import BLOCK, iter_entries, toc_header_fields
+from .tarstream import BLOCK, iter_entries, padding, toc_header_fields
 from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
 
 __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
@@ -169,9 +169,10 @@ class Reader:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
         _check_annotated_digests(annotations, self.manifest_checksum, _hex_digest(toc_json))
         self.tar_split_digest = ""
+        self._cs_entries: list[CSTOCEntry] = []
         if self.format == FORMAT_ZSTD_CHUNKED:
-            version, cs_entries, self.tar_split_digest = decode_cs_toc(toc_json)
-            self.version, self.toc_entries = version, [_from_cs_entry(e) for e in cs_entries]
+            version, self._cs_entries, self.tar_split_digest = decode_cs_toc(toc_json)
+            self.version, self.toc_entries = version, [_from_cs_entry(e) for e in self._cs_entries]
         else:
             self.version, self.toc_entries = decode_toc(toc_json)
         self._names: dict[str, Entry] = {}
@@ -373,7 +374,8 @@ class Reader:
 
     def tar_split(self) -> list[TarSplitEntry]:
         """The tar-split records of a containers/storage zstd:chunked blob, checked against the
-        TOC's ``tarSplitDigest`` and against the TOC's entries (same names and sizes, in order)."""
+        TOC's ``tarSplitDigest`` and against the TOC's entries: the same entries in the same order,
+        and the tar header of each (in the tar-split) saying what its TOC entry says."""
         if self.footer.tar_split is None:
             raise FormatError("this blob has no tar-split (only containers/storage >= 1.50 writes it)")
         offset, length, uncompressed = self.footer.tar_split
@@ -384,10 +386,7 @@ class Reader:
         if len(data) != uncompressed:
             raise FormatError(f"tar-split holds {len(data)} bytes, the footer says {uncompressed}")
         records = decode_entries(data)
-        files = [r for r in records if r.type == 1]
-        toc = [e for e in self.toc_entries if e.type != "chunk"]
-        if [(r.name, r.size) for r in files] != [(e.name.encode("utf-8", "surrogateescape"), e.size) for e in toc]:
-            raise VerificationError("tar-split and TOC disagree on the entries of the layer")
+        _check_tar_split_headers(records, [e for e in self._cs_entries if e.type != "chunk"])
         return records
 
     def iter_rebuilt_tar(self) -> Iterator[bytes]:
@@ -500,15 +499,49 @@ def _check_annotated_digests(annotations: Mapping[str, str], manifest_checksum: 
                                 f"says {expected}")
 
 
+def _check_tar_split_headers(records: list[TarSplitEntry], toc: list[CSTOCEntry]) -> None:
+    """Each file record of the tar-split must match the TOC entry at the same place, and so must
+    the tar header in the segment before it (after the previous entry's padding)."""
+    files = [(index, record) for index, record in enumerate(records) if record.type == 1]
+    if len(files) != len(toc):
+        raise VerificationError(f"tar-split has {len(files)} entries, the TOC {len(toc)}")
+    previous_size = 0
+    for (index, record), entry in zip(files, toc, strict=True):
+        where = f"entry {entry.name!r}"
+        if record.name != entry.name.encode("utf-8", "surrogateescape") or record.size != entry.size:
+            raise VerificationError(f"tar-split and TOC disagree on {where}")
+        segment = records[index - 1].payload if index and records[index - 1].type == 2 else None
+        if segment is None:
+            raise VerificationError(f"tar-split has no header for {where}")
+        headers = list(iter_entries(io.BytesIO(segment[padding(previous_size):])))
+        if not headers:
+            raise VerificationError(f"tar-split has no header for {where}")
+        header = headers[0]
+        expected = (entry.type, entry.name, entry.link_name, entry.mode, entry.size if entry.type == "reg" else 0,
+                    entry.uid, entry.gid, entry.dev_major, entry.dev_minor, entry.xattrs,
+                    entry.modtime or header.mtime)
+        found = (header.kind, header.name, header.linkname if header.kind in ("symlink", "hardlink") else "",
+                 header.mode, header.size, header.uid, header.gid, header.devmajor, header.devminor,
+                 header.xattrs, header.mtime)
+        if expected != found:
+            raise VerificationError(f"the TOC's metadata of {where} differs from its tar header")
+        previous_size = header.size
+
+
 def _from_cs_entry(entry: CSTOCEntry) -> TOCEntry:
-    """A containers/storage TOC entry in the eStargz model the tree is built from."""
+    """A containers/storage TOC entry in the eStargz model the tree is built from.
+
+    A single-chunk file has no chunk digest there; its file digest checks its one chunk.
+    """
+    single_chunk = entry.type == "reg" and entry.size > 0 and not entry.chunk_size
     return TOCEntry(
         name=entry.name, type=entry.type, size=entry.size if entry.type == "reg" else 0,
         modtime=format_rfc3339nano(*entry.modtime) if entry.modtime else "",
         link_name=entry.link_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
         offset=entry.offset, dev_major=entry.dev_major, dev_minor=entry.dev_minor,
         xattrs=entry.xattrs, digest=entry.digest or (EMPTY_DIGEST if entry.type == "reg" else ""),
-        chunk_offset=entry.chunk_offset, chunk_size=entry.chunk_size, chunk_digest=entry.chunk_digest,
+        chunk_offset=entry.chunk_offset, chunk_size=entry.chunk_size,
+        chunk_digest=entry.digest if single_chunk else entry.chunk_digest,
     )
 
 

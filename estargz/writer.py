@@ -528,6 +528,10 @@ def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], st
     position = start
     last_size = 0
     for entry in entries:
+        if _has_undecodable(entry.name) or _has_undecodable(entry.linkname):
+            raise UnsupportedInputError(
+                f"name {entry.name!r} is not valid UTF-8: the zstd:chunked TOC cannot hold it "
+                "(containers/storage would fail to pull the layer)")
         header = pipeline.read(position, entry.data_offset - position)
         pipeline.append(header)
         tar_split.segment(header)
@@ -558,6 +562,11 @@ def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], st
         tar_split.trailing(rest)
     tar_split.close()
     return toc
+
+
+def _has_undecodable(name: str) -> bool:
+    """Whether ``name`` came from bytes that are not UTF-8 (kept as surrogate escapes)."""
+    return any("\udc80" <= c <= "\udcff" for c in name)
 
 
 def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CSTOCEntry,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import shutil
+import socket
 import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -58,3 +64,184 @@ def go_checker() -> Path:
     if given and os.path.isfile(given) and os.access(given, os.X_OK):
         return Path(given)
     return _build_checker()
+
+
+SKOPEO_PACKAGE = "skopeo"
+#: apt-get update and install of skopeo and its dependencies.
+SKOPEO_INSTALL_TIMEOUT = 900
+
+
+def _skopeo_unavailable(reason: str, output: str = "") -> None:
+    """Fail in CI (the skopeo interop tests must run there), skip elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"skopeo is not available in CI: {reason}\n{output}", pytrace=False)
+    pytest.skip(f"skopeo unavailable: {reason} (needs root to apt-get install {SKOPEO_PACKAGE})")
+
+
+def _apt_get(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    return subprocess.run(["apt-get", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env=env, timeout=SKOPEO_INSTALL_TIMEOUT)
+
+
+def _install_skopeo() -> None:
+    """``apt-get install skopeo`` (after ``apt-get update`` if the first try fails); root only."""
+    if shutil.which("apt-get") is None:
+        _skopeo_unavailable("skopeo is not installed and there is no apt-get")
+    if os.geteuid() != 0:
+        _skopeo_unavailable("skopeo is not installed and this is not root")
+    install = ("install", "-y", "--no-install-recommends", SKOPEO_PACKAGE)
+    try:
+        proc = _apt_get(*install)
+        if proc.returncode != 0:
+            update = _apt_get("update")
+            proc = _apt_get(*install)
+            proc.stderr = update.stderr + proc.stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _skopeo_unavailable(f"apt-get install {SKOPEO_PACKAGE} failed: {exc}")
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        _skopeo_unavailable(f"apt-get install {SKOPEO_PACKAGE} exited {proc.returncode}: "
+                            f"{lines[-1].strip() if lines else 'no output'}",
+                            proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def skopeo() -> Path:
+    """Path of the ``skopeo`` binary (Debian's; bookworm ships 1.9.3).
+
+    ``ESTARGZ_SKOPEO`` may name it; otherwise it is looked up on PATH and, when missing,
+    installed with ``apt-get install --no-install-recommends skopeo`` (which needs root). When
+    it cannot be had the skopeo tests are skipped, except in CI (``CI=true``), where they fail.
+    """
+    given = os.environ.get("ESTARGZ_SKOPEO")
+    if given and os.path.isfile(given) and os.access(given, os.X_OK):
+        return Path(given)
+    found = shutil.which("skopeo")
+    if found is None:
+        _install_skopeo()
+        found = shutil.which("skopeo")
+        if found is None:
+            _skopeo_unavailable("apt-get installed skopeo but it is not on PATH")
+    return Path(found)
+
+
+REGISTRY_PACKAGE = "docker-registry"
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+#: Seconds for a started registry to answer ``GET /v2/``.
+REGISTRY_START_TIMEOUT = 20
+
+
+def _registry_unavailable(reason: str, output: str = "") -> None:
+    """Fail in CI (the registry tests must run there), skip elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"docker-registry is not available in CI: {reason}\n{output}", pytrace=False)
+    pytest.skip(f"docker-registry unavailable: {reason} (needs root to apt-get install {REGISTRY_PACKAGE})")
+
+
+def _install_registry() -> None:
+    """``apt-get install docker-registry`` without letting its postinst start the service (which
+    would listen on every interface): a temporary policy-rc.d that refuses every start."""
+    if shutil.which("apt-get") is None:
+        _registry_unavailable("docker-registry is not installed and there is no apt-get")
+    if os.geteuid() != 0:
+        _registry_unavailable("docker-registry is not installed and this is not root")
+    created = not POLICY_RC_D.exists()
+    if created:
+        POLICY_RC_D.write_text("#!/bin/sh\n# estargz tests: no service starts during apt-get install\nexit 101\n")
+        POLICY_RC_D.chmod(0o755)
+    install = ("install", "-y", "--no-install-recommends", REGISTRY_PACKAGE)
+    try:
+        proc = _apt_get(*install)
+        if proc.returncode != 0:
+            update = _apt_get("update")
+            proc = _apt_get(*install)
+            proc.stderr = update.stderr + proc.stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _registry_unavailable(f"apt-get install {REGISTRY_PACKAGE} failed: {exc}")
+    finally:
+        if created:
+            POLICY_RC_D.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        _registry_unavailable(f"apt-get install {REGISTRY_PACKAGE} exited {proc.returncode}: "
+                              f"{lines[-1].strip() if lines else 'no output'}", proc.stdout + proc.stderr)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _registry_answers(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/v2/")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class LocalRegistry:
+    """A docker-registry (distribution 2.8) serving plain HTTP on 127.0.0.1."""
+
+    host: str
+    """``127.0.0.1:PORT``: the registry part of references."""
+    url: str
+    """``http://127.0.0.1:PORT``."""
+    storage: Path
+
+
+@pytest.fixture(scope="session")
+def docker_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    """A real OCI registry on loopback: Debian's ``docker-registry``, started for the session
+    on a free port of 127.0.0.1 with storage in a temporary directory, stopped at the end.
+
+    ``ESTARGZ_DOCKER_REGISTRY`` may name the binary; otherwise it is looked up on PATH and, when
+    missing, installed with apt-get (root only). Skipped when unavailable, except in CI.
+    """
+    binary = os.environ.get("ESTARGZ_DOCKER_REGISTRY") or shutil.which(REGISTRY_PACKAGE)
+    if binary is None:
+        _install_registry()
+        binary = shutil.which(REGISTRY_PACKAGE)
+        if binary is None:
+            _registry_unavailable("apt-get installed docker-registry but it is not on PATH")
+    root = tmp_path_factory.mktemp("registry")
+    log_path = root / "registry.log"
+    last_output = ""
+    for _ in range(3):  # another process may take the free port before the registry binds it
+        port = _free_port()
+        config = root / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{port}\n  secret: estargz-tests\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([str(binary), "serve", str(config)], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + REGISTRY_START_TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None and not _registry_answers(port):
+            time.sleep(0.1)
+        if proc.poll() is None and _registry_answers(port):
+            break
+        proc.kill()
+        proc.wait()
+        last_output = log_path.read_text(errors="replace")
+    else:
+        _registry_unavailable("docker-registry did not start", last_output)
+    try:
+        yield LocalRegistry(f"127.0.0.1:{port}", url, root / "storage")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

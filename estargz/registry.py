@@ -1,0 +1,933 @@
+"""Lazy reading of layers from an OCI distribution registry, by HTTP range requests.
+
+>>> source, descriptor = open_layer("127.0.0.1:5000/app:latest", 0)   # doctest: +SKIP
+>>> with source, estargz.open(source, annotations=descriptor.get("annotations")) as blob:  # doctest: +SKIP
+...     data = blob.read("etc/os-release")
+
+Standard library only (:mod:`http.client`): Bearer-token and Basic authentication, retries with
+backoff on transient failures, OCI and Docker manifests and indexes, platform selection, one
+keep-alive connection per thread and origin. Errors: :class:`NotFoundError` (404, no such
+platform or layer), :class:`VerificationError` (digest or size mismatch), :class:`LimitError`
+(manifest too large, or a blob too large to read whole when the registry ignores ranges),
+:class:`FormatError` (malformed or unexpected answers), and :class:`EStargzError` itself when the
+registry cannot be reached or refuses access (with the :class:`OSError` as ``__cause__``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import ipaddress
+import json
+import platform as _platform
+import random
+import re
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
+
+from .errors import EStargzError, FormatError, LimitError, NotFoundError, VerificationError
+
+__all__ = [
+    "Reference", "parse_reference", "RegistryClient", "Manifest", "BlobSource", "open_layer",
+    "default_platform", "OCI_MANIFEST", "OCI_INDEX", "DOCKER_MANIFEST", "DOCKER_MANIFEST_LIST",
+    "MANIFEST_MEDIA_TYPES", "INDEX_MEDIA_TYPES", "MAX_MANIFEST_SIZE", "MAX_WHOLE_BLOB",
+]
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+INDEX_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
+MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST, *INDEX_MEDIA_TYPES)
+
+#: Largest manifest accepted (distribution's own limit).
+MAX_MANIFEST_SIZE = 4 << 20
+#: Largest blob read whole into memory when a registry answers a range request with 200.
+MAX_WHOLE_BLOB = 64 << 20
+
+_USER_AGENT = "estargz-python"
+_MAX_SMALL_BODY = 1 << 20  # token answers
+_MAX_DRAIN = 64 << 10  # what is read of an unwanted body to keep its connection
+_MAX_REDIRECTS = 5
+_MAX_INDEX_DEPTH = 4
+_MAX_WAIT = 10.0  # longest single back-off, Retry-After included
+_MAX_RANGES = 64  # ranges per multi-range request
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_TRANSIENT = (ConnectionError, TimeoutError, http.client.IncompleteRead, http.client.BadStatusLine)
+_DOCKER_HUB = "docker.io"
+_ENDPOINTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
+_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_PARAM_RE = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+
+T = TypeVar("T")
+
+
+# -- references ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reference:
+    """An image (or blob) reference: ``registry/repository[:tag][@digest]`` and its URL scheme."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+    scheme: str = "https"
+
+    @property
+    def reference(self) -> str:
+        """What follows ``/manifests/``: the digest if there is one, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        text = f"{self.registry}/{self.repository}"
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def _hostname(registry: str) -> str:
+    if registry.startswith("["):
+        return registry[1:registry.index("]")]
+    return registry.partition(":")[0]
+
+
+def _default_scheme(registry: str) -> str:
+    """``http`` for loopback registries (as docker allows them insecure), else ``https``."""
+    host = _hostname(registry)
+    if host == "localhost":
+        return "http"
+    try:
+        return "http" if ipaddress.ip_address(host).is_loopback else "https"
+    except ValueError:
+        return "https"
+
+
+def _check_repository(repository: str) -> None:
+    if not _REPOSITORY_RE.fullmatch(repository):
+        raise ValueError(f"invalid repository name {repository!r}")
+
+
+def _check_digest(digest: str) -> None:
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        raise ValueError(f"invalid digest {digest!r} (expected sha256:<64 hex> or sha512:<128 hex>)")
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse ``[http[s]://]host[:port]/repo[/more][:tag][@sha256:…]``.
+
+    Without a host-like first component (one with a dot or a port, or ``localhost``) the
+    registry is Docker Hub, with ``library/`` added to one-component names, as docker does.
+    Without a tag or digest the tag is ``latest``. The scheme is ``http`` for loopback hosts and
+    ``https`` otherwise unless a prefix forces it. Raises ValueError on a malformed reference.
+    """
+    rest = text.strip()
+    scheme = None
+    for prefix in ("http://", "https://"):
+        if rest.lower().startswith(prefix):
+            scheme, rest = prefix[:-3], rest[len(prefix):]
+    rest = rest.rstrip("/") if scheme else rest
+    name, _, digest = rest.partition("@")
+    if digest:
+        _check_digest(digest)
+    tag = None
+    slash, colon = name.rfind("/"), name.rfind(":")
+    if colon > slash:
+        name, tag = name[:colon], name[colon + 1:]
+        if not _TAG_RE.fullmatch(tag):
+            raise ValueError(f"invalid tag {tag!r} in {text!r}")
+    first, sep, remainder = name.partition("/")
+    if sep and (scheme or "." in first or ":" in first or first == "localhost" or first.startswith("[")):
+        registry, repository = first, remainder
+    elif scheme:
+        raise ValueError(f"no repository in {text!r}")
+    else:
+        registry, repository = _DOCKER_HUB, name if "/" in name else f"library/{name}"
+    if not _HOST_RE.fullmatch(registry):
+        raise ValueError(f"invalid registry host {registry!r} in {text!r}")
+    _check_repository(repository)
+    if tag is None and not digest:
+        tag = "latest"
+    return Reference(registry, repository, tag, digest or None, scheme or _default_scheme(registry))
+
+
+# -- platforms -------------------------------------------------------------------------------
+_ARCHITECTURES = {
+    "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm/v7",
+    "armv6l": "arm/v6", "i386": "386", "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+def default_platform() -> str:
+    """``linux/<this machine's architecture>`` in OCI spelling, e.g. ``linux/amd64``."""
+    machine = _platform.machine().lower()
+    return "linux/" + _ARCHITECTURES.get(machine, machine)
+
+
+def _parse_platform(text: str) -> tuple[str, str, str | None]:
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"invalid platform {text!r} (expected os/arch[/variant])")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def _variant(architecture: str, variant: str | None) -> str | None:
+    return None if architecture == "arm64" and variant == "v8" else variant or None
+
+
+def _platform_text(platform: Mapping[str, Any]) -> str:
+    parts = [str(platform.get("os", "?")), str(platform.get("architecture", "?"))]
+    return "/".join(parts + ([str(platform["variant"])] if platform.get("variant") else []))
+
+
+# -- manifests -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest or index as fetched: media type, digest, raw bytes and parsed JSON."""
+
+    media_type: str
+    digest: str
+    data: bytes = field(repr=False)
+    content: dict[str, Any] = field(repr=False)
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_MEDIA_TYPES
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        """The layer descriptors of an image manifest."""
+        layers = self.content.get("layers")
+        if self.is_index or not isinstance(layers, list) or not all(isinstance(d, dict) for d in layers):
+            raise FormatError(f"manifest {self.digest} has no list of layers")
+        return layers
+
+
+def _check_descriptor(descriptor: Any, what: str) -> dict[str, Any]:
+    if not isinstance(descriptor, dict):
+        raise FormatError(f"{what} is not a descriptor object")
+    digest, size = descriptor.get("digest"), descriptor.get("size")
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        raise FormatError(f"{what} has an invalid digest {digest!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise FormatError(f"{what} has an invalid size {size!r}")
+    return dict(descriptor)
+
+
+def _digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def _parse_manifest(data: bytes, content_type: str | None, digest: str) -> Manifest:
+    try:
+        content = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"manifest {digest} is not JSON: {exc}") from None
+    if not isinstance(content, dict):
+        raise FormatError(f"manifest {digest} is not a JSON object")
+    if content.get("schemaVersion") != 2:
+        raise FormatError(f"manifest {digest} has schemaVersion {content.get('schemaVersion')!r}; "
+                          "only schema 2 (OCI and Docker v2) is supported")
+    media_type = _media_type(content_type)
+    if media_type not in MANIFEST_MEDIA_TYPES:
+        media_type = content.get("mediaType") or (OCI_INDEX if "manifests" in content else OCI_MANIFEST)
+    if media_type not in MANIFEST_MEDIA_TYPES:
+        raise FormatError(f"manifest {digest} has unsupported media type {media_type!r}")
+    return Manifest(media_type, digest, data, content)
+
+
+def _select_platform(index: Manifest, platform: str | None) -> dict[str, Any]:
+    want_os, want_arch, want_variant = _parse_platform(platform or default_platform())
+    entries = index.content.get("manifests")
+    if not isinstance(entries, list):
+        raise FormatError(f"index {index.digest} has no list of manifests")
+    seen = []
+    for position, entry in enumerate(entries):
+        entry = _check_descriptor(entry, f"manifest {position} of index {index.digest}")
+        found = entry.get("platform") if isinstance(entry.get("platform"), dict) else {}
+        seen.append(_platform_text(found))
+        if found.get("os") != want_os or found.get("architecture") != want_arch:
+            continue
+        if want_variant is None or _variant(want_arch, found.get("variant")) == _variant(want_arch, want_variant):
+            return entry
+    raise NotFoundError(f"index {index.digest} has no manifest for {platform or default_platform()} "
+                        f"(it has {', '.join(seen) or 'none'})")
+
+
+def _select_layer(manifest: Manifest, layer: int | str | None) -> dict[str, Any]:
+    layers = manifest.layers
+    if layer is None:
+        if len(layers) != 1:
+            raise ValueError(f"manifest {manifest.digest} has {len(layers)} layers: give a layer index or digest")
+        layer = 0
+    if isinstance(layer, str):
+        position = next((i for i, d in enumerate(layers) if d.get("digest") == layer), None)
+        if position is None:
+            raise NotFoundError(f"manifest {manifest.digest} has no layer {layer}")
+    else:
+        position = layer + len(layers) if layer < 0 else layer
+        if not 0 <= position < len(layers):
+            raise NotFoundError(f"manifest {manifest.digest} has {len(layers)} layers, no layer {layer}")
+    return _check_descriptor(layers[position], f"layer {position} of manifest {manifest.digest}")
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+class _Stats:
+    """Thread-safe request and byte counters, also added to a parent's."""
+
+    def __init__(self, parent: "_Stats | None" = None) -> None:
+        self.requests = 0
+        self.bytes = 0
+        self._parent = parent
+        self._lock = threading.Lock()
+
+    def request(self) -> None:
+        with self._lock:
+            self.requests += 1
+        if self._parent is not None:
+            self._parent.request()
+
+    def received(self, count: int) -> None:
+        with self._lock:
+            self.bytes += count
+        if self._parent is not None:
+            self._parent.received(count)
+
+
+def _read_exact(resp: http.client.HTTPResponse, count: int, stats: _Stats) -> bytes:
+    parts, remaining = [], count
+    while remaining:
+        piece = resp.read(min(remaining, 1 << 20))
+        if not piece:
+            raise http.client.IncompleteRead(b"".join(parts), remaining)
+        stats.received(len(piece))
+        parts.append(piece)
+        remaining -= len(piece)
+    return b"".join(parts)
+
+
+def _read_body(resp: http.client.HTTPResponse, limit: int, stats: _Stats, what: str) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes."""
+    if resp.length is not None:
+        if resp.length > limit:
+            raise LimitError(f"{what} is {resp.length} bytes, over the {limit}-byte limit")
+        return _read_exact(resp, resp.length, stats)
+    data = b""
+    while len(data) <= limit:
+        piece = resp.read(min(1 << 20, limit + 1 - len(data)))
+        if not piece:
+            return data
+        stats.received(len(piece))
+        data += piece
+    raise LimitError(f"{what} is over the {limit}-byte limit")
+
+
+def _release(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
+    """Make the connection reusable: drain a small unread body, close it otherwise."""
+    if resp.isclosed():
+        return
+    try:
+        if resp.length is not None and resp.length <= _MAX_DRAIN:
+            resp.read()
+    except (OSError, http.client.HTTPException):
+        pass
+    if not resp.isclosed():
+        conn.close()
+
+
+def _parse_challenges(values: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``WWW-Authenticate`` values as {scheme: {param: value}} (lower-case schemes)."""
+    challenges: dict[str, dict[str, str]] = {}
+    for value in values:
+        scheme, _, rest = value.strip().partition(" ")
+        params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+                  for m in _PARAM_RE.finditer(rest)}
+        challenges.setdefault(scheme.lower(), {k: v.replace('\\"', '"') for k, v in params.items()})
+    return challenges
+
+
+def _error_detail(body: bytes) -> str:
+    """The registry's error codes and messages, or the start of the body."""
+    try:
+        errors = json.loads(body).get("errors")
+        return "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}" for e in errors)
+    except (ValueError, AttributeError, TypeError):
+        return body[:200].decode("utf-8", "replace").strip()
+
+
+def _content_range(value: str | None) -> tuple[int, int, int | None]:
+    match = _CONTENT_RANGE_RE.fullmatch((value or "").strip())
+    if not match or int(match.group(2)) < int(match.group(1)):
+        raise FormatError(f"bad Content-Range {value!r} in a 206 answer")
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), int(match.group(2)), total
+
+
+class RegistryClient:
+    """A client for one registry (``host[:port]``; ``docker.io`` means Docker Hub): GET and HEAD
+    with authentication, retries, manifests and blobs. Thread-safe.
+
+    Authentication follows the registry's 401 challenge: ``Bearer`` (a token from the realm,
+    asked with Basic credentials when given, cached per scope until it expires) or ``Basic``.
+    Connection failures, timeouts, 429 and 500/502/503/504 are retried ``retries`` times with
+    exponential back-off from ``backoff`` seconds (or ``Retry-After``, at most 10 s a wait), and
+    never past ``max_retry_time`` seconds after the first try; ``timeout`` bounds each socket
+    operation. Redirects are followed (up to 5), without credentials to other origins.
+    """
+
+    def __init__(self, registry: str, *, scheme: str | None = None, username: str | None = None,
+                 password: str | None = None, retries: int = 3, timeout: float = 30.0,
+                 backoff: float = 0.5, max_retry_time: float = 60.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        if not _HOST_RE.fullmatch(registry):
+            raise ValueError(f"invalid registry host {registry!r}")
+        if (username is None) != (password is None):
+            raise ValueError("give both username and password, or neither")
+        self.registry = registry
+        self.scheme = (scheme or _default_scheme(registry)).lower()
+        if self.scheme not in ("http", "https"):
+            raise ValueError(f"scheme must be http or https, not {scheme!r}")
+        self._origin = (self.scheme, _ENDPOINTS.get(registry, registry))
+        self.retries, self.timeout, self.backoff, self.max_retry_time = retries, timeout, backoff, max_retry_time
+        self._credentials = (username, password) if username is not None else None
+        self._ssl_context = ssl_context
+        self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._auth_lock = threading.Lock()
+        self._bearer: dict[str, str] | None = None
+        self._basic = False
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self.stats = _Stats()
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests answered so far (all threads, all sources of this client)."""
+        return self.stats.requests
+
+    @property
+    def bytes_transferred(self) -> int:
+        """Body bytes received so far."""
+        return self.stats.bytes
+
+    # -- connections ---------------------------------------------------------------------
+    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = {}
+        conn = pool.get((scheme, netloc))
+        if conn is None:
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._ssl_context)
+            else:
+                conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
+            pool[(scheme, netloc)] = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _exchange(self, method: str, url: SplitResult, headers: Mapping[str, str],
+                  stats: _Stats) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """One request and its response headers; a kept-alive connection the server closed
+        meanwhile is reopened once."""
+        conn = self._connection(url.scheme, url.netloc)
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        for fresh in (False, True):
+            reused = conn.sock is not None
+            try:
+                conn.request(method, target, headers=dict(headers))
+                resp = conn.getresponse()
+            except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+                conn.close()
+                if reused and not fresh:
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            stats.request()
+            return conn, resp
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close every connection (a later request opens new ones)."""
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests ------------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        return f"{self._origin[0]}://{self._origin[1]}{path}"
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after and retry_after.strip().isdigit():
+            return min(float(retry_after.strip()), _MAX_WAIT)
+        return min(self.backoff * 2 ** attempt, _MAX_WAIT) * (0.5 + random.random() / 2)
+
+    def _status_error(self, method: str, url: str, resp: http.client.HTTPResponse, stats: _Stats,
+                     attempts: int = 1) -> EStargzError:
+        """The typed error for an unexpected status (reads a little of the body)."""
+        try:
+            body = _read_body(resp, _MAX_DRAIN, stats, "error body")
+        except (EStargzError, OSError, http.client.HTTPException):
+            body = b""
+        detail = _error_detail(body)
+        where = f"{method} {url}: HTTP {resp.status} {resp.reason}" + (f" ({detail})" if detail else "")
+        if attempts > 1:
+            where += f", after {attempts} attempts"
+        if resp.status == 404:
+            return NotFoundError(where)
+        if resp.status in (401, 403):
+            return EStargzError(f"{where}: access denied"
+                                + (" with the credentials given" if self._credentials else " (no credentials given)"))
+        if resp.status in _RETRY_STATUSES or resp.status >= 500:
+            return EStargzError(where)
+        return FormatError(where)
+
+    def request(self, method: str, path: str, *, handle: Callable[[http.client.HTTPResponse], T],
+                headers: Mapping[str, str] | None = None, scope: str | None = None,
+                stats: _Stats | None = None, authenticate: bool = True) -> T:
+        """Send a request (a path on this registry, or an absolute URL) and return
+        ``handle(response)``, which must read what it needs and raise on unwanted statuses.
+
+        ``handle`` is not called for redirects, challenges and retried statuses; it may be
+        called again when reading the body fails on a transient error.
+        """
+        stats = stats or self.stats
+        url = path if "://" in path else self._url(path)
+        first_origin = urlsplit(url)[:2]
+        deadline = time.monotonic() + self.max_retry_time
+        attempt = redirects = 0
+        challenged = False
+        while True:
+            parts = urlsplit(url)
+            send = {"User-Agent": _USER_AGENT, **(headers or {})}
+            own = (parts.scheme, parts.netloc) == self._origin
+            if authenticate and own:
+                self._authorize(send, scope, stats)
+            elif (parts.scheme, parts.netloc) != first_origin:  # redirected elsewhere: no credentials
+                send = {k: v for k, v in send.items() if k.lower() != "authorization"}
+            failure: BaseException | str
+            try:
+                conn, resp = self._exchange(method, parts, send, stats)
+            except _TRANSIENT as exc:
+                failure, delay = exc, self._delay(attempt, None)
+            except OSError as exc:
+                raise EStargzError(f"{method} {url}: {exc}") from exc
+            else:
+                try:
+                    status = resp.status
+                    location = resp.getheader("Location")
+                    if status in _REDIRECT_STATUSES and location:
+                        if redirects >= _MAX_REDIRECTS:
+                            raise FormatError(f"{method} {url}: more than {_MAX_REDIRECTS} redirects")
+                        url, redirects = urljoin(url, location), redirects + 1
+                        continue
+                    if status == 401 and authenticate and own and not challenged:
+                        challenged = True
+                        _release(conn, resp)  # the token realm may be on this very connection
+                        self._on_challenge(resp.headers.get_all("WWW-Authenticate") or [], scope, stats,
+                                           send.get("Authorization"), url)
+                        continue
+                    if status not in _RETRY_STATUSES:
+                        return handle(resp)
+                    failure, delay = f"HTTP {status}", self._delay(attempt, resp.getheader("Retry-After"))
+                    if attempt >= self.retries or time.monotonic() + delay > deadline:
+                        raise self._status_error(method, url, resp, stats, attempt + 1)
+                except _TRANSIENT as exc:
+                    conn.close()
+                    failure, delay = exc, self._delay(attempt, None)
+                except OSError as exc:
+                    conn.close()
+                    raise EStargzError(f"{method} {url}: {exc}") from exc
+                finally:
+                    _release(conn, resp)
+            if attempt >= self.retries or time.monotonic() + delay > deadline:
+                raise EStargzError(f"{method} {url}: {failure} (gave up after {attempt + 1} attempts)") from (
+                    failure if isinstance(failure, BaseException) else None)
+            time.sleep(delay)
+            attempt += 1
+
+    # -- authentication ------------------------------------------------------------------
+    def _basic_header(self) -> str:
+        assert self._credentials is not None
+        user, password = self._credentials
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+    def _cached_token(self, scope: str | None) -> str | None:
+        with self._lock:
+            cached = self._tokens.get(scope or "")
+        return cached[0] if cached and cached[1] > time.monotonic() else None
+
+    def _authorize(self, headers: dict[str, str], scope: str | None, stats: _Stats) -> None:
+        """Add the credentials that the registry asked for before, fetching a token if needed."""
+        if self._bearer is not None:
+            headers["Authorization"] = "Bearer " + (self._cached_token(scope) or self._fetch_token(scope, stats))
+        elif self._basic and self._credentials is not None:
+            headers["Authorization"] = self._basic_header()
+
+    def _on_challenge(self, values: Sequence[str], scope: str | None, stats: _Stats, sent: str | None,
+                      url: str) -> None:
+        """Act on a 401's ``WWW-Authenticate`` values: get a token, or send Basic credentials."""
+        challenges = _parse_challenges(values)
+        bearer = challenges.get("bearer")
+        if bearer and bearer.get("realm"):
+            with self._lock:
+                self._bearer = bearer
+                if sent and sent == f"Bearer {self._tokens.get(scope or '', ('',))[0]}":
+                    del self._tokens[scope or ""]  # refused: expired or revoked
+            self._fetch_token(scope, stats, bearer.get("scope"))
+        elif "basic" in challenges and self._credentials is not None and not sent:
+            self._basic = True
+        else:
+            kinds = ", ".join(challenges) or "no WWW-Authenticate challenge"
+            raise EStargzError(f"GET {url}: HTTP 401: authentication required ({kinds})"
+                               + ("" if self._credentials else "; no credentials given")
+                               + ("; the credentials sent were refused" if sent else ""))
+
+    def _fetch_token(self, scope: str | None, stats: _Stats, challenge_scope: str | None = None) -> str:
+        """A Bearer token for ``scope`` from the challenge's realm, cached until it expires."""
+        with self._auth_lock:
+            cached = self._cached_token(scope)
+            if cached is not None:
+                return cached
+            bearer = self._bearer or {}
+            realm = bearer.get("realm", "")
+            if urlsplit(realm).scheme not in ("http", "https"):
+                raise FormatError(f"token realm {realm!r} is not an http(s) URL")
+            query = [("service", bearer["service"])] if bearer.get("service") else []
+            query += [("scope", s) for s in dict.fromkeys(x for x in (challenge_scope, scope) if x)]
+            url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
+            headers = {"Authorization": self._basic_header()} if self._credentials else {}
+
+            def handle(resp: http.client.HTTPResponse) -> bytes:
+                if resp.status != 200:
+                    raise self._status_error("GET", url, resp, stats)
+                return _read_body(resp, _MAX_SMALL_BODY, stats, "token answer")
+
+            body = self.request("GET", url, handle=handle, headers=headers, stats=stats, authenticate=False)
+            try:
+                answer = json.loads(body)
+                token = answer.get("token") or answer.get("access_token")
+                expires_in = answer.get("expires_in", 60)
+            except (ValueError, AttributeError) as exc:
+                raise FormatError(f"token answer from {realm} is not a JSON object: {exc}") from None
+            if not isinstance(token, str) or not token:
+                raise FormatError(f"token answer from {realm} has no token")
+            lifetime = max(float(expires_in) if isinstance(expires_in, (int, float)) else 60.0, 1.0)
+            with self._lock:
+                self._tokens[scope or ""] = (token, time.monotonic() + lifetime * 0.9)
+            return token
+
+    # -- registry API --------------------------------------------------------------------
+    def ping(self) -> None:
+        """``GET /v2/`` (authenticating if asked); raises unless the registry answers 200."""
+        def handle(resp: http.client.HTTPResponse) -> None:
+            if resp.status != 200:
+                raise self._status_error("GET", "/v2/", resp, self.stats)
+            _read_body(resp, _MAX_SMALL_BODY, self.stats, "/v2/ answer")
+
+        self.request("GET", "/v2/", handle=handle)
+
+    def get_manifest(self, repository: str, reference: str) -> Manifest:
+        """The manifest or index named by a tag or digest, checked against the digest (the one
+        asked for, else the registry's ``Docker-Content-Digest``)."""
+        _check_repository(repository)
+        by_digest = bool(_DIGEST_RE.fullmatch(reference))
+        if not by_digest and not _TAG_RE.fullmatch(reference):
+            raise ValueError(f"invalid tag or digest {reference!r}")
+        path = f"/v2/{repository}/manifests/{reference}"
+
+        def handle(resp: http.client.HTTPResponse) -> tuple[bytes, str | None, str | None]:
+            if resp.status != 200:
+                raise self._status_error("GET", path, resp, self.stats)
+            data = _read_body(resp, MAX_MANIFEST_SIZE, self.stats, f"manifest {repository}:{reference}")
+            return data, resp.getheader("Content-Type"), resp.getheader("Docker-Content-Digest")
+
+        data, content_type, header_digest = self.request(
+            "GET", path, handle=handle, scope=f"repository:{repository}:pull",
+            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)})
+        expected = reference if by_digest else header_digest
+        algorithm = expected.partition(":")[0] if expected and _DIGEST_RE.fullmatch(expected) else "sha256"
+        digest = _digest_of(data, algorithm)
+        if expected and digest != expected:
+            raise VerificationError(f"manifest {repository}:{reference} has digest {digest}, expected {expected}")
+        return _parse_manifest(data, content_type, digest)
+
+    def resolve_manifest(self, repository: str, reference: str | Manifest, *,
+                         platform: str | None = None) -> Manifest:
+        """The image manifest of a tag or digest (or of a fetched manifest), through indexes by
+        platform: ``os/arch[/variant]``, default :func:`default_platform`."""
+        manifest = self.get_manifest(repository, reference) if isinstance(reference, str) else reference
+        for _ in range(_MAX_INDEX_DEPTH):
+            if not manifest.is_index:
+                return manifest
+            descriptor = _select_platform(manifest, platform)
+            manifest = self.get_manifest(repository, descriptor["digest"])
+            if len(manifest.data) != descriptor["size"]:
+                raise VerificationError(f"manifest {manifest.digest} is {len(manifest.data)} bytes, "
+                                        f"the index says {descriptor['size']}")
+        raise LimitError(f"indexes nested more than {_MAX_INDEX_DEPTH} deep in {repository}")
+
+    def stat_blob(self, repository: str, digest: str, *, stats: _Stats | None = None) -> dict[str, Any]:
+        """``HEAD`` a blob: its descriptor (``mediaType``, ``digest``, ``size``)."""
+        _check_repository(repository)
+        _check_digest(digest)
+        path = f"/v2/{repository}/blobs/{digest}"
+
+        def handle(resp: http.client.HTTPResponse) -> dict[str, Any]:
+            if resp.status != 200:
+                raise self._status_error("HEAD", path, resp, stats or self.stats)
+            resp.read()
+            length, said = resp.getheader("Content-Length"), resp.getheader("Docker-Content-Digest")
+            if not length or not length.isdigit():
+                raise FormatError(f"HEAD {path}: no Content-Length")
+            if said and said != digest:
+                raise VerificationError(f"HEAD {path}: the registry says the digest is {said}")
+            return {"mediaType": _media_type(resp.getheader("Content-Type")) or "application/octet-stream",
+                    "digest": digest, "size": int(length)}
+
+        return self.request("HEAD", path, handle=handle, scope=f"repository:{repository}:pull", stats=stats)
+
+    def blob(self, repository: str, digest: str, size: int | None = None) -> "BlobSource":
+        """A :class:`BlobSource` over a blob of this registry."""
+        return BlobSource(self, repository, digest, size)
+
+
+# -- blobs -----------------------------------------------------------------------------------
+class BlobSource:
+    """The estargz Source protocol over a registry blob: ``read_at`` sends a Range request.
+
+    ``size`` comes from the descriptor or a HEAD request. A registry that ignores ranges (200)
+    has the blob read whole once, digest-checked and kept in memory if it is at most
+    ``max_whole_blob`` bytes; larger blobs raise LimitError. Thread-safe (a keep-alive
+    connection per thread); ``requests`` and ``bytes_transferred`` count this source's traffic.
+    """
+
+    def __init__(self, client: RegistryClient, repository: str, digest: str, size: int | None = None, *,
+                 max_whole_blob: int = MAX_WHOLE_BLOB, owns_client: bool = False) -> None:
+        _check_repository(repository)
+        _check_digest(digest)
+        self.client, self.repository, self.digest = client, repository, digest
+        self.max_whole_blob = max_whole_blob
+        self._owns_client = owns_client
+        self._stats = _Stats(client.stats)
+        self._path = f"/v2/{repository}/blobs/{digest}"
+        self._scope = f"repository:{repository}:pull"
+        self._whole: bytes | None = None
+        self._whole_lock = threading.Lock()
+        self._multirange = True
+        if size is None:
+            size = client.stat_blob(repository, digest, stats=self._stats)["size"]
+        if size < 0:
+            raise ValueError(f"negative blob size {size}")
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests answered for this source (HEAD, ranges, retries, tokens)."""
+        return self._stats.requests
+
+    @property
+    def bytes_transferred(self) -> int:
+        """Body bytes received for this source."""
+        return self._stats.bytes
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise FormatError(f"range [{offset}, {offset + length}) lies outside the blob ({self._size} bytes)")
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        parts, position, end = [], offset, offset + length
+        while position < end:
+            whole = self._whole
+            if whole is not None:
+                parts.append(whole[position:end])
+                break
+            start = position
+            piece = self.client.request(
+                "GET", self._path, scope=self._scope, stats=self._stats,
+                headers={"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"},
+                handle=lambda resp: self._answer(resp, start, end))
+            parts.append(piece)
+            position += len(piece)
+        return b"".join(parts)
+
+    def _answer(self, resp: http.client.HTTPResponse, start: int, end: int) -> bytes:
+        """The bytes from ``start`` (some or all up to ``end``) in an answer to a range request."""
+        if resp.status == 200:
+            return self._load_whole(resp)[start:end]
+        if resp.status != 206:
+            raise self.client._status_error("GET", self._path, resp, self._stats)
+        if _media_type(resp.getheader("Content-Type")).startswith("multipart/"):
+            raise FormatError(f"GET {self._path}: multipart answer to a single range")
+        first, last = self._range_of(resp.getheader("Content-Range"))
+        if first != start or last >= end:
+            raise FormatError(f"GET {self._path}: asked for bytes {start}-{end - 1}, got {first}-{last}")
+        if resp.length is not None and resp.length != last - first + 1:
+            raise FormatError(f"GET {self._path}: Content-Length {resp.length} for bytes {first}-{last}")
+        return _read_exact(resp, last - first + 1, self._stats)
+
+    def _range_of(self, content_range: str | None) -> tuple[int, int]:
+        first, last, total = _content_range(content_range)
+        if total is not None and total != self._size:
+            raise VerificationError(f"blob {self.digest} is {total} bytes, expected {self._size}")
+        return first, last
+
+    def _load_whole(self, resp: http.client.HTTPResponse) -> bytes:
+        """Read a 200 answer whole (once), check its digest and keep it."""
+        if self._size > self.max_whole_blob:
+            raise LimitError(f"GET {self._path}: the registry ignores Range requests and the blob "
+                             f"({self._size} bytes) is over the {self.max_whole_blob}-byte limit "
+                             "for reading it whole")
+        with self._whole_lock:
+            if self._whole is None:
+                if resp.length is not None and resp.length != self._size:
+                    raise VerificationError(f"blob {self.digest} is {resp.length} bytes, expected {self._size}")
+                data = _read_exact(resp, self._size, self._stats)
+                digest = _digest_of(data, self.digest.partition(":")[0])
+                if digest != self.digest:
+                    raise VerificationError(f"blob has digest {digest}, expected {self.digest}")
+                self._whole = data
+            return self._whole
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of several ``(offset, length)`` ranges, in as few multi-range requests as
+        the registry allows (falling back to one request per range when it refuses)."""
+        for offset, length in ranges:
+            self._check(offset, length)
+        found: dict[tuple[int, int], bytes] = {(o, 0): b"" for o, n in ranges if n == 0}
+        wanted = sorted({(o, n) for o, n in ranges if n > 0})
+        for batch in (wanted[i:i + _MAX_RANGES] for i in range(0, len(wanted), _MAX_RANGES)):
+            pieces: list[tuple[int, bytes]] = []
+            if len(batch) > 1 and self._multirange and self._whole is None:
+                spec = ",".join(f"{o}-{o + n - 1}" for o, n in batch)
+                pieces = self.client.request(
+                    "GET", self._path, scope=self._scope, stats=self._stats,
+                    headers={"Range": f"bytes={spec}", "Accept-Encoding": "identity"},
+                    handle=lambda resp: self._multi_answer(resp, batch))
+            for offset, length in batch:
+                data = next((p[offset - s:offset - s + length] for s, p in pieces
+                             if s <= offset and offset + length <= s + len(p)), None)
+                found[(offset, length)] = data if data is not None else self.read_at(offset, length)
+        return [found[(o, n)] for o, n in ranges]
+
+    def _multi_answer(self, resp: http.client.HTTPResponse, batch: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        if resp.status == 200 and self._size <= self.max_whole_blob:
+            return [(0, self._load_whole(resp))]
+        if resp.status in (200, 416):  # ranges refused: one range a request from now on
+            self._multirange = False
+            return []
+        if resp.status != 206:
+            raise self.client._status_error("GET", self._path, resp, self._stats)
+        content_type = resp.getheader("Content-Type") or ""
+        if not _media_type(content_type).startswith("multipart/byteranges"):
+            first, last = self._range_of(resp.getheader("Content-Range"))  # coalesced into one
+            return [(first, _read_exact(resp, last - first + 1, self._stats))]
+        boundary = dict((k.lower(), v if v is not None else w) for k, v, w in
+                        ((m.group(1), m.group(2), m.group(3)) for m in _PARAM_RE.finditer(content_type))).get("boundary")
+        if not boundary:
+            raise FormatError(f"GET {self._path}: multipart answer without a boundary")
+        limit = sum(n for _, n in batch) + 512 * len(batch) + 4096
+        return self._parse_multipart(_read_body(resp, limit, self._stats, "multipart answer"), boundary.encode())
+
+    def _parse_multipart(self, body: bytes, boundary: bytes) -> list[tuple[int, bytes]]:
+        delimiter = b"--" + boundary
+        position = body.find(delimiter)
+        pieces = []
+        while position >= 0:
+            position += len(delimiter)
+            if body.startswith(b"--", position):
+                return pieces
+            head_end = body.find(b"\r\n\r\n", position)
+            if head_end < 0:
+                raise FormatError(f"GET {self._path}: truncated multipart answer")
+            content_range = None
+            for line in body[position:head_end].split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-range":
+                    content_range = value.strip().decode("latin-1")
+            first, last = self._range_of(content_range)
+            data_start, data_end = head_end + 4, head_end + 4 + last - first + 1
+            if not body.startswith(b"\r\n" + delimiter, data_end):
+                raise FormatError(f"GET {self._path}: multipart part {first}-{last} has the wrong length")
+            pieces.append((first, body[data_start:data_end]))
+            position = data_end + 2
+        raise FormatError(f"GET {self._path}: multipart answer without its boundary")
+
+    def close(self) -> None:
+        """Drop the in-memory copy, and close the client if this source owns it."""
+        self._whole = None
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> "BlobSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- layers ----------------------------------------------------------------------------------
+def open_layer(reference: str | Reference, layer_index: int | str | None = None, *,
+               platform: str | None = None, **client_options: Any) -> tuple[BlobSource, dict[str, Any]]:
+    """A layer of a remote image as a :class:`BlobSource` and its descriptor.
+
+    ``reference`` names a tag or manifest digest (indexes are resolved by ``platform``,
+    ``os/arch[/variant]``, default :func:`default_platform`), and ``layer_index`` picks the
+    layer: an index (negative counts from the top), a layer digest, or None for an image with
+    one layer. A reference ``host/repo@sha256:…`` naming a blob is that layer (its descriptor
+    has no annotations). ``client_options`` go to :class:`RegistryClient`. The source owns its
+    client: close it when done. Use ``estargz.open(source, annotations=descriptor.get("annotations"))``.
+    """
+    ref = parse_reference(reference) if isinstance(reference, str) else reference
+    client_options.setdefault("scheme", ref.scheme)
+    client = RegistryClient(ref.registry, **client_options)
+    try:
+        if ref.digest and layer_index is None and platform is None:
+            try:
+                descriptor = client.stat_blob(ref.repository, ref.digest)
+            except NotFoundError:
+                pass
+            else:
+                if descriptor["mediaType"] not in MANIFEST_MEDIA_TYPES:
+                    source = BlobSource(client, ref.repository, ref.digest, descriptor["size"], owns_client=True)
+                    return source, descriptor
+        manifest = client.resolve_manifest(ref.repository, ref.reference, platform=platform)
+        descriptor = _select_layer(manifest, layer_index)
+        source = BlobSource(client, ref.repository, descriptor["digest"], descriptor["size"], owns_client=True)
+        return source, descriptor
+    except BaseException:
+        client.close()
+        raise
