@@ -38,6 +38,7 @@ from .framing import (
     DEFAULT_ZSTD_LEVEL,
     GZIP_ENGINES,
 )
+from .image import REUSED, ConvertedManifest, ImageResult, convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Chunk, Entry, EntryFile, Reader, VerifyReport
 from .reader import open_blob as open
@@ -53,6 +54,8 @@ __all__ = [
     "BytesSource",
     "Chunk",
     "convert",
+    "convert_image",
+    "ConvertedManifest",
     "decode_toc",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL",
@@ -70,6 +73,7 @@ __all__ = [
     "FormatError",
     "FORMATS",
     "GZIP_ENGINES",
+    "ImageResult",
     "LAYER_DIGEST_ANNOTATION",
     "LEGACY_MANIFEST_CHECKSUM_ANNOTATION",
     "LEGACY_MANIFEST_POSITION_ANNOTATION",
@@ -82,6 +86,7 @@ __all__ = [
     "PREFETCH_LANDMARK",
     "read_workload_record",
     "Reader",
+    "REUSED",
     "Source",
     "TARSPLIT_POSITION_ANNOTATION",
     "TOC_DIGEST_ANNOTATION",

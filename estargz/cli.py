@@ -24,6 +24,7 @@ from .framing import (
     DEFAULT_ZSTD_LEVEL,
     GZIP_ENGINES,
 )
+from .image import convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Reader, open_blob
 from .tocimage import write_toc_image
@@ -86,9 +87,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 prioritized.extend(read_workload_record(f, args.record_layer_index))
             allow_missing = True  # as ctr-remote and nerdctl do for recorded workloads
     layer_format = _convert_format(args)
-    zstd = layer_format != FORMAT_ESTARGZ
-    if args.estargz_keep_diff_id and not args.estargz_external_toc:
-        raise _UsageError("--estargz-keep-diff-id needs --estargz-external-toc")
+    options = _layer_options(args, layer_format)
     if args.estargz_keep_diff_id and prioritized:
         raise _UsageError("--estargz-keep-diff-id keeps the layer's order: it cannot prioritize files")
     if not args.estargz_external_toc and (args.estargz_toc_output or args.estargz_toc_image):
@@ -104,15 +103,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     result = convert(
         src, dst,
         format=layer_format,
-        chunk_size=(args.zstdchunked_chunk_size if zstd else args.estargz_chunk_size) or DEFAULT_CHUNK_SIZE,
-        compression_level=args.zstdchunked_compression_level if zstd else args.estargz_compression_level,
-        min_chunk_size=args.estargz_min_chunk_size,
         prioritized_files=prioritized,
         allow_missing_prioritized=allow_missing,
-        external_toc=args.estargz_external_toc,
-        keep_diff_id=args.estargz_keep_diff_id,
         threads=args.threads,
         progress=_progress_bar() if show_progress else None,
+        **options,
     )
     summary = result.to_json()
     if result.external_toc is not None:
@@ -122,6 +117,40 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             summary["tocImageManifestDigest"] = write_toc_image(args.estargz_toc_image, [result])
     print(json.dumps(summary, indent=2), file=sys.stderr if args.output == "-" else sys.stdout)
     return 0
+
+
+def _cmd_image_convert(args: argparse.Namespace) -> int:
+    layer_format = _convert_format(args)
+    show_progress = not args.quiet and sys.stderr.isatty()
+    result = convert_image(
+        args.source, args.destination,
+        format=layer_format,
+        platforms=args.platform or None,
+        reuse=args.reuse,
+        threads=args.threads,
+        layer_jobs=args.layer_jobs,
+        progress=_progress_bar() if show_progress else None,
+        overwrite=args.overwrite,
+        **_layer_options(args, layer_format),
+    )
+    print(json.dumps(result.to_json(), indent=2))
+    return 0
+
+
+def _layer_options(args: argparse.Namespace, layer_format: str) -> dict[str, object]:
+    """The per-layer conversion options of the format flags."""
+    if args.estargz_keep_diff_id and not args.estargz_external_toc:
+        raise _UsageError("--estargz-keep-diff-id needs --estargz-external-toc")
+    zstd = layer_format != FORMAT_ESTARGZ
+    options: dict[str, object] = {
+        "compression_level": args.zstdchunked_compression_level if zstd else args.estargz_compression_level,
+        "min_chunk_size": args.estargz_min_chunk_size,
+        "external_toc": args.estargz_external_toc,
+        "keep_diff_id": args.estargz_keep_diff_id,
+    }
+    if layer_format != FORMAT_ZSTD_CHUNKED:
+        options["chunk_size"] = (args.zstdchunked_chunk_size if zstd else args.estargz_chunk_size) or DEFAULT_CHUNK_SIZE
+    return options
 
 
 def _convert_format(args: argparse.Namespace) -> str:
@@ -134,12 +163,12 @@ def _convert_format(args: argparse.Namespace) -> str:
         layer_format = FORMAT_ZSTD_CHUNKED_STARGZ
     if layer_format != FORMAT_ESTARGZ:
         for flag in ("estargz_external_toc", "estargz_keep_diff_id", "estargz_toc_output", "estargz_toc_image"):
-            if getattr(args, flag):
+            if getattr(args, flag, None):
                 raise _UsageError(f"--{flag.replace('_', '-')} applies to --format estargz only")
     if layer_format == FORMAT_ZSTD_CHUNKED:
         for flag in ("zstdchunked_chunk_size", "estargz_min_chunk_size", "prioritized_file",
                      "prioritized_files_from", "estargz_record_in", "zstdchunked_record_in"):
-            if getattr(args, flag):
+            if getattr(args, flag, None):
                 raise _UsageError(f"--{flag.replace('_', '-')} does not apply to --format zstd:chunked, "
                                   "which keeps the tar as it is")
     return layer_format
@@ -298,6 +327,36 @@ def _level(text: str) -> int:
     return value
 
 
+def _add_format_options(c: argparse.ArgumentParser) -> None:
+    """The flags that choose a format and its options, named as in nerdctl and ctr-remote."""
+    c.add_argument("--format", choices=FORMATS, default=FORMAT_ESTARGZ,
+                   help="estargz: gzip eStargz (default). zstd:chunked: containers/storage's, for podman, "
+                        "CRI-O and skopeo (lossless, content-defined chunks). zstd:chunked-stargz: "
+                        "stargz-snapshotter's, as nerdctl --zstdchunked writes it")
+    c.add_argument("--zstdchunked", action="store_true",
+                   help="as in nerdctl: the same as --format zstd:chunked-stargz")
+    c.add_argument("--zstdchunked-compression-level", type=_zstd_level, default=None, metavar="N",
+                   help=f"zstd level 1-22 for the zstd:chunked formats (default {DEFAULT_ZSTD_LEVEL}, or "
+                        f"{DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL} for zstd:chunked as podman uses)")
+    c.add_argument("--zstdchunked-chunk-size", type=_positive, default=0, metavar="BYTES",
+                   help=f"largest chunk per zstd frame (default 0 = {DEFAULT_CHUNK_SIZE})")
+    c.add_argument("--estargz-compression-level", type=_level, default=DEFAULT_GZIP_LEVEL, metavar="N",
+                   help=f"gzip level 0-9 (default {DEFAULT_GZIP_LEVEL}); each level is at least as dense as "
+                        "the Go reference at the same level")
+    c.add_argument("--estargz-chunk-size", type=_positive, default=0, metavar="BYTES",
+                   help=f"largest chunk of a file in one gzip member (default 0 = {DEFAULT_CHUNK_SIZE})")
+    c.add_argument("--estargz-min-chunk-size", type=_positive, default=0, metavar="BYTES",
+                   help="let small files and chunks share a gzip member until it holds about BYTES "
+                        "compressed bytes (smaller blobs; readers need eStargz v0.13+)")
+    c.add_argument("--estargz-external-toc", action="store_true",
+                   help="keep the TOC out of the blob, in a separate TOC blob (and TOC image)")
+    c.add_argument("--estargz-keep-diff-id", action="store_true",
+                   help="with --estargz-external-toc: keep every byte of the tar, so the diffID does not change")
+    c.add_argument("--threads", type=_at_least_one, default=None, metavar="N",
+                   help="compression threads (default: every CPU); never changes the output bytes")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="estargz", description=_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,40 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     c = command("convert", _cmd_convert,
-                "Convert a layer tar (plain, gzip or zstd) to eStargz; print digests and annotations as JSON.")
+                "Convert a layer tar (plain, gzip or zstd) to eStargz or zstd:chunked; print digests and "
+                "annotations as JSON.")
     c.add_argument("input", help="layer tar to convert, or - for standard input")
-    c.add_argument("output", help="eStargz blob to write, or - for standard output")
-    c.add_argument("--format", choices=FORMATS, default=FORMAT_ESTARGZ,
-                   help="estargz: gzip eStargz (default). zstd:chunked: containers/storage's, for podman, "
-                        "CRI-O and skopeo (lossless, content-defined chunks). zstd:chunked-stargz: "
-                        "stargz-snapshotter's, as nerdctl --zstdchunked writes it")
-    c.add_argument("--zstdchunked", action="store_true",
-                   help="as in nerdctl: the same as --format zstd:chunked-stargz")
-    c.add_argument("--zstdchunked-compression-level", type=_zstd_level, default=None, metavar="N",
-                   help=f"zstd level 1-22 for the zstd:chunked formats (default {DEFAULT_ZSTD_LEVEL}, or "
-                        f"{DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL} for zstd:chunked as podman uses)")
-    c.add_argument("--zstdchunked-chunk-size", type=_positive, default=0, metavar="BYTES",
-                   help=f"largest chunk per zstd frame (default 0 = {DEFAULT_CHUNK_SIZE})")
-    c.add_argument("--zstdchunked-record-in", metavar="FILE", help="as --estargz-record-in, for zstd:chunked")
-    c.add_argument("--estargz-compression-level", type=_level, default=DEFAULT_GZIP_LEVEL, metavar="N",
-                   help=f"gzip level 0-9 (default {DEFAULT_GZIP_LEVEL}); each level is at least as dense as "
-                        "the Go reference at the same level")
-    c.add_argument("--estargz-chunk-size", type=_positive, default=0, metavar="BYTES",
-                   help=f"largest chunk of a file in one gzip member (default 0 = {DEFAULT_CHUNK_SIZE})")
-    c.add_argument("--estargz-min-chunk-size", type=_positive, default=0, metavar="BYTES",
-                   help="let small files and chunks share a gzip member until it holds about BYTES "
-                        "compressed bytes (smaller blobs; readers need eStargz v0.13+)")
-    c.add_argument("--estargz-external-toc", action="store_true",
-                   help="keep the TOC out of the blob, in a separate TOC blob (and TOC image)")
+    c.add_argument("output", help="blob to write, or - for standard output")
+    _add_format_options(c)
     c.add_argument("--estargz-toc-output", metavar="FILE",
                    help="with --estargz-external-toc: where to write the TOC blob (default OUTPUT.toc.tar.gz)")
     c.add_argument("--estargz-toc-image", metavar="DIR",
                    help="with --estargz-external-toc: also write the TOC image as an OCI layout in DIR")
-    c.add_argument("--estargz-keep-diff-id", action="store_true",
-                   help="with --estargz-external-toc: keep every byte of the tar, so the diffID does not change")
     c.add_argument("--estargz-record-in", metavar="FILE",
                    help="workload record (ctr-remote optimize --record-out JSON lines); its paths are "
                         "prioritized, missing ones allowed")
+    c.add_argument("--zstdchunked-record-in", metavar="FILE", help="as --estargz-record-in, for zstd:chunked")
     c.add_argument("--record-layer-index", type=int, metavar="N",
                    help="with --estargz-record-in, use only the records of this layer index")
     c.add_argument("--prioritized-file", action="append", default=[], metavar="PATH",
@@ -352,9 +390,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read prioritized paths from FILE, one per line (# starts a comment)")
     c.add_argument("--allow-missing-prioritized", action="store_true",
                    help="skip prioritized paths that are not in the layer instead of failing")
-    c.add_argument("--threads", type=_at_least_one, default=None, metavar="N",
-                   help="compression threads (default: every CPU); never changes the output bytes")
-    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    image = commands.add_parser("image", help="Work on whole images (OCI layouts and archives).",
+                                description="Work on whole images (OCI layouts and archives).")
+    image_commands = image.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
+    i = image_commands.add_parser(
+        "convert", help="Convert every layer of an image; write an OCI layout or archive.",
+        description="Convert every layer of an OCI layout, OCI archive or docker save archive to eStargz "
+                    "or zstd:chunked, and write the image (manifests, configs, index, tags) as an OCI "
+                    "layout directory or archive (DESTINATION ending in .tar). No daemon needed.")
+    i.set_defaults(handler=_cmd_image_convert)
+    i.add_argument("source", help="OCI layout directory, OCI archive, or docker save archive")
+    i.add_argument("destination", help="OCI layout directory (new or empty), or an OCI archive .tar")
+    _add_format_options(i)
+    i.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
+                   help="convert only this platform of a multi-platform image; repeatable (default: all)")
+    i.add_argument("--reuse", action="store_true", help="copy layers already in the target format as they are")
+    i.add_argument("--overwrite", action="store_true",
+                   help="replace an existing destination (only once the conversion succeeded)")
+    i.add_argument("--layer-jobs", type=_at_least_one, default=2, metavar="N",
+                   help="layers converted at once (default 2)")
 
     for name, handler, text in (
         ("info", _cmd_info, "Show the footer, TOC digest and entry counts of a blob as JSON."),

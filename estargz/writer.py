@@ -20,6 +20,7 @@ import queue
 import shutil
 import tempfile
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -524,9 +525,9 @@ def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], st
     """Add the entries as containers/storage does: every input byte kept in order, each
     content-defined chunk in a frame of its own, headers and padding in frames between them."""
     toc: list[CSTOCEntry] = []
-    single_chunk: list[CSTOCEntry] = []
     position = start
     last_size = 0
+    planner = _SpanPlanner(pipeline, [e for e in entries if e.kind == "reg" and e.size])
     for entry in entries:
         if _has_undecodable(entry.name) or _has_undecodable(entry.linkname):
             raise UnsupportedInputError(
@@ -547,7 +548,7 @@ def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], st
         toc.append(record)
         crc = None
         if entry.kind == "reg" and entry.size:
-            crc = _containers_storage_content(pipeline, entry, record, toc, single_chunk)
+            crc = _containers_storage_content(pipeline, entry, record, toc, planner.spans(entry))
         tar_split.file(entry.name.encode("utf-8", "surrogateescape"), entry.size, crc)
         position, last_size = entry.data_offset + entry.size, entry.size
     # The end of the archive as a tar reader consumes it (last padding, two zero blocks), then
@@ -561,7 +562,65 @@ def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], st
         pipeline.append(rest)
         tar_split.trailing(rest)
     tar_split.close()
+    planner.close()
     return toc
+
+
+class _SpanPlanner:
+    """The content-defined chunks of the next files, cut ahead on a thread of their own.
+
+    Reads with ``os.pread`` so the pipeline's reads are undisturbed; a source without a file
+    descriptor is cut in line instead.
+    """
+
+    _LOOKAHEAD = 32
+
+    def __init__(self, pipeline: _Pipeline, files: list[TarEntry]) -> None:
+        from .rollsum import chunk_stream  # numpy is loaded only for this format
+
+        self._chunk_stream = chunk_stream
+        self._pipeline = pipeline
+        try:
+            self._fd: int | None = pipeline.source.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._fd = None
+        self._files = iter(files)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="estargz-chunker") if self._fd is not None else None
+        self._ahead: deque[tuple[TarEntry, Future[list[tuple[int, int, bool]]]]] = deque()
+        self._fill()
+
+    def _cut(self, entry: TarEntry) -> list[tuple[int, int, bool]]:
+        fd = self._fd
+        if fd is None:
+            return list(self._chunk_stream(lambda at, n: self._pipeline.read(entry.data_offset + at, n), entry.size))
+
+        def read(at: int, length: int) -> bytes:
+            data = os.pread(fd, length, entry.data_offset + at)
+            if len(data) != length:
+                raise FormatError(f"tar: unexpected end of archive in {entry.name!r}")
+            return data
+
+        return list(self._chunk_stream(read, entry.size))
+
+    def _fill(self) -> None:
+        if self._pool is None:
+            return
+        while len(self._ahead) < self._LOOKAHEAD and (entry := next(self._files, None)) is not None:
+            self._ahead.append((entry, self._pool.submit(self._cut, entry)))
+
+    def spans(self, entry: TarEntry) -> list[tuple[int, int, bool]]:
+        """The chunks of ``entry`` as (offset, length, is_zeros); files come in input order."""
+        if self._pool is None:
+            return self._cut(entry)
+        planned, future = self._ahead.popleft()
+        if planned is not entry:
+            raise RuntimeError("files must be asked for in input order")
+        self._fill()
+        return future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
 
 def _has_undecodable(name: str) -> bool:
@@ -570,14 +629,8 @@ def _has_undecodable(name: str) -> bool:
 
 
 def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CSTOCEntry,
-                                toc: list[CSTOCEntry], single_chunk: list[CSTOCEntry]) -> int:
-    """Cut one file into content-defined chunks and frame each; return the content's CRC-64."""
-    def read(offset: int, length: int) -> bytes:
-        return pipeline.read(entry.data_offset + offset, length)
-
-    from .rollsum import chunk_stream  # numpy is loaded only for this format
-
-    spans = list(chunk_stream(read, entry.size))
+                                toc: list[CSTOCEntry], spans: list[tuple[int, int, bool]]) -> int:
+    """Frame each content-defined chunk of one file; return the content's CRC-64."""
     file_hash = hashlib.sha256() if len(spans) > 1 else None
     crc = 0
     for index, (offset, length, zeros) in enumerate(spans):
@@ -599,15 +652,13 @@ def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CS
                 if file_hash is not None:
                     file_hash.update(piece)
         else:
-            payload = read(offset, length)
+            payload = pipeline.read(entry.data_offset + offset, length)
             crc = crc64_iso(payload, crc)
             if file_hash is not None:
                 file_hash.update(payload)
             pipeline.add_chunk(chunk, payload, file_hash is None, last)
     if file_hash is not None:
         record.digest = "sha256:" + file_hash.hexdigest()
-    else:
-        single_chunk.append(record)
     return crc
 
 
