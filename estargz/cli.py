@@ -8,7 +8,8 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO
+from collections.abc import Callable, Sequence
 
 from . import __version__
 from .errors import EStargzError

@@ -84,7 +84,7 @@ def _split(name: str) -> tuple[str, str]:
     return parent, base
 
 
-def extract(reader: "Reader", dest: str | os.PathLike[str]) -> ExtractReport:
+def extract(reader: Reader, dest: str | os.PathLike[str]) -> ExtractReport:
     """Write every entry of ``reader`` below ``dest`` (created if needed) and return a report.
 
     File contents are verified chunk by chunk as they are read. Ownership is applied when running
@@ -94,7 +94,7 @@ def extract(reader: "Reader", dest: str | os.PathLike[str]) -> ExtractReport:
     report = ExtractReport()
     tree = _Tree(os.fspath(dest))
     as_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    directories: list[tuple[str, "Entry"]] = []
+    directories: list[tuple[str, Entry]] = []
     try:
         for entry in reader:
             if not entry.name:
@@ -142,7 +142,7 @@ def extract(reader: "Reader", dest: str | os.PathLike[str]) -> ExtractReport:
     return report
 
 
-def _write_file(reader: "Reader", entry: "Entry", parent_fd: int, base: str, as_root: bool) -> int:
+def _write_file(reader: Reader, entry: Entry, parent_fd: int, base: str, as_root: bool) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(base, flags, 0o600, dir_fd=parent_fd)
     written = 0
@@ -157,7 +157,7 @@ def _write_file(reader: "Reader", entry: "Entry", parent_fd: int, base: str, as_
     return written
 
 
-def _set_attributes(entry: "Entry", fd: int, as_root: bool) -> None:
+def _set_attributes(entry: Entry, fd: int, as_root: bool) -> None:
     """Owner (as root), xattrs, permissions and modification time of an open file or directory.
 
     The owner comes first: changing it clears ``security.capability`` and setuid bits.
@@ -175,7 +175,7 @@ def _set_attributes(entry: "Entry", fd: int, as_root: bool) -> None:
         os.utime(fd, (mtime.timestamp(), mtime.timestamp()))
 
 
-def _set_owner_and_time(entry: "Entry", base: str, parent_fd: int, as_root: bool, follow: bool = True) -> None:
+def _set_owner_and_time(entry: Entry, base: str, parent_fd: int, as_root: bool, follow: bool = True) -> None:
     """Owner (as root), permissions (not for symlinks) and time of a node created by name."""
     if as_root:
         os.chown(base, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=follow)

@@ -12,7 +12,8 @@ import io
 import struct
 import threading
 import zlib
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator
 
 import deflate
 import zstandard

@@ -24,7 +24,8 @@ import tempfile
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Union
+from collections.abc import Callable, Iterator, Sequence
 
 import zstandard
 from isal import igzip
@@ -170,7 +171,7 @@ class _Blob(io.RawIOBase):
     def size(self) -> int:
         return self._size
 
-    def view(self) -> "_Blob":
+    def view(self) -> _Blob:
         """Another window on the same bytes, at offset 0, that leaves the file open when closed."""
         return _Blob(self._fd, self._offset, self._size, owns_fd=False)
 
@@ -806,7 +807,7 @@ class _Converter:
         config = copy.deepcopy(image.config)
         diff_ids = config["rootfs"]["diff_ids"]
         layers = []
-        for number, (layer, source) in enumerate(zip(image.layers, image.descriptors)):
+        for number, (layer, source) in enumerate(zip(image.layers, image.descriptors, strict=True)):
             outcome = self.outcomes[layer.name]
             result = outcome.result
             if result is None:  # reused: with the annotations it was validated with

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
+from collections.abc import Iterator
 
 from .annotations import (
     LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
@@ -79,7 +80,7 @@ class Entry:
     digest: str = ""
     num_link: int = 0
     chunks: list[Chunk] = field(default_factory=list, repr=False)
-    children: dict[str, "Entry"] = field(default_factory=dict, repr=False)
+    children: dict[str, Entry] = field(default_factory=dict, repr=False)
 
     @property
     def permissions(self) -> int:
@@ -339,7 +340,7 @@ class Reader:
                 f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
         return data
 
-    def open(self, name: str) -> "EntryFile":
+    def open(self, name: str) -> EntryFile:
         """A seekable, read-only binary file over a regular file's contents."""
         entry = self.lookup(name)
         if entry.type != "reg":
@@ -435,7 +436,7 @@ class Reader:
             tee.copy_rest()
         return tee.written
 
-    def extract(self, dest: "str | os.PathLike[str]") -> "ExtractReport":
+    def extract(self, dest: str | os.PathLike[str]) -> ExtractReport:
         """Extract the layer below ``dest``; see :func:`estargz.extract.extract`."""
         return extract(self, dest)
 
@@ -446,7 +447,7 @@ class Reader:
             if close is not None:
                 close()
 
-    def __enter__(self) -> "Reader":
+    def __enter__(self) -> Reader:
         return self
 
     def __exit__(self, *exc: object) -> None:

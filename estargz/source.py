@@ -59,7 +59,7 @@ class FileSource:
         self._size = file.seek(0, io.SEEK_END)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "FileSource":
+    def open(cls, path: str | os.PathLike[str]) -> FileSource:
         return cls(open(path, "rb"), owned=True)
 
     @property

@@ -31,7 +31,8 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -577,7 +578,7 @@ def _check(formats: Sequence[str], max_content: int) -> tuple[str, ...]:
 
 def layers(*, min_entries: int = 0, max_entries: int = 20, formats: Sequence[str] = FORMATS,
            chunk_size: int | None = None, max_content: int = MAX_CONTENT,
-           implicit_dirs: bool = True, reserved_names: bool = False) -> "SearchStrategy[Layer]":
+           implicit_dirs: bool = True, reserved_names: bool = False) -> SearchStrategy[Layer]:
     """Consistent layers whose cleaned names are unique.
 
     Parents are directories, declared before or after their children or left implicit
@@ -604,7 +605,7 @@ def layers_with_duplicates(*, min_duplicates: int = 1, max_duplicates: int = 4,
                            min_entries: int = 1, max_entries: int = 16,
                            formats: Sequence[str] = FORMATS, chunk_size: int | None = None,
                            max_content: int = MAX_CONTENT, implicit_dirs: bool = True,
-                           reserved_names: bool = False) -> "SearchStrategy[Layer]":
+                           reserved_names: bool = False) -> SearchStrategy[Layer]:
     """Like :func:`layers`, then some paths are declared again later (same kind, maybe spelled
     differently, new metadata and content): the last declaration must win."""
     st = _hypothesis()
@@ -636,7 +637,7 @@ def _build(draw: Callable[[Any], Any], format: str, min_entries: int, max_entrie
 
 
 def layer_entries(*, format: str = "pax", kinds: Sequence[str] = ("reg", "dir", "symlink", "char", "block", "fifo"),
-                  chunk_size: int | None = None, max_content: int = 16 << 10) -> "SearchStrategy[LayerEntry]":
+                  chunk_size: int | None = None, max_content: int = 16 << 10) -> SearchStrategy[LayerEntry]:
     """Single entries that ``format`` can write, of the given kinds (a lone hardlink has no target,
     so ``"hardlink"`` yields regular files)."""
     st = _hypothesis()

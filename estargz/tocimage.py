@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from .writer import BuildResult
 

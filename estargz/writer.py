@@ -24,7 +24,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator, Sequence, Union
+from typing import BinaryIO, Union
+from collections.abc import Callable, Iterator, Sequence
 
 import zstandard
 from isal import igzip, isal_zlib
