@@ -22,6 +22,7 @@ from .errors import (
     FormatError,
     LimitError,
     NotFoundError,
+    RegistryError,
     UnsupportedInputError,
     VerificationError,
 )
@@ -42,6 +43,7 @@ from .image import REUSED, ConvertedManifest, ImageResult, convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Chunk, Entry, EntryFile, Reader, VerifyReport
 from .reader import open_blob as open
+from .registry import BlobSource, RegistryClient, open_layer, parse_reference
 from .source import BytesSource, FileSource, Source
 from .toc import TOC_NAME, TOCEntry, decode_toc, encode_toc
 from .tocimage import TOC_IMAGE_TAG_SUFFIX, toc_image_manifest, write_toc_image
@@ -50,6 +52,7 @@ from .writer import DEFAULT_CHUNK_SIZE, BuildResult, convert, read_workload_reco
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlobSource",
     "BuildResult",
     "BytesSource",
     "Chunk",
@@ -83,9 +86,13 @@ __all__ = [
     "NO_PREFETCH_LANDMARK",
     "NotFoundError",
     "open",
+    "open_layer",
+    "parse_reference",
     "PREFETCH_LANDMARK",
     "read_workload_record",
     "Reader",
+    "RegistryClient",
+    "RegistryError",
     "REUSED",
     "Source",
     "TARSPLIT_POSITION_ANNOTATION",

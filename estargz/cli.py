@@ -8,8 +8,8 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import BinaryIO
 from collections.abc import Callable, Sequence
+from typing import BinaryIO
 
 from . import __version__
 from .errors import EStargzError
@@ -28,6 +28,8 @@ from .framing import (
 from .image import convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Reader, open_blob
+from .registry import open_layer
+from .source import BytesSource
 from .tocimage import write_toc_image
 from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
 
@@ -200,7 +202,34 @@ def _open(args: argparse.Namespace) -> Reader:
         if not sep:
             raise _UsageError(f"--annotation {pair!r} is not KEY=VALUE")
         annotations[key] = value
-    return open_blob(args.blob, toc_digest=args.toc_digest, toc=args.toc, annotations=annotations or None)
+    if os.path.exists(args.blob) or not _is_registry_reference(args.blob):
+        return open_blob(args.blob, toc_digest=args.toc_digest, toc=args.toc, annotations=annotations or None)
+    layer: int | str | None = args.layer
+    if isinstance(layer, str) and layer.lstrip("-").isdigit():
+        layer = int(layer)
+    source, descriptor = open_layer(args.blob, layer, platform=args.platform, username=args.username,
+                                    password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"))
+    try:
+        return Reader(source, toc_digest=args.toc_digest, toc=_toc_source(args.toc),
+                      annotations={**descriptor.get("annotations", {}), **annotations}, owns_source=True)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _toc_source(path: str | None) -> BytesSource | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return BytesSource(f.read())
+
+
+def _is_registry_reference(text: str) -> bool:
+    """``host[:port]/repo...`` (the host has a dot or a port, or is localhost), or an http(s) URL."""
+    if text.startswith(("http://", "https://")):
+        return True
+    host, slash, _ = text.partition("/")
+    return bool(slash) and ("." in host or ":" in host or host == "localhost")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -421,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("unpack", _cmd_unpack, "Write the layer of a blob as a plain tar (without the TOC entry)."),
     ):
         sub = command(name, handler, text)
-        sub.add_argument("blob", help="blob file (eStargz or zstd:chunked)")
+        sub.add_argument("blob", help="blob file (eStargz or zstd:chunked), or a registry reference "
+                                      "HOST/REPO:TAG or HOST/REPO@DIGEST read lazily over HTTP")
         sub.add_argument("--toc-digest", metavar="DIGEST",
                          help="expected TOC digest (sha256:...); the blob is refused if it differs")
         sub.add_argument("--toc", metavar="FILE",
@@ -431,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "zstd:chunked positions locate the TOC, and the digests are checked")
         sub.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE",
                          help="one layer annotation, as with --annotations; repeatable")
+        remote = sub.add_argument_group("registry references")
+        remote.add_argument("--layer", metavar="N|DIGEST",
+                            help="which layer of the image (index from 0, negative from the top, or digest); "
+                                 "needed unless the image has one layer or the reference names a blob")
+        remote.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                            help="platform of a multi-platform image (default: this machine's)")
+        remote.add_argument("--username", help="registry user; the password comes from ESTARGZ_REGISTRY_PASSWORD")
         if name == "ls":
             sub.add_argument("-l", "--long", action="store_true", help="show type, mode, owner, size, time")
         elif name == "cat":

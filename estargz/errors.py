@@ -9,6 +9,7 @@ __all__ = [
     "LimitError",
     "UnsupportedInputError",
     "NotFoundError",
+    "RegistryError",
 ]
 
 
@@ -37,3 +38,11 @@ class NotFoundError(EStargzError, KeyError):
 
     def __str__(self) -> str:  # KeyError would add quotes around the message
         return str(self.args[0]) if self.args else ""
+
+
+class RegistryError(EStargzError):
+    """A registry could not be reached, refused access, or failed (``status``: the HTTP status, if any)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

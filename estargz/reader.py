@@ -362,16 +362,20 @@ class Reader:
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
         files = [entry for entry in self._names.values() if entry.type == "reg"]
-        with ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="estargz-verify") as pool:
-            counts = list(pool.map(self._verify_file, files))
-        diff_id = None
         if self.format == FORMAT_ZSTD_CHUNKED and self.footer.tar_split is not None:
+            # Rebuilding the tar reads every file once, checking each chunk against its digest
+            # (single-chunk files against their file digest) and each file against its CRC-64.
+            for entry in files:
+                if entry.size == 0 and entry.digest and entry.digest != _hex_digest(b""):
+                    raise VerificationError(f"digest mismatch for empty file {entry.name!r}")
             diff_hash = hashlib.sha256()
             for piece in self.iter_rebuilt_tar():
                 diff_hash.update(piece)
-            diff_id = "sha256:" + diff_hash.hexdigest()
-        return VerifyReport(self.toc_digest, len(files), sum(c for c, _ in counts), sum(n for _, n in counts),
-                            diff_id)
+            return VerifyReport(self.toc_digest, len(files), sum(len(e.chunks) for e in files),
+                                sum(e.size for e in files), "sha256:" + diff_hash.hexdigest())
+        with ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="estargz-verify") as pool:
+            counts = list(pool.map(self._verify_file, files))
+        return VerifyReport(self.toc_digest, len(files), sum(c for c, _ in counts), sum(n for _, n in counts))
 
     def tar_split(self) -> list[TarSplitEntry]:
         """The tar-split records of a containers/storage zstd:chunked blob, checked against the
@@ -397,10 +401,14 @@ class Reader:
         by_name = {clean_name(e.name): e for e in self.toc_entries if e.type != "chunk"}
 
         def content(record: TarSplitEntry) -> Iterator[bytes]:
-            name = clean_name(record.name.decode("utf-8", "surrogateescape"))
-            with self.open(by_name[name].name) as f:
+            entry = self.lookup(by_name[clean_name(record.name.decode("utf-8", "surrogateescape"))].name)
+            file_hash = hashlib.sha256()
+            with EntryFile(self, entry) as f:
                 while block := f.read(_READ_PIECE):
+                    file_hash.update(block)
                     yield block
+            if entry.digest and "sha256:" + file_hash.hexdigest() != entry.digest:
+                raise VerificationError(f"digest mismatch for {entry.name!r}")
 
         return iter_tar(records, content)
 

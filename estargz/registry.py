@@ -16,6 +16,7 @@ registry cannot be reached or refuses access (with the :class:`OSError` as ``__c
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import http.client
 import ipaddress
@@ -26,11 +27,19 @@ import re
 import ssl
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
 
-from .errors import EStargzError, FormatError, LimitError, NotFoundError, VerificationError
+from .errors import (
+    EStargzError,
+    FormatError,
+    LimitError,
+    NotFoundError,
+    RegistryError,
+    VerificationError,
+)
 
 __all__ = [
     "Reference", "parse_reference", "RegistryClient", "Manifest", "BlobSource", "open_layer",
@@ -73,6 +82,7 @@ _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _PARAM_RE = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 T = TypeVar("T")
+_DEAD = threading.Thread()  # stands for a thread that was garbage-collected: never alive
 
 
 # -- references ------------------------------------------------------------------------------
@@ -263,7 +273,7 @@ def _select_platform(index: Manifest, platform: str | None) -> dict[str, Any]:
     seen = []
     for position, entry in enumerate(entries):
         entry = _check_descriptor(entry, f"manifest {position} of index {index.digest}")
-        found = entry.get("platform") if isinstance(entry.get("platform"), dict) else {}
+        found: dict[str, Any] = entry["platform"] if isinstance(entry.get("platform"), dict) else {}
         seen.append(_platform_text(found))
         if found.get("os") != want_os or found.get("architecture") != want_arch:
             continue
@@ -314,7 +324,8 @@ class _Stats:
 
 
 def _read_exact(resp: http.client.HTTPResponse, count: int, stats: _Stats) -> bytes:
-    parts, remaining = [], count
+    parts: list[bytes] = []
+    remaining = count
     while remaining:
         piece = resp.read(min(remaining, 1 << 20))
         if not piece:
@@ -359,10 +370,14 @@ def _parse_challenges(values: Sequence[str]) -> dict[str, dict[str, str]]:
     challenges: dict[str, dict[str, str]] = {}
     for value in values:
         scheme, _, rest = value.strip().partition(" ")
-        params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-                  for m in _PARAM_RE.finditer(rest)}
-        challenges.setdefault(scheme.lower(), {k: v.replace('\\"', '"') for k, v in params.items()})
+        challenges.setdefault(scheme.lower(), _header_params(rest))
     return challenges
+
+
+def _header_params(text: str) -> dict[str, str]:
+    """``key=value`` and ``key="quoted value"`` pairs of a header, keys in lower case."""
+    return {m.group(1).lower(): re.sub(r"\\(.)", r"\1", m.group(2)) if m.group(2) is not None else m.group(3)
+            for m in _PARAM_RE.finditer(text)}
 
 
 def _error_detail(body: bytes) -> str:
@@ -411,7 +426,7 @@ class RegistryClient:
         self._credentials = (username, password) if username is not None else None
         self._ssl_context = ssl_context
         self._local = threading.local()
-        self._connections: list[http.client.HTTPConnection] = []
+        self._connections: list[tuple[weakref.ref[threading.Thread], http.client.HTTPConnection]] = []
         self._lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._bearer: dict[str, str] | None = None
@@ -441,8 +456,12 @@ class RegistryClient:
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
             pool[(scheme, netloc)] = conn
-            with self._lock:
-                self._connections.append(conn)
+            with self._lock:  # close the connections of threads that have ended (verify's pools)
+                for owner, old in self._connections:
+                    if not (owner() or _DEAD).is_alive():
+                        old.close()
+                self._connections = [(o, c) for o, c in self._connections if (o() or _DEAD).is_alive()]
+                self._connections.append((weakref.ref(threading.current_thread()), conn))
         return conn
 
     def _exchange(self, method: str, url: SplitResult, headers: Mapping[str, str],
@@ -471,7 +490,7 @@ class RegistryClient:
     def close(self) -> None:
         """Close every connection (a later request opens new ones)."""
         with self._lock:
-            connections = list(self._connections)
+            connections = [conn for _, conn in self._connections]
         for conn in connections:
             conn.close()
 
@@ -504,10 +523,11 @@ class RegistryClient:
         if resp.status == 404:
             return NotFoundError(where)
         if resp.status in (401, 403):
-            return EStargzError(f"{where}: access denied"
-                                + (" with the credentials given" if self._credentials else " (no credentials given)"))
+            return RegistryError(f"{where}: access denied"
+                                 + (" with the credentials given" if self._credentials else " (no credentials given)"),
+                                 resp.status)
         if resp.status in _RETRY_STATUSES or resp.status >= 500:
-            return EStargzError(where)
+            return RegistryError(where, resp.status)
         return FormatError(where)
 
     def request(self, method: str, path: str, *, handle: Callable[[http.client.HTTPResponse], T],
@@ -539,7 +559,7 @@ class RegistryClient:
             except _TRANSIENT as exc:
                 failure, delay = exc, self._delay(attempt, None)
             except OSError as exc:
-                raise EStargzError(f"{method} {url}: {exc}") from exc
+                raise RegistryError(f"{method} {url}: {exc}") from exc
             else:
                 try:
                     status = resp.status
@@ -565,11 +585,11 @@ class RegistryClient:
                     failure, delay = exc, self._delay(attempt, None)
                 except OSError as exc:
                     conn.close()
-                    raise EStargzError(f"{method} {url}: {exc}") from exc
+                    raise RegistryError(f"{method} {url}: {exc}") from exc
                 finally:
                     _release(conn, resp)
             if attempt >= self.retries or time.monotonic() + delay > deadline:
-                raise EStargzError(f"{method} {url}: {failure} (gave up after {attempt + 1} attempts)") from (
+                raise RegistryError(f"{method} {url}: {failure} (gave up after {attempt + 1} attempts)") from (
                     failure if isinstance(failure, BaseException) else None)
             time.sleep(delay)
             attempt += 1
@@ -607,9 +627,9 @@ class RegistryClient:
             self._basic = True
         else:
             kinds = ", ".join(challenges) or "no WWW-Authenticate challenge"
-            raise EStargzError(f"GET {url}: HTTP 401: authentication required ({kinds})"
-                               + ("" if self._credentials else "; no credentials given")
-                               + ("; the credentials sent were refused" if sent else ""))
+            raise RegistryError(f"GET {url}: HTTP 401: authentication required ({kinds})"
+                                + ("" if self._credentials else "; no credentials given")
+                                + ("; the credentials sent were refused" if sent else ""), 401)
 
     def _fetch_token(self, scope: str | None, stats: _Stats, challenge_scope: str | None = None) -> str:
         """A Bearer token for ``scope`` from the challenge's realm, cached until it expires."""
@@ -775,11 +795,10 @@ class BlobSource:
             if whole is not None:
                 parts.append(whole[position:end])
                 break
-            start = position
             piece = self.client.request(
                 "GET", self._path, scope=self._scope, stats=self._stats,
-                headers={"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"},
-                handle=lambda resp: self._answer(resp, start, end))
+                headers={"Range": f"bytes={position}-{end - 1}", "Accept-Encoding": "identity"},
+                handle=functools.partial(self._answer, start=position, end=end))
             parts.append(piece)
             position += len(piece)
         return b"".join(parts)
@@ -836,7 +855,7 @@ class BlobSource:
                 pieces = self.client.request(
                     "GET", self._path, scope=self._scope, stats=self._stats,
                     headers={"Range": f"bytes={spec}", "Accept-Encoding": "identity"},
-                    handle=lambda resp: self._multi_answer(resp, batch))
+                    handle=functools.partial(self._multi_answer, batch=batch))
             for offset, length in batch:
                 data = next((p[offset - s:offset - s + length] for s, p in pieces
                              if s <= offset and offset + length <= s + len(p)), None)
@@ -855,8 +874,7 @@ class BlobSource:
         if not _media_type(content_type).startswith("multipart/byteranges"):
             first, last = self._range_of(resp.getheader("Content-Range"))  # coalesced into one
             return [(first, _read_exact(resp, last - first + 1, self._stats))]
-        boundary = dict((k.lower(), v if v is not None else w) for k, v, w in
-                        ((m.group(1), m.group(2), m.group(3)) for m in _PARAM_RE.finditer(content_type))).get("boundary")
+        boundary = _header_params(content_type.partition(";")[2]).get("boundary")
         if not boundary:
             raise FormatError(f"GET {self._path}: multipart answer without a boundary")
         limit = sum(n for _, n in batch) + 512 * len(batch) + 4096
@@ -865,7 +883,7 @@ class BlobSource:
     def _parse_multipart(self, body: bytes, boundary: bytes) -> list[tuple[int, bytes]]:
         delimiter = b"--" + boundary
         position = body.find(delimiter)
-        pieces = []
+        pieces: list[tuple[int, bytes]] = []
         while position >= 0:
             position += len(delimiter)
             if body.startswith(b"--", position):
