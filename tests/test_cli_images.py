@@ -1,0 +1,138 @@
+"""The command line on whole images and on registry references.
+
+`image convert` turns an OCI layout into a converted one; the reading commands take a reference to
+a layer in a real registry on loopback (pushed with skopeo) and read it lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import estargz
+from estargz.cli import main
+
+FILES = {
+    "etc/hostname": b"lazy\n",
+    "usr/share/doc/readme.txt": b"estargz reads only what it needs\n" * 200,
+    "usr/bin/tool": bytes(range(256)) * 300,
+}
+
+
+def layer_tar() -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in FILES.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def put_blob(layout: Path, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    path = layout / "blobs" / "sha256" / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return "sha256:" + digest
+
+
+def oci_layout(directory: Path, tag: str = "v1") -> Path:
+    """A one-layer OCI layout with an uncompressed layer."""
+    layer = layer_tar()
+    layer_digest = put_blob(directory, layer)
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put_blob(directory, config),
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
+                    "size": len(layer)}],
+    }).encode()
+    (directory / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put_blob(directory, manifest),
+        "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+    (directory / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return directory
+
+
+def layer_descriptor(layout: Path) -> dict:
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"].split(":", 1)[1]
+    manifest = json.loads((layout / "blobs" / "sha256" / digest).read_text())
+    [layer] = manifest["layers"]
+    return layer
+
+
+@pytest.mark.parametrize("layer_format", estargz.FORMATS)
+def test_image_convert_writes_a_layout_of_the_format(tmp_path, capsys, layer_format):
+    source = oci_layout(tmp_path / "source")
+    assert main(["image", "convert", "--format", layer_format, "-q", str(source), str(tmp_path / "out")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == layer_format and summary["manifests"][0]["refNames"] == ["v1"]
+    descriptor = layer_descriptor(tmp_path / "out")
+    blob = tmp_path / "out" / "blobs" / "sha256" / descriptor["digest"].split(":", 1)[1]
+    with estargz.open(blob, annotations=descriptor["annotations"]) as reader:
+        assert reader.format == layer_format
+        reader.verify()
+        assert {name: reader.read(name) for name in FILES} == FILES
+
+
+def test_image_convert_refuses_a_non_empty_destination(tmp_path):
+    source = oci_layout(tmp_path / "source")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep").write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "estargz", "image", "convert", str(source), str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("estargz: error: ") and proc.stderr.count("\n") == 1
+    assert (tmp_path / "out" / "keep").read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory, skopeo, docker_registry) -> str:
+    """A converted one-layer image in the loopback registry; returns its reference."""
+    work = tmp_path_factory.mktemp("pushed")
+    source = oci_layout(work / "source")
+    estargz.convert_image(source, work / "converted")
+    reference = f"{docker_registry.host}/cli/image:v1"
+    subprocess.run([skopeo, "copy", "-q", "--dest-tls-verify=false", f"oci:{work / 'converted'}:v1",
+                    f"docker://{reference}"], check=True)
+    return reference
+
+
+@pytest.mark.interop
+def test_ls_and_cat_read_a_registry_layer_lazily(pushed, capsysbinary):
+    assert main(["ls", pushed, "--layer", "0"]) == 0
+    listed = capsysbinary.readouterr().out.decode().split()
+    assert set(FILES) <= set(listed) and ".no.prefetch.landmark" in listed
+    assert main(["cat", pushed, "usr/bin/tool"]) == 0
+    assert capsysbinary.readouterr().out == FILES["usr/bin/tool"]
+
+
+@pytest.mark.interop
+def test_cat_and_verify_over_the_registry_as_a_process(pushed):
+    cat = subprocess.run([sys.executable, "-m", "estargz", "cat", pushed, "etc/hostname", "usr/bin/tool"],
+                         capture_output=True)
+    assert cat.returncode == 0 and cat.stdout == FILES["etc/hostname"] + FILES["usr/bin/tool"]
+    verify = subprocess.run([sys.executable, "-m", "estargz", "verify", pushed, "--layer", "-1"],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True
+
+
+@pytest.mark.interop
+def test_registry_errors_are_one_line(pushed):
+    host = pushed.split("/", 1)[0]
+    for reference, expected in ((f"{host}/cli/missing:v1", "not found"), (pushed + "-nope", "")):
+        proc = subprocess.run([sys.executable, "-m", "estargz", "ls", reference], capture_output=True, text=True)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith("estargz: error: ") and proc.stderr.count("\n") == 1
+        assert expected in proc.stderr.lower()
