@@ -12,8 +12,8 @@ import io
 import struct
 import threading
 import zlib
-from typing import Protocol
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 import deflate
 import zstandard

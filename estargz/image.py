@@ -22,10 +22,10 @@ import stat
 import tarfile
 import tempfile
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Union
-from collections.abc import Callable, Iterator, Sequence
 
 import zstandard
 from isal import igzip
@@ -40,7 +40,14 @@ from .annotations import (
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
 )
-from .errors import EStargzError, FormatError, LimitError, NotFoundError, UnsupportedInputError, VerificationError
+from .errors import (
+    EStargzError,
+    FormatError,
+    LimitError,
+    NotFoundError,
+    UnsupportedInputError,
+    VerificationError,
+)
 from .formats import (
     FORMAT_ESTARGZ,
     FORMAT_ZSTD_CHUNKED,
@@ -50,6 +57,7 @@ from .formats import (
     ZSTD_LAYER_MEDIA_TYPE,
 )
 from .reader import open_blob
+from .source import RangeFile
 from .tocimage import TOC_IMAGE_TAG_SUFFIX, toc_image_manifest
 from .writer import BuildResult, convert
 
@@ -159,13 +167,12 @@ class ImageResult:
 
 # -- sources ------------------------------------------------------------------------------------
 
-class _Blob(io.RawIOBase):
+class _Blob(RangeFile):
     """A read-only seekable window of a file, read with ``pread``; also an estargz ``Source``."""
 
     def __init__(self, fd: int, offset: int, size: int, owns_fd: bool) -> None:
-        super().__init__()
+        super().__init__(size)
         self._fd, self._offset, self._size, self._owns_fd = fd, offset, size, owns_fd
-        self._pos = 0
 
     @property
     def size(self) -> int:
@@ -186,28 +193,9 @@ class _Blob(io.RawIOBase):
             data += more
         return data
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        length = max(0, min(len(buffer), self._size - self._pos))
-        data = os.pread(self._fd, length, self._offset + self._pos) if length else b""
-        buffer[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
+    def pread(self, size: int, offset: int) -> bytes:
+        length = max(0, min(size, self._size - offset))
+        return self.read_at(offset, length) if length else b""
 
     def close(self) -> None:
         if not self.closed and self._owns_fd:

@@ -6,12 +6,11 @@ import datetime as _dt
 import hashlib
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO
-from collections.abc import Iterator
 
 from .annotations import (
     LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
@@ -27,7 +26,7 @@ from .extract import ExtractReport, extract
 from .footer import MAX_FOOTER_SIZE, Footer, parse_footer
 from .formats import FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_STARGZ
 from .framing import inflate_frames, inflate_members
-from .source import Source, SourceLike, as_source
+from .source import RangeFile, Source, SourceLike, as_source
 from .tarsplit import TarSplitEntry, decode_entries, iter_tar
 from .tarstream import BLOCK, iter_entries, padding, toc_header_fields
 from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
@@ -650,31 +649,14 @@ class _ForwardTee:
             pass
 
 
-class EntryFile(io.RawIOBase):
+class EntryFile(RangeFile):
     """Random access to one regular file; each read inflates only the chunks it touches."""
 
     def __init__(self, reader: Reader, entry: Entry) -> None:
-        super().__init__()
+        super().__init__(entry.size)
         self._reader = reader
         self.entry = entry
-        self._pos = 0
         self._cached: tuple[Chunk, bytes] | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.entry.size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
     def _chunk_at(self, offset: int) -> Chunk:
         chunks = self.entry.chunks
@@ -703,18 +685,6 @@ class EntryFile(io.RawIOBase):
             parts.append(piece)
             offset += len(piece)
         return b"".join(parts)
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = max(self.entry.size - self._pos, 0)
-        data = self.pread(size, self._pos)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
 
 def open_blob(src: SourceLike, *, toc_digest: str | None = None, toc: SourceLike | None = None,

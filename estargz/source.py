@@ -9,7 +9,7 @@ from typing import BinaryIO, Protocol, Union, runtime_checkable
 
 from .errors import FormatError
 
-__all__ = ["Source", "FileSource", "BytesSource", "as_source", "SourceLike"]
+__all__ = ["Source", "FileSource", "BytesSource", "RangeFile", "as_source", "SourceLike"]
 
 
 @runtime_checkable
@@ -86,6 +86,47 @@ class FileSource:
     def close(self) -> None:
         if self._owned:
             self._file.close()
+
+
+class RangeFile(io.RawIOBase):
+    """A read-only, seekable binary file of ``size`` bytes; subclasses provide :meth:`pread`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._length = size
+        self._pos = 0
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer only at the end), without moving the position."""
+        raise NotImplementedError
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(self._length - self._pos, 0)
+        data = self.pread(min(size, max(self._length - self._pos, 0)), self._pos) if size else b""
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 SourceLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, Source]

@@ -7,9 +7,9 @@ raw header bytes and payload lie, so a writer can copy headers byte for byte.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
-from collections.abc import Iterator
 
 from .errors import FormatError, UnsupportedInputError
 

@@ -29,10 +29,10 @@ import random
 import struct
 import tarfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
-from collections.abc import Callable, Mapping, Sequence
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

@@ -21,11 +21,11 @@ import shutil
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO, Union
-from collections.abc import Callable, Iterator, Sequence
 
 import zstandard
 from isal import igzip, isal_zlib
