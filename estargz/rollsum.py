@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 __all__ = [
     "WINDOW_SIZE", "CHAR_OFFSET", "ROLLSUM_BITS", "HOLE_THRESHOLD",
-    "Chunk", "chunk_file", "chunk_stream", "split_positions", "find_holes",
+    "Chunk", "chunk_file", "chunk_files", "chunk_stream", "split_positions", "find_holes",
 ]
 
 WINDOW_SIZE = 64
@@ -241,10 +241,44 @@ def chunk_file(data: Buffer) -> list[Chunk]:
     arr = _as_array(data)
     size = len(arr)
     holes = find_holes(data)
-    splits = split_positions(data, _data_ranges(holes, size))
+    return _assemble(size, holes, split_positions(data, _data_ranges(holes, size)).tolist())
+
+
+def chunk_files(files: Sequence[Buffer]) -> list[list[Chunk]]:
+    """:func:`chunk_file` of each of many (small) files, with one vectorized pass for all of them.
+
+    The files are laid end to end with :data:`WINDOW_SIZE` zero bytes before each, which gives
+    each file the all-zero window of a fresh rolling state; holes are found file by file.
+    """
+    gap = bytes(WINDOW_SIZE)
+    starts, parts, position = [], [], 0
+    for data in files:
+        parts += (gap, data)
+        position += WINDOW_SIZE
+        starts.append(position)
+        position += memoryview(data).nbytes
+    if not files:
+        return []
+    splits = split_positions(b"".join(parts)).tolist()
+    result, index = [], 0
+    for data, start in zip(files, starts, strict=True):
+        size = memoryview(data).nbytes
+        while index < len(splits) and splits[index] <= start:
+            index += 1
+        own = []
+        while index < len(splits) and splits[index] <= start + size:
+            own.append(splits[index] - start)
+            index += 1
+        holes = find_holes(data) if _HOLE_NEEDLE in data else []
+        result.append(_assemble(size, holes, own))
+    return result
+
+
+def _assemble(size: int, holes: list[tuple[int, int]], splits: list[int]) -> list[Chunk]:
+    """Chunks from a file's holes and split points (splits inside holes are dropped)."""
     chunks: list[Chunk] = []
     start = hole_index = 0
-    for end in splits.tolist() + [size]:  # a split inside a hole ends at or before start: skipped
+    for end in splits + [size]:  # a split inside a hole ends at or before start: skipped
         while hole_index < len(holes) and holes[hole_index][0] < end:
             hole_start, hole_end = holes[hole_index]
             if hole_start > start:

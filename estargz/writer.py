@@ -567,57 +567,90 @@ def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], st
     return toc
 
 
+Chunk = tuple[int, int, bool]
+"""A content-defined chunk: (offset in the file, length, is a run of zeros)."""
+
+
 class _SpanPlanner:
     """The content-defined chunks of the next files, cut ahead on a thread of their own.
 
+    Small files are cut in batches (one vectorized pass for many files), large ones in windows.
     Reads with ``os.pread`` so the pipeline's reads are undisturbed; a source without a file
     descriptor is cut in line instead.
     """
 
-    _LOOKAHEAD = 32
+    _LOOKAHEAD = 8  # batches in flight
+    _SMALL_FILE = 256 << 10
+    _BATCH_BYTES = 4 << 20
 
     def __init__(self, pipeline: _Pipeline, files: list[TarEntry]) -> None:
-        from .rollsum import chunk_stream  # numpy is loaded only for this format
+        from . import rollsum  # numpy is loaded only for this format
 
-        self._chunk_stream = chunk_stream
+        self._rollsum = rollsum
         self._pipeline = pipeline
         try:
             self._fd: int | None = pipeline.source.fileno()
         except (AttributeError, OSError, io.UnsupportedOperation):
             self._fd = None
-        self._files = iter(files)
+        self._batches = self._batched(files)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="estargz-chunker") if self._fd is not None else None
-        self._ahead: deque[tuple[TarEntry, Future[list[tuple[int, int, bool]]]]] = deque()
+        self._ahead: deque[tuple[list[TarEntry], Future[list[list[Chunk]]]]] = deque()
+        self._ready: deque[tuple[TarEntry, list[Chunk]]] = deque()
         self._fill()
 
-    def _cut(self, entry: TarEntry) -> list[tuple[int, int, bool]]:
-        fd = self._fd
-        if fd is None:
-            return list(self._chunk_stream(lambda at, n: self._pipeline.read(entry.data_offset + at, n), entry.size))
+    def _batched(self, files: list[TarEntry]) -> Iterator[list[TarEntry]]:
+        batch: list[TarEntry] = []
+        size = 0
+        for entry in files:
+            if entry.size > self._SMALL_FILE:
+                if batch:
+                    yield batch
+                    batch, size = [], 0
+                yield [entry]
+                continue
+            batch.append(entry)
+            size += entry.size
+            if size >= self._BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
 
-        def read(at: int, length: int) -> bytes:
-            data = os.pread(fd, length, entry.data_offset + at)
-            if len(data) != length:
-                raise FormatError(f"tar: unexpected end of archive in {entry.name!r}")
-            return data
+    def _read(self, entry: TarEntry, at: int, length: int) -> bytes:
+        if self._fd is None:
+            return self._pipeline.read(entry.data_offset + at, length)
+        data = os.pread(self._fd, length, entry.data_offset + at)
+        if len(data) != length:
+            raise FormatError(f"tar: unexpected end of archive in {entry.name!r}")
+        return data
 
-        return list(self._chunk_stream(read, entry.size))
+    def _cut(self, batch: list[TarEntry]) -> list[list[Chunk]]:
+        if len(batch) == 1 and batch[0].size > self._SMALL_FILE:
+            entry = batch[0]
+            return [list(self._rollsum.chunk_stream(lambda at, n: self._read(entry, at, n), entry.size))]
+        return self._rollsum.chunk_files([self._read(entry, 0, entry.size) for entry in batch])
 
     def _fill(self) -> None:
         if self._pool is None:
             return
-        while len(self._ahead) < self._LOOKAHEAD and (entry := next(self._files, None)) is not None:
-            self._ahead.append((entry, self._pool.submit(self._cut, entry)))
+        while len(self._ahead) < self._LOOKAHEAD and (batch := next(self._batches, None)) is not None:
+            self._ahead.append((batch, self._pool.submit(self._cut, batch)))
 
-    def spans(self, entry: TarEntry) -> list[tuple[int, int, bool]]:
+    def spans(self, entry: TarEntry) -> list[Chunk]:
         """The chunks of ``entry`` as (offset, length, is_zeros); files come in input order."""
-        if self._pool is None:
-            return self._cut(entry)
-        planned, future = self._ahead.popleft()
+        if not self._ready:
+            if self._pool is None:
+                batch = next(self._batches)
+                results = self._cut(batch)
+            else:
+                batch, future = self._ahead.popleft()
+                self._fill()
+                results = future.result()
+            self._ready.extend(zip(batch, results, strict=True))
+        planned, spans = self._ready.popleft()
         if planned is not entry:
             raise RuntimeError("files must be asked for in input order")
-        self._fill()
-        return future.result()
+        return spans
 
     def close(self) -> None:
         if self._pool is not None:
@@ -630,7 +663,7 @@ def _has_undecodable(name: str) -> bool:
 
 
 def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CSTOCEntry,
-                                toc: list[CSTOCEntry], spans: list[tuple[int, int, bool]]) -> int:
+                                toc: list[CSTOCEntry], spans: list[Chunk]) -> int:
     """Frame each content-defined chunk of one file; return the content's CRC-64."""
     file_hash = hashlib.sha256() if len(spans) > 1 else None
     crc = 0
