@@ -7,7 +7,6 @@ a failed check, and 2 on usage errors (docs/cli.md).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -16,6 +15,7 @@ import sys
 import tarfile
 
 import pytest
+from helpers import sha256
 
 import estargz
 from estargz.cli import main
@@ -28,10 +28,6 @@ MTIME_TEXT = "2023-11-14T22:13:20Z"
 BUSYBOX = bytes(range(256)) * 12 + b"tail"  # 3076 bytes
 OS_RELEASE = b'NAME="Test Linux"\nID=test\n'
 SU = b"\x7fELF su"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def make_tar(specs) -> bytes:

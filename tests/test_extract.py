@@ -15,6 +15,7 @@ import stat
 import tarfile
 
 import pytest
+from helpers import sha256
 
 import estargz
 from estargz import FormatError, TOCEntry
@@ -27,10 +28,6 @@ from estargz.toc import TOC_NAME
 MTIME = 1700000000
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 CAPABILITY = bytes.fromhex("01000002" "00200000" "00000000" "00000000" "00000000")  # cap_net_raw+ep
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def make_tar(specs) -> bytes:

@@ -8,7 +8,6 @@ thing is wrong in each.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
 import signal
@@ -17,6 +16,7 @@ import tracemalloc
 import zlib
 
 import pytest
+from helpers import sha256
 
 import estargz
 from estargz import (
@@ -51,10 +51,6 @@ def no_hang():
 # --------------------------------------------------------------------------------------------
 # building blobs
 # --------------------------------------------------------------------------------------------
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
 
 def gz(data: bytes, level: int = 6) -> bytes:
     return GzipCompressor(level).compress(data)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from helpers import sha256
 
 import estargz
 from estargz.image import REF_NAME_ANNOTATION, REUSED, ImageResult, convert_image
@@ -42,10 +43,6 @@ LAYER_DIGEST = "containerd.io/snapshot/stargz/layer.digest"
 
 
 # -- building sources ---------------------------------------------------------------------------
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
 
 def layer_tar(files: dict[str, bytes]) -> bytes:
     """A layer tar with the parent directories of ``files``, deterministic."""

@@ -13,7 +13,6 @@ image is pushed and pulled as well.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import pydoc_data.topics
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from helpers import sha256
 
 import estargz
 from estargz.image import REF_NAME_ANNOTATION, convert_image
@@ -69,10 +69,6 @@ VARIANTS = [
     Variant("zstd-chunked-stargz", estargz.FORMAT_ZSTD_CHUNKED_STARGZ),
     Variant("estargz-external-toc", estargz.FORMAT_ESTARGZ, {"external_toc": True, "keep_diff_id": True}),
 ]
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # -- the source image ---------------------------------------------------------------------------

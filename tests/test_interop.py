@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import zstandard
+from helpers import clean, sha256
 
 import estargz
 
@@ -49,24 +50,6 @@ TAR_KINDS = {
 # A version-2 VFS capability (struct vfs_cap_data): cap_net_bind_service permitted+effective.
 SECURITY_CAPABILITY = bytes.fromhex("01000002" "00040000" "00000000" "00000000" "00000000")
 BINARY_XATTR = bytes(range(256))[::-1] + b"\x00\xff\x00"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def clean(name: str) -> str:
-    """path.Clean("/" + name) without the leading slash, as both readers do."""
-    parts: list[str] = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-        else:
-            parts.append(part)
-    return "/".join(parts)
 
 
 def ancestors(name: str) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from helpers import clean, gunzip, gzip_members, sha256
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -60,31 +61,6 @@ LAYER_DIGEST_KEY = "containerd.io/snapshot/stargz/layer.digest"
 # --------------------------------------------------------------------------------------------
 # independent helpers (zlib / gzip / tarfile / json only)
 # --------------------------------------------------------------------------------------------
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def clean(name: str) -> str:
-    return "/".join(p for p in name.split("/") if p not in ("", "."))
-
-
-def gzip_members(blob: bytes) -> list[int]:
-    """Start offsets of the gzip members of ``blob``."""
-    starts, pos = [], 0
-    while pos < len(blob):
-        inflater = zlib.decompressobj(31)
-        inflater.decompress(blob[pos:])
-        assert inflater.eof, f"gzip member at {pos} is incomplete"
-        starts.append(pos)
-        pos = len(blob) - len(inflater.unused_data)
-    return starts
-
-
-def gunzip(blob: bytes) -> bytes:
-    """All members inflated (gzip.decompress handles multi-member streams)."""
-    return gzip.decompress(blob)
-
 
 def internal_toc_offset(blob: bytes) -> int:
     """The TOC offset of a blob ending with the 51-byte footer, parsed with struct only."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import io
 import os
 import posixpath
@@ -18,6 +17,7 @@ from typing import Iterator
 
 import pytest
 import zstandard
+from helpers import sha256
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -66,10 +66,6 @@ def convert_bytes(tar: bytes, **options: object) -> tuple[bytes, estargz.BuildRe
     out = io.BytesIO()
     result = estargz.convert(io.BytesIO(tar), out, **options)  # type: ignore[arg-type]
     return out.getvalue(), result
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def explicit_order(expected: dict[str, ExpectedEntry]) -> list[str]:

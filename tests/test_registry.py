@@ -9,7 +9,6 @@ Content-Range) are exercised on a small fake registry served by http.server on 1
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import io
 import json
@@ -27,9 +26,16 @@ from typing import Any, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from helpers import sha256
 
 import estargz
-from estargz import EStargzError, FormatError, LimitError, NotFoundError, VerificationError
+from estargz import (
+    EStargzError,
+    FormatError,
+    LimitError,
+    NotFoundError,
+    VerificationError,
+)
 from estargz.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -44,10 +50,6 @@ from estargz.registry import (
 MTIME = 1700000000
 HELLO = b"hello from the registry\n"
 REPO = "estargz/layers"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from estargz.errors import FormatError, LimitError, UnsupportedInputError, VerificationError
+from estargz.errors import (
+    FormatError,
+    LimitError,
+    UnsupportedInputError,
+    VerificationError,
+)
 from estargz.gojson import quote
 from estargz.tarsplit import (
     FILE_TYPE,

@@ -16,12 +16,11 @@ import hashlib
 import io
 import json
 import math
-import struct
 import tarfile
-import zlib
 from pathlib import Path
 
 import pytest
+from helpers import gzip_members, sha256
 
 import estargz
 from estargz.footer import parse_footer
@@ -48,10 +47,6 @@ TAR_KINDS = {
 }
 
 
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def is_go(path: Path) -> bool:
     return path.parent == GO
 
@@ -66,18 +61,6 @@ def verify_json(name: str) -> dict:
 
 def expected_toc_digest(path: Path) -> str:
     return MANIFEST[path.name]["tocDigest"] if is_go(path) else build_json(path)["tocDigest"]
-
-
-def gzip_members(blob: bytes) -> list[int]:
-    """Start offsets of the gzip members of ``blob`` (decoded with zlib, independently of estargz)."""
-    starts, pos = [], 0
-    while pos < len(blob):
-        inflater = zlib.decompressobj(31)
-        inflater.decompress(blob[pos:])
-        assert inflater.eof, f"gzip member at {pos} is incomplete"
-        starts.append(pos)
-        pos = len(blob) - len(inflater.unused_data)
-    return starts
 
 
 def raw_toc(blob: bytes) -> bytes:

@@ -8,7 +8,6 @@ blob member by member.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -18,6 +17,7 @@ import zlib
 
 import pytest
 import zstandard
+from helpers import sha256
 
 import estargz
 from estargz import FormatError, NotFoundError, read_workload_record
@@ -29,10 +29,6 @@ from estargz.toc import EMPTY_DIGEST, TOC_NAME
 
 MTIME = 1700000000  # 2023-11-14T22:13:20Z
 MTIME_TEXT = "2023-11-14T22:13:20Z"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

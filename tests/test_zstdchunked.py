@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 import anycrc
 import pytest
 import zstandard
+from helpers import clean, sha256
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,24 +90,6 @@ TAR_KINDS = {
 CRC64_ISO = anycrc.CRC(width=64, poly=0x1B, init=(1 << 64) - 1, refin=True, refout=True,
                        xorout=(1 << 64) - 1)
 SECURITY_CAPABILITY = bytes.fromhex("0100000200040000000000000000000000000000")
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def clean(name: str) -> str:
-    """path.Clean("/" + name) without the leading slash."""
-    parts: list[str] = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-        else:
-            parts.append(part)
-    return "/".join(parts)
 
 
 def rnd(seed: int, size: int) -> bytes:
