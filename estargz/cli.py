@@ -70,6 +70,36 @@ def _progress_bar(stream=sys.stderr) -> Callable[[int, int], None]:
     return show
 
 
+class _LayerBars:
+    """One progress line per layer on a terminal, redrawn in place at most ten times a second."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self._stream = stream
+        self._layers: dict[str, tuple[int, int]] = {}
+        self._drawn = 0
+        self._last = 0.0
+
+    def __call__(self, layer: str, done: int, total: int) -> None:
+        self._layers[layer] = (done, total)
+        now = time.monotonic()
+        if now - self._last < 0.1 and done < total:
+            return
+        self._last = now
+        self.draw()
+
+    def draw(self) -> None:
+        out = [f"\x1b[{self._drawn}A"] if self._drawn else []
+        for layer, (done, total) in self._layers.items():
+            fraction = done / total if total else 1.0
+            filled = int(30 * fraction)
+            label = layer.rsplit('/', 1)[-1].rsplit(':', 1)[-1][:12]
+            out.append(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {fraction:6.1%} "
+                       f"{total / 1e6:8.1f} MB\x1b[K\n")
+        self._stream.write("".join(out))
+        self._stream.flush()
+        self._drawn = len(self._layers)
+
+
 def _read_lines(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
@@ -124,7 +154,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_image_convert(args: argparse.Namespace) -> int:
     layer_format = _convert_format(args)
-    show_progress = not args.quiet and sys.stderr.isatty()
+    bars = _LayerBars() if not args.quiet and sys.stderr.isatty() else None
     result = convert_image(
         args.source, args.destination,
         format=layer_format,
@@ -132,10 +162,12 @@ def _cmd_image_convert(args: argparse.Namespace) -> int:
         reuse=args.reuse,
         threads=args.threads,
         layer_jobs=args.layer_jobs,
-        progress=_progress_bar() if show_progress else None,
+        layer_progress=bars,
         overwrite=args.overwrite,
         **_layer_options(args, layer_format),
     )
+    if bars is not None:
+        bars.draw()
     print(json.dumps(result.to_json(), indent=2))
     return 0
 

@@ -118,6 +118,8 @@ _HASHES = {"sha256": 64, "sha512": 128}
 
 PathLike = Union[str, "os.PathLike[str]"]
 Progress = Callable[[int, int], None]
+#: ``layer_progress(layer digest, done, total)``: bytes of one source layer converted so far.
+LayerProgress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -489,8 +491,9 @@ def _tag(repo_tag: str) -> str:
 class _Progress:
     """Sums the layers' progress, weighted by source blob size; stops workers once cancelled."""
 
-    def __init__(self, callback: Progress | None, total: int) -> None:
-        self._callback, self._total = callback, total
+    def __init__(self, callback: Progress | None, total: int,
+                 layer_callback: LayerProgress | None = None) -> None:
+        self._callback, self._total, self._layer_callback = callback, total, layer_callback
         self._done: dict[str, int] = {}
         self._lock = threading.Lock()
         self.cancelled = threading.Event()
@@ -498,11 +501,14 @@ class _Progress:
     def update(self, key: str, size: int, fraction: float) -> None:
         if self.cancelled.is_set():
             raise _Cancelled()
-        if self._callback is None:
+        if self._callback is None and self._layer_callback is None:
             return
         with self._lock:  # one call at a time, so ``done`` never goes backwards
             self._done[key] = int(size * min(1.0, fraction))
-            self._callback(sum(self._done.values()), self._total)
+            if self._layer_callback is not None:
+                self._layer_callback(key, self._done[key], size)
+            if self._callback is not None:
+                self._callback(sum(self._done.values()), self._total)
 
     def for_layer(self, key: str, size: int) -> Progress:
         return lambda done, total: self.update(key, size, done / total if total else 1.0)
@@ -517,10 +523,11 @@ class _Cancelled(Exception):
 class _Converter:
     def __init__(self, store: _Store, build: str, *, format: str, platforms: list[tuple[str, str, str]] | None,
                  reuse: bool, threads: int, layer_jobs: int, progress: Progress | None,
-                 layer_options: dict[str, Any]) -> None:
+                 layer_progress: LayerProgress | None, layer_options: dict[str, Any]) -> None:
         self.store, self.build, self.format = store, build, format
         self.platforms, self.reuse, self.threads, self.layer_jobs = platforms, reuse, threads, layer_jobs
         self.progress_callback = progress
+        self.layer_progress = layer_progress
         self.options = layer_options
         self.external_toc = bool(layer_options.get("external_toc"))
         self.lossless = format == FORMAT_ZSTD_CHUNKED or bool(layer_options.get("keep_diff_id"))
@@ -707,7 +714,7 @@ class _Converter:
         for name in self.layers:
             with self.store.open(name) as blob:
                 sizes[name] = blob.size
-        tracker = _Progress(self.progress_callback, sum(sizes.values()))
+        tracker = _Progress(self.progress_callback, sum(sizes.values()), self.layer_progress)
         pool = ThreadPoolExecutor(self.layer_jobs, thread_name_prefix="estargz-layer")
         futures: list[Future[_Outcome]] = []
         try:
@@ -953,6 +960,7 @@ def convert_image(
     threads: int | None = None,
     layer_jobs: int = 2,
     progress: Progress | None = None,
+    layer_progress: LayerProgress | None = None,
     archive: bool | None = None,
     overwrite: bool = False,
     **layer_options: Any,
@@ -971,7 +979,8 @@ def convert_image(
     multi-platform exports, are skipped and listed in ``ImageResult.skipped``). With ``reuse``,
     layers already in ``format`` (opened with their annotations) are copied as they are, except
     with ``external_toc``. ``layer_jobs`` layers are converted at once, each with ``threads``
-    compression threads (default: the CPUs shared among the jobs). ``progress(done, total)``
+    compression threads (default: the CPUs shared among the jobs). ``layer_progress(digest, done,
+    total)`` follows each layer (from worker threads, one call at a time). ``progress(done, total)``
     counts source layer bytes; it is called from worker threads.
 
     ``layer_options`` go to :func:`estargz.convert` for every layer: ``chunk_size``,
@@ -1008,7 +1017,8 @@ def convert_image(
         os.chmod(build, 0o777 & ~umask)  # mkdtemp makes 0700; give the mode a new directory gets
         layout = os.path.join(build, "layout") if archive else build
         converter = _Converter(store, layout, format=format, platforms=wanted, reuse=reuse, threads=threads,
-                               layer_jobs=layer_jobs, progress=progress, layer_options=layer_options)
+                               layer_jobs=layer_jobs, progress=progress, layer_progress=layer_progress,
+                               layer_options=layer_options)
         index, roots = converter.load()
         if wanted is not None and (missing := [p for p in wanted if p not in converter.matched]):
             raise NotFoundError("no manifest for platform " + ", ".join("/".join(filter(None, p)) for p in missing))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import pty
 import subprocess
 import sys
 import tarfile
@@ -136,3 +138,26 @@ def test_registry_errors_are_one_line(pushed):
         assert proc.returncode == 1
         assert proc.stderr.startswith("estargz: error: ") and proc.stderr.count("\n") == 1
         assert expected in proc.stderr.lower()
+
+
+def test_image_convert_draws_one_progress_line_per_layer_on_a_terminal(tmp_path):
+    """Under a pseudo-terminal, each layer gets its own progress line, redrawn in place."""
+    source = oci_layout(tmp_path / "source")
+    digest = layer_descriptor(source)["digest"].split(":", 1)[1]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child runs the command with the terminal as its stderr
+        os.execvp(sys.executable, [sys.executable, "-m", "estargz", "image", "convert", str(source),
+                                   str(tmp_path / "out")])
+    output = b""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the terminal closes when the child exits
+            break
+        if not data:
+            break
+        output += data
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert f"{digest[:12]} [{'#' * 30}] 100.0%".encode() in output
+    assert b"\x1b[1A" in output  # the line is redrawn in place
