@@ -103,8 +103,7 @@ def test_data_matches_sha256sums(folder):
     for line in (folder / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split(maxsplit=1)
         if folder == GO and name == "README.md":
-            # The upstream README was edited after SHA256SUMS was written (its sum does not match
-            # in /work/shared either); it is documentation, not test data.
+            # The README was edited after SHA256SUMS was written; it is documentation, not data.
             continue
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
         checked += 1
