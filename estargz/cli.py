@@ -43,9 +43,12 @@ fetch single files instead of the whole layer.
 
 Typical use:
   python -m estargz convert layer.tar layer.esgz      # prints the digests and OCI annotations
+  python -m estargz convert --format zstd:chunked layer.tar layer.zst
   python -m estargz verify layer.esgz --toc-digest sha256:...
   python -m estargz ls -l layer.esgz
   python -m estargz cat layer.esgz etc/os-release
+  python -m estargz image convert oci-layout/ converted-layout/
+  python -m estargz cat registry.example.com/app:1.0 --layer 0 etc/os-release
 """
 
 
