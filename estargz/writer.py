@@ -243,8 +243,7 @@ class _OrderedSink(threading.Thread):
     def run(self) -> None:
         try:
             while (batch := self._queue.get()) is not None:
-                for item in batch.result():
-                    self.write(item)
+                self.write_batch(batch.result())
                 if self._progress is not None:
                     self._progress(min(self.uncompressed_size, self._total), self._total)
         except BaseException as exc:  # handed to the producer by put() and close()
@@ -260,18 +259,32 @@ class _OrderedSink(threading.Thread):
             raise self._error
 
     def write(self, item: _Compressed) -> None:
-        member = item.member
-        for chunk, digest in zip(member.chunks, item.chunk_digests, strict=True):
-            chunk.entry.offset = self.offset
-            chunk.entry.chunk_digest = digest
-            if chunk.whole_file:
-                chunk.entry.digest = digest
-            if chunk.ends_file is not None:
-                chunk.ends_file.end_offset = self.offset + len(item.blob)
-        for block in member.blocks():
-            self.diff_hash.update(block)
-        self.uncompressed_size += member.size
-        self.write_raw(item.blob)
+        self.write_batch([item])
+
+    def write_batch(self, items: list[_Compressed]) -> None:
+        """Write compressed members in order: TOC fields first, then the bytes in one write."""
+        offset = self.offset
+        plain: list[bytes] = []
+        for item in items:
+            member = item.member
+            for chunk, digest in zip(member.chunks, item.chunk_digests, strict=True):
+                chunk.entry.offset = offset
+                chunk.entry.chunk_digest = digest
+                if chunk.whole_file:
+                    chunk.entry.digest = digest
+                if chunk.ends_file is not None:
+                    chunk.ends_file.end_offset = offset + len(item.blob)
+            offset += len(item.blob)
+            if member.zeros:  # hash what came before, then the zeros, keeping the order
+                self.diff_hash.update(b"".join(plain))
+                plain = []
+                for block in member.blocks():
+                    self.diff_hash.update(block)
+            else:
+                plain.append(member.data)
+            self.uncompressed_size += member.size
+        self.diff_hash.update(b"".join(plain))
+        self.write_raw(b"".join(item.blob for item in items))
 
     def write_raw(self, blob: bytes) -> None:
         self.out.write(blob)
@@ -549,7 +562,7 @@ def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], st
         toc.append(record)
         crc = None
         if entry.kind == "reg" and entry.size:
-            crc = _containers_storage_content(pipeline, entry, record, toc, planner.spans(entry))
+            crc = _containers_storage_content(pipeline, entry, record, toc, *planner.spans(entry))
         tar_split.file(entry.name.encode("utf-8", "surrogateescape"), entry.size, crc)
         position, last_size = entry.data_offset + entry.size, entry.size
     # The end of the archive as a tar reader consumes it (last padding, two zero blocks), then
@@ -579,7 +592,7 @@ class _SpanPlanner:
     descriptor is cut in line instead.
     """
 
-    _LOOKAHEAD = 8  # batches in flight
+    _LOOKAHEAD = 4  # batches in flight
     _SMALL_FILE = 256 << 10
     _BATCH_BYTES = 4 << 20
 
@@ -594,8 +607,8 @@ class _SpanPlanner:
             self._fd = None
         self._batches = self._batched(files)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="estargz-chunker") if self._fd is not None else None
-        self._ahead: deque[tuple[list[TarEntry], Future[list[list[Chunk]]]]] = deque()
-        self._ready: deque[tuple[TarEntry, list[Chunk]]] = deque()
+        self._ahead: deque[tuple[list[TarEntry], Future[list[tuple[list[Chunk], bytes | None]]]]] = deque()
+        self._ready: deque[tuple[TarEntry, tuple[list[Chunk], bytes | None]]] = deque()
         self._fill()
 
     def _batched(self, files: list[TarEntry]) -> Iterator[list[TarEntry]]:
@@ -624,11 +637,13 @@ class _SpanPlanner:
             raise FormatError(f"tar: unexpected end of archive in {entry.name!r}")
         return data
 
-    def _cut(self, batch: list[TarEntry]) -> list[list[Chunk]]:
+    def _cut(self, batch: list[TarEntry]) -> list[tuple[list[Chunk], bytes | None]]:
+        """The chunks of each file, and the contents of small files (read once, used twice)."""
         if len(batch) == 1 and batch[0].size > self._SMALL_FILE:
             entry = batch[0]
-            return [list(self._rollsum.chunk_stream(lambda at, n: self._read(entry, at, n), entry.size))]
-        return self._rollsum.chunk_files([self._read(entry, 0, entry.size) for entry in batch])
+            return [(list(self._rollsum.chunk_stream(lambda at, n: self._read(entry, at, n), entry.size)), None)]
+        contents = [self._read(entry, 0, entry.size) for entry in batch]
+        return list(zip(self._rollsum.chunk_files(contents), contents, strict=True))
 
     def _fill(self) -> None:
         if self._pool is None:
@@ -636,8 +651,9 @@ class _SpanPlanner:
         while len(self._ahead) < self._LOOKAHEAD and (batch := next(self._batches, None)) is not None:
             self._ahead.append((batch, self._pool.submit(self._cut, batch)))
 
-    def spans(self, entry: TarEntry) -> list[Chunk]:
-        """The chunks of ``entry`` as (offset, length, is_zeros); files come in input order."""
+    def spans(self, entry: TarEntry) -> tuple[list[Chunk], bytes | None]:
+        """The chunks of ``entry`` as (offset, length, is_zeros), and its contents if it is small;
+        files come in input order."""
         if not self._ready:
             if self._pool is None:
                 batch = next(self._batches)
@@ -647,10 +663,10 @@ class _SpanPlanner:
                 self._fill()
                 results = future.result()
             self._ready.extend(zip(batch, results, strict=True))
-        planned, spans = self._ready.popleft()
+        planned, cut = self._ready.popleft()
         if planned is not entry:
             raise RuntimeError("files must be asked for in input order")
-        return spans
+        return cut
 
     def close(self) -> None:
         if self._pool is not None:
@@ -663,8 +679,9 @@ def _has_undecodable(name: str) -> bool:
 
 
 def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CSTOCEntry,
-                                toc: list[CSTOCEntry], spans: list[Chunk]) -> int:
-    """Frame each content-defined chunk of one file; return the content's CRC-64."""
+                                toc: list[CSTOCEntry], spans: list[Chunk], contents: bytes | None) -> int:
+    """Frame each content-defined chunk of one file (``contents``, or read from the tar); return
+    the content's CRC-64."""
     file_hash = hashlib.sha256() if len(spans) > 1 else None
     crc = 0
     for index, (offset, length, zeros) in enumerate(spans):
@@ -686,7 +703,12 @@ def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CS
                 if file_hash is not None:
                     file_hash.update(piece)
         else:
-            payload = pipeline.read(entry.data_offset + offset, length)
+            if contents is None:
+                payload = pipeline.read(entry.data_offset + offset, length)
+            elif length == len(contents):
+                payload = contents
+            else:
+                payload = contents[offset:offset + length]
             crc = crc64_iso(payload, crc)
             if file_hash is not None:
                 file_hash.update(payload)
