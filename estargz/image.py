@@ -58,7 +58,7 @@ from .formats import (
 )
 from .reader import open_blob
 from .source import RangeFile
-from .tocimage import TOC_IMAGE_TAG_SUFFIX, toc_image_manifest
+from .tocimage import TOC_IMAGE_CONFIG, TOC_IMAGE_TAG_SUFFIX, toc_image_manifest
 from .writer import BuildResult, convert
 
 __all__ = [
@@ -107,7 +107,6 @@ LAYER_OPTIONS = frozenset({"chunk_size", "compression_level", "min_chunk_size", 
 
 #: ``ImageResult.layers`` value of a layer copied as it was (``reuse``).
 REUSED = "reused"
-_EMPTY_CONFIG = b"{}"
 #: Largest index, manifest or config read into memory.
 _MAX_JSON = 16 << 20
 _MAX_DEPTH = 8
@@ -853,7 +852,7 @@ class _Converter:
         if not results:
             return None
         manifest = toc_image_manifest(results)
-        self.put(_EMPTY_CONFIG)
+        self.put(TOC_IMAGE_CONFIG)
         for result in results:
             self.put(result.external_toc)  # type: ignore[arg-type]
         return {"mediaType": OCI_MANIFEST_MEDIA_TYPE, "digest": self.put(manifest), "size": len(manifest)}

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 
 from .writer import BuildResult
 
-__all__ = ["TOC_IMAGE_TAG_SUFFIX", "toc_image_manifest", "write_toc_image"]
+__all__ = ["TOC_IMAGE_TAG_SUFFIX", "TOC_IMAGE_CONFIG", "toc_image_manifest", "write_toc_image"]
 
 TOC_IMAGE_TAG_SUFFIX = "-esgztoc"
 _MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 _CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
-_EMPTY_CONFIG = b"{}"
+#: The config blob of a TOC image.
+TOC_IMAGE_CONFIG = b"{}"
 
 
 def _digest(data: bytes) -> str:
@@ -37,7 +38,7 @@ def toc_image_manifest(results: Sequence[BuildResult]) -> bytes:
     manifest = {
         "schemaVersion": 2,
         "mediaType": _MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": _CONFIG_MEDIA_TYPE, "digest": _digest(_EMPTY_CONFIG), "size": len(_EMPTY_CONFIG)},
+        "config": {"mediaType": _CONFIG_MEDIA_TYPE, "digest": _digest(TOC_IMAGE_CONFIG), "size": len(TOC_IMAGE_CONFIG)},
         "layers": sorted(layers, key=lambda layer: str(layer["digest"])),
     }
     return json.dumps(manifest, indent=2).encode()
@@ -51,7 +52,7 @@ def write_toc_image(directory: str | os.PathLike[str], results: Sequence[BuildRe
     manifest = toc_image_manifest(results)
     blobs = os.path.join(directory, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
-    for data in (manifest, _EMPTY_CONFIG, *(r.external_toc for r in results if r.external_toc)):
+    for data in (manifest, TOC_IMAGE_CONFIG, *(r.external_toc for r in results if r.external_toc)):
         with open(os.path.join(blobs, _digest(data).split(":", 1)[1]), "wb") as f:
             f.write(data)
     with open(os.path.join(directory, "oci-layout"), "w") as f:
