@@ -2,7 +2,8 @@
 
 __all__ = [
     "FORMAT_ESTARGZ", "FORMAT_ZSTD_CHUNKED", "FORMAT_ZSTD_CHUNKED_STARGZ", "FORMATS",
-    "GZIP_LAYER_MEDIA_TYPE", "ZSTD_LAYER_MEDIA_TYPE",
+    "GZIP_LAYER_MEDIA_TYPE", "ZSTD_LAYER_MEDIA_TYPE", "OCI_MANIFEST_MEDIA_TYPE", "OCI_INDEX_MEDIA_TYPE",
+    "OCI_CONFIG_MEDIA_TYPE",
 ]
 
 #: eStargz: gzip members, TOC as the tar entry ``stargz.index.json``, 51-byte footer.
@@ -17,3 +18,6 @@ FORMATS = (FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_STARGZ)
 
 GZIP_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"

@@ -54,6 +54,9 @@ from .formats import (
     FORMAT_ZSTD_CHUNKED_STARGZ,
     FORMATS,
     GZIP_LAYER_MEDIA_TYPE,
+    OCI_CONFIG_MEDIA_TYPE,
+    OCI_INDEX_MEDIA_TYPE,
+    OCI_MANIFEST_MEDIA_TYPE,
     ZSTD_LAYER_MEDIA_TYPE,
 )
 from .reader import open_blob
@@ -67,9 +70,6 @@ __all__ = [
     "REF_NAME_ANNOTATION", "IMAGE_NAME_ANNOTATION",
 ]
 
-OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 _DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 _DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 _DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"

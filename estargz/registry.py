@@ -40,6 +40,7 @@ from .errors import (
     RegistryError,
     VerificationError,
 )
+from .formats import OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
 
 __all__ = [
     "Reference", "parse_reference", "RegistryClient", "Manifest", "BlobSource", "open_layer",
@@ -47,8 +48,8 @@ __all__ = [
     "MANIFEST_MEDIA_TYPES", "INDEX_MEDIA_TYPES", "MAX_MANIFEST_SIZE", "MAX_WHOLE_BLOB",
 ]
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = OCI_MANIFEST_MEDIA_TYPE
+OCI_INDEX = OCI_INDEX_MEDIA_TYPE
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 INDEX_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)

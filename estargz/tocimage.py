@@ -12,13 +12,16 @@ import json
 import os
 from collections.abc import Sequence
 
+from .formats import (
+    OCI_CONFIG_MEDIA_TYPE,
+    OCI_INDEX_MEDIA_TYPE,
+    OCI_MANIFEST_MEDIA_TYPE,
+)
 from .writer import BuildResult
 
 __all__ = ["TOC_IMAGE_TAG_SUFFIX", "TOC_IMAGE_CONFIG", "toc_image_manifest", "write_toc_image"]
 
 TOC_IMAGE_TAG_SUFFIX = "-esgztoc"
-_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 #: The config blob of a TOC image.
 TOC_IMAGE_CONFIG = b"{}"
 
@@ -37,8 +40,8 @@ def toc_image_manifest(results: Sequence[BuildResult]) -> bytes:
         layers.append(descriptor)
     manifest = {
         "schemaVersion": 2,
-        "mediaType": _MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": _CONFIG_MEDIA_TYPE, "digest": _digest(TOC_IMAGE_CONFIG), "size": len(TOC_IMAGE_CONFIG)},
+        "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": OCI_CONFIG_MEDIA_TYPE, "digest": _digest(TOC_IMAGE_CONFIG), "size": len(TOC_IMAGE_CONFIG)},
         "layers": sorted(layers, key=lambda layer: str(layer["digest"])),
     }
     return json.dumps(manifest, indent=2).encode()
@@ -59,9 +62,9 @@ def write_toc_image(directory: str | os.PathLike[str], results: Sequence[BuildRe
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
     index = {
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": OCI_INDEX_MEDIA_TYPE,
         "manifests": [{
-            "mediaType": _MANIFEST_MEDIA_TYPE,
+            "mediaType": OCI_MANIFEST_MEDIA_TYPE,
             "digest": _digest(manifest),
             "size": len(manifest),
             "annotations": {"org.opencontainers.image.ref.name": tag},
