@@ -37,6 +37,9 @@ _SKIPPABLE_HEADER = 8
 #: Largest tar-split the reader inflates.
 _MAX_TAR_SPLIT = 1 << 30
 
+#: Symbolic links followed in one path before giving up (as Linux's ELOOP limit).
+_MAX_SYMLINKS = 40
+
 #: Largest chunk the reader inflates into memory.
 MAX_CHUNK_SIZE = 512 << 20
 _READ_PIECE = 1 << 20
@@ -339,15 +342,38 @@ class Reader:
                 f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
         return data
 
+    def resolve(self, name: str) -> Entry:
+        """The entry ``name`` leads to with its symlinks followed inside the layer, as a path
+        lookup in the unpacked layer would (absolute targets start at the layer's root, and
+        nothing leads above it)."""
+        pending = clean_name(name).split("/") if clean_name(name) else []
+        resolved: list[str] = []
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            entry = self._names.get("/".join([*resolved, part]))
+            if entry is None:
+                raise NotFoundError(f"{name!r} is not in the layer")
+            if entry.type != "symlink":
+                resolved.append(part)
+                continue
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                raise FormatError(f"{name!r}: too many levels of symbolic links")
+            base = "" if entry.link_name.startswith("/") else "/".join(resolved)
+            path = clean_name(f"{base}/{entry.link_name}/{'/'.join(pending)}")
+            pending, resolved = (path.split("/") if path else []), []
+        return self.lookup("/".join(resolved))
+
     def open(self, name: str) -> EntryFile:
-        """A seekable, read-only binary file over a regular file's contents."""
-        entry = self.lookup(name)
+        """A seekable, read-only binary file over a regular file's contents (symlinks followed)."""
+        entry = self.resolve(name)
         if entry.type != "reg":
             raise FormatError(f"{name!r} is not a regular file (it is a {entry.type})")
         return EntryFile(self, entry)
 
     def read(self, name: str) -> bytes:
-        """The whole contents of a regular file."""
+        """The whole contents of a regular file (symlinks followed)."""
         with self.open(name) as f:
             return f.read()
 
