@@ -44,6 +44,7 @@ __all__ = [
     "ExpectedEntry",
     "Layer",
     "LayerEntry",
+    "check_blob",
     "clean_name",
     "expected_entries",
     "expected_modtime",
@@ -304,6 +305,42 @@ def expected_entries(layer: Layer, format: str | None = None) -> dict[str, Expec
 
 
 # -- strategies ------------------------------------------------------------------------------
+_CHECKED_FIELDS = ("type", "size", "mode", "uid", "gid", "link_name", "dev_major", "dev_minor", "xattrs")
+_ESTARGZ_FIELDS = ("user_name", "group_name", "modtime")
+
+
+def check_blob(blob: Any, layer: Layer, *, format: str | None = None, **open_options: Any) -> None:
+    """Check that a blob (written by any implementation) holds ``layer``: a conformance test.
+
+    ``blob`` is anything :func:`estargz.open` takes, with ``open_options`` (``toc``,
+    ``annotations``, ``toc_digest``). Every path of the layer must be there with its metadata and
+    contents, hardlinks must resolve to their target, and every chunk and file digest must verify.
+    Owner names and rounded modification times are checked for the eStargz TOC schema only
+    (containers/storage's TOC has no names and keeps nanoseconds). Raises AssertionError.
+    """
+    import estargz
+
+    expected = expected_entries(layer, format)
+    with estargz.open(blob, **open_options) as reader:
+        fields = _CHECKED_FIELDS + (() if reader.format == estargz.FORMAT_ZSTD_CHUNKED else _ESTARGZ_FIELDS)
+        listed = {entry.name: entry for entry in reader}
+        for name, want in expected.items():
+            assert name in reader, f"{name!r} is missing"
+            got = reader.lookup(name)
+            if want.implicit:
+                assert got.type == "dir", f"{name!r}: {got.type}, expected an implicit directory"
+                continue
+            own = listed.get(name, got)
+            for field_name in fields:
+                have, should = getattr(own, field_name), getattr(want, field_name)
+                assert have == should, f"{name!r}: {field_name} is {have!r}, expected {should!r}"
+            if want.type == "hardlink" and want.target is not None:
+                assert got is reader.lookup(want.target), f"{name!r} does not resolve to {want.target!r}"
+            if want.content is not None:
+                assert reader.read(name) == want.content, f"{name!r}: contents differ"
+        reader.verify()
+
+
 def _hypothesis() -> Any:
     try:
         from hypothesis import strategies
