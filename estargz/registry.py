@@ -9,8 +9,8 @@ backoff on transient failures, OCI and Docker manifests and indexes, platform se
 keep-alive connection per thread and origin. Errors: :class:`NotFoundError` (404, no such
 platform or layer), :class:`VerificationError` (digest or size mismatch), :class:`LimitError`
 (manifest too large, or a blob too large to read whole when the registry ignores ranges),
-:class:`FormatError` (malformed or unexpected answers), and :class:`EStargzError` itself when the
-registry cannot be reached or refuses access (with the :class:`OSError` as ``__cause__``).
+:class:`FormatError` (malformed or unexpected answers), and :class:`RegistryError` when the
+registry cannot be reached, refuses access or fails (with the :class:`OSError` as ``__cause__``).
 """
 
 from __future__ import annotations

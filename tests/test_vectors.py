@@ -443,8 +443,8 @@ def test_go_html_safe_escaping_in_toc():
 
 
 @pytest.mark.parametrize("name", EXTERNAL_TOC)
-def test_external_toc_blobs_are_refused_for_now(name):
-    """The TOC of these blobs lives in a separate blob; reading them is a later feature."""
+def test_external_toc_blobs_need_their_toc_blob(name):
+    """The TOC of these blobs lives in a separate blob: without it, opening is a clear error."""
     blob = (GO / name).read_bytes()
     assert parse_footer(blob[-51:], len(blob)) == estargz.Footer("estargz-external-toc", 46, None)
     with pytest.raises(estargz.FormatError, match="external TOC"):
