@@ -243,7 +243,8 @@ class _OrderedSink(threading.Thread):
     def run(self) -> None:
         try:
             while (batch := self._queue.get()) is not None:
-                self.write_batch(batch.result())
+                for item in batch.result():
+                    self.write(item)
                 if self._progress is not None:
                     self._progress(min(self.uncompressed_size, self._total), self._total)
         except BaseException as exc:  # handed to the producer by put() and close()
@@ -259,32 +260,18 @@ class _OrderedSink(threading.Thread):
             raise self._error
 
     def write(self, item: _Compressed) -> None:
-        self.write_batch([item])
-
-    def write_batch(self, items: list[_Compressed]) -> None:
-        """Write compressed members in order: TOC fields first, then the bytes in one write."""
-        offset = self.offset
-        plain: list[bytes] = []
-        for item in items:
-            member = item.member
-            for chunk, digest in zip(member.chunks, item.chunk_digests, strict=True):
-                chunk.entry.offset = offset
-                chunk.entry.chunk_digest = digest
-                if chunk.whole_file:
-                    chunk.entry.digest = digest
-                if chunk.ends_file is not None:
-                    chunk.ends_file.end_offset = offset + len(item.blob)
-            offset += len(item.blob)
-            if member.zeros:  # hash what came before, then the zeros, keeping the order
-                self.diff_hash.update(b"".join(plain))
-                plain = []
-                for block in member.blocks():
-                    self.diff_hash.update(block)
-            else:
-                plain.append(member.data)
-            self.uncompressed_size += member.size
-        self.diff_hash.update(b"".join(plain))
-        self.write_raw(b"".join(item.blob for item in items))
+        member = item.member
+        for chunk, digest in zip(member.chunks, item.chunk_digests, strict=True):
+            chunk.entry.offset = self.offset
+            chunk.entry.chunk_digest = digest
+            if chunk.whole_file:
+                chunk.entry.digest = digest
+            if chunk.ends_file is not None:
+                chunk.ends_file.end_offset = self.offset + len(item.blob)
+        for block in member.blocks():
+            self.diff_hash.update(block)
+        self.uncompressed_size += member.size
+        self.write_raw(item.blob)
 
     def write_raw(self, blob: bytes) -> None:
         self.out.write(blob)

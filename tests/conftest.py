@@ -67,30 +67,31 @@ def go_checker() -> Path:
 
 
 SKOPEO_PACKAGE = "skopeo"
-#: apt-get update and install of skopeo and its dependencies.
-SKOPEO_INSTALL_TIMEOUT = 900
+#: apt-get update and install of a Debian package and its dependencies.
+APT_INSTALL_TIMEOUT = 900
 
 
-def _skopeo_unavailable(reason: str, output: str = "") -> None:
-    """Fail in CI (the skopeo interop tests must run there), skip elsewhere."""
+def _unavailable(tool: str, reason: str, output: str = "") -> None:
+    """Fail in CI (the tests that need ``tool`` must run there), skip elsewhere."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"skopeo is not available in CI: {reason}\n{output}", pytrace=False)
-    pytest.skip(f"skopeo unavailable: {reason} (needs root to apt-get install {SKOPEO_PACKAGE})")
+        pytest.fail(f"{tool} is not available in CI: {reason}\n{output}", pytrace=False)
+    pytest.skip(f"{tool} unavailable: {reason} (needs root to apt-get install {tool})")
 
 
 def _apt_get(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     return subprocess.run(["apt-get", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env=env, timeout=SKOPEO_INSTALL_TIMEOUT)
+                          env=env, timeout=APT_INSTALL_TIMEOUT)
 
 
-def _install_skopeo() -> None:
-    """``apt-get install skopeo`` (after ``apt-get update`` if the first try fails); root only."""
+def _apt_install(package: str) -> None:
+    """``apt-get install package`` (after ``apt-get update`` if the first try fails); root only.
+    Skips (or fails in CI) when that cannot be done."""
     if shutil.which("apt-get") is None:
-        _skopeo_unavailable("skopeo is not installed and there is no apt-get")
+        _unavailable(package, f"{package} is not installed and there is no apt-get")
     if os.geteuid() != 0:
-        _skopeo_unavailable("skopeo is not installed and this is not root")
-    install = ("install", "-y", "--no-install-recommends", SKOPEO_PACKAGE)
+        _unavailable(package, f"{package} is not installed and this is not root")
+    install = ("install", "-y", "--no-install-recommends", package)
     try:
         proc = _apt_get(*install)
         if proc.returncode != 0:
@@ -98,12 +99,11 @@ def _install_skopeo() -> None:
             proc = _apt_get(*install)
             proc.stderr = update.stderr + proc.stderr
     except (OSError, subprocess.TimeoutExpired) as exc:
-        _skopeo_unavailable(f"apt-get install {SKOPEO_PACKAGE} failed: {exc}")
+        _unavailable(package, f"apt-get install {package} failed: {exc}")
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        _skopeo_unavailable(f"apt-get install {SKOPEO_PACKAGE} exited {proc.returncode}: "
-                            f"{lines[-1].strip() if lines else 'no output'}",
-                            proc.stdout + proc.stderr)
+        _unavailable(package, f"apt-get install {package} exited {proc.returncode}: "
+                              f"{lines[-1].strip() if lines else 'no output'}", proc.stdout + proc.stderr)
 
 
 @pytest.fixture(scope="session")
@@ -119,10 +119,10 @@ def skopeo() -> Path:
         return Path(given)
     found = shutil.which("skopeo")
     if found is None:
-        _install_skopeo()
+        _apt_install(SKOPEO_PACKAGE)
         found = shutil.which("skopeo")
         if found is None:
-            _skopeo_unavailable("apt-get installed skopeo but it is not on PATH")
+            _unavailable(SKOPEO_PACKAGE, "apt-get installed skopeo but it is not on PATH")
     return Path(found)
 
 
@@ -132,40 +132,18 @@ POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 REGISTRY_START_TIMEOUT = 20
 
 
-def _registry_unavailable(reason: str, output: str = "") -> None:
-    """Fail in CI (the registry tests must run there), skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"docker-registry is not available in CI: {reason}\n{output}", pytrace=False)
-    pytest.skip(f"docker-registry unavailable: {reason} (needs root to apt-get install {REGISTRY_PACKAGE})")
-
-
 def _install_registry() -> None:
     """``apt-get install docker-registry`` without letting its postinst start the service (which
     would listen on every interface): a temporary policy-rc.d that refuses every start."""
-    if shutil.which("apt-get") is None:
-        _registry_unavailable("docker-registry is not installed and there is no apt-get")
-    if os.geteuid() != 0:
-        _registry_unavailable("docker-registry is not installed and this is not root")
-    created = not POLICY_RC_D.exists()
+    created = not POLICY_RC_D.exists() and os.geteuid() == 0
     if created:
         POLICY_RC_D.write_text("#!/bin/sh\n# estargz tests: no service starts during apt-get install\nexit 101\n")
         POLICY_RC_D.chmod(0o755)
-    install = ("install", "-y", "--no-install-recommends", REGISTRY_PACKAGE)
     try:
-        proc = _apt_get(*install)
-        if proc.returncode != 0:
-            update = _apt_get("update")
-            proc = _apt_get(*install)
-            proc.stderr = update.stderr + proc.stderr
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        _registry_unavailable(f"apt-get install {REGISTRY_PACKAGE} failed: {exc}")
+        _apt_install(REGISTRY_PACKAGE)
     finally:
         if created:
             POLICY_RC_D.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        _registry_unavailable(f"apt-get install {REGISTRY_PACKAGE} exited {proc.returncode}: "
-                              f"{lines[-1].strip() if lines else 'no output'}", proc.stdout + proc.stderr)
 
 
 def _free_port() -> int:
@@ -209,7 +187,7 @@ def docker_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalR
         _install_registry()
         binary = shutil.which(REGISTRY_PACKAGE)
         if binary is None:
-            _registry_unavailable("apt-get installed docker-registry but it is not on PATH")
+            _unavailable(REGISTRY_PACKAGE, "apt-get installed docker-registry but it is not on PATH")
     root = tmp_path_factory.mktemp("registry")
     log_path = root / "registry.log"
     last_output = ""
@@ -235,7 +213,7 @@ def docker_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalR
         proc.wait()
         last_output = log_path.read_text(errors="replace")
     else:
-        _registry_unavailable("docker-registry did not start", last_output)
+        _unavailable(REGISTRY_PACKAGE, "docker-registry did not start", last_output)
     try:
         yield LocalRegistry(f"127.0.0.1:{port}", url, root / "storage")
     finally:
