@@ -54,19 +54,13 @@ def order_entries(
         remaining[name] = entry
 
     moved: dict[str, TarEntry] = {}
-    visiting: set[str] = set()
+    visited: set[str] = set()
 
-    def move(name: str) -> bool:
-        if name in moved:
-            return True
-        if not name:  # the root: moved if the layer has an entry for it, never missing
-            if "" in remaining:
-                moved[""] = remaining.pop("")
-            return True
-        entry = remaining.get(name)
-        if entry is None:
-            return False
-        move("")
+    def move_root() -> None:
+        if "" in remaining:
+            moved[""] = remaining.pop("")
+
+    def move_ancestors(name: str) -> None:
         ancestors = []
         ancestor = _parent(name)
         while ancestor:
@@ -75,12 +69,28 @@ def order_entries(
         for directory in reversed(ancestors):
             if directory in remaining:
                 moved[directory] = remaining.pop(directory)
-        if entry.kind == "hardlink" and name not in visiting:
-            visiting.add(name)  # a hardlink cycle stops here instead of recursing forever
-            if not move(clean_name(entry.linkname)):
+
+    def move(name: str) -> bool:
+        """Move ``name`` after its ancestors and, for a hardlink, after its target (a chain of any
+        length; a hardlink already followed once is not followed again, which ends a cycle)."""
+        chain: list[str] = []
+        while name not in moved:
+            if not name:  # the root: moved if the layer has an entry for it, never missing
+                move_root()
+                break
+            entry = remaining.get(name)
+            if entry is None:
                 return False
-        if name in remaining:
-            moved[name] = remaining.pop(name)
+            move_root()
+            move_ancestors(name)
+            chain.append(name)
+            if entry.kind != "hardlink" or name in visited:
+                break
+            visited.add(name)
+            name = clean_name(entry.linkname)
+        for link in reversed(chain):
+            if link in remaining:
+                moved[link] = remaining.pop(link)
         return True
 
     missing: list[str] = []

@@ -197,6 +197,12 @@ def test_sort_hardlink_cycle_terminates():
     assert order(entries, ["a"]) == ["a", "b", LM, "c"]
 
 
+def test_sort_long_hardlink_chain_moves_every_link_after_its_target():
+    count = 20_000  # deeper than Python's recursion limit
+    entries = [reg("f"), *(link(f"h{i}", f"h{i - 1}" if i else "f") for i in range(count)), reg("z")]
+    assert order(entries, [f"h{count - 1}"]) == ["f", *(f"h{i}" for i in range(count)), LM, "z"]
+
+
 def test_sort_symlink_target_is_not_moved():
     entries = [reg("target"), symlink("s", "target")]
     assert order(entries, ["s"]) == ["s", LM, "target"]
