@@ -1,19 +1,25 @@
-"""Entry order of a converted layer: de-duplication, prioritized files and landmarks (pure logic)."""
+"""Entry order of a converted layer (de-duplication, prioritized files, landmarks) and the tree rules
+its readers enforce (pure logic)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .errors import NotFoundError
+from .errors import LimitError, NotFoundError, UnsupportedInputError
 from .tarstream import TarEntry
 from .toc import TOC_NAME, clean_name
 
-__all__ = ["PREFETCH_LANDMARK", "NO_PREFETCH_LANDMARK", "LANDMARK_CONTENTS", "landmark", "order_entries"]
+__all__ = [
+    "PREFETCH_LANDMARK", "NO_PREFETCH_LANDMARK", "LANDMARK_CONTENTS", "landmark", "order_entries",
+    "check_readable",
+]
 
 PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 LANDMARK_CONTENTS = b"\x0f"
 _RESERVED = {PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_NAME}
+#: Integer TOC fields are 64-bit signed in every reader.
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 def landmark(name: str) -> TarEntry:
@@ -106,3 +112,70 @@ def order_entries(
         ordered = [landmark(NO_PREFETCH_LANDMARK)]
     ordered.extend(remaining.values())
     return ordered, missing
+
+
+def _check_fields(entry: TarEntry) -> None:
+    """Refuse an entry whose fields no TOC reader accepts."""
+    if "\0" in entry.name or "\0" in entry.linkname:
+        raise UnsupportedInputError(f"name {entry.name!r} holds a NUL byte: tar and TOC readers reject it")
+    for what in ("mode", "uid", "gid", "devmajor", "devminor"):
+        value = getattr(entry, what)
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise LimitError(f"{entry.name!r}: {what} {value} does not fit in 64 bits")
+    if entry.kind != "dir" and not clean_name(entry.name):
+        raise UnsupportedInputError(f"{entry.kind} entry {entry.name!r} names the root, which must be a directory")
+
+
+def _ancestors(name: str) -> Iterable[str]:
+    parent = _parent(name)
+    while parent:
+        yield parent
+        parent = _parent(parent)
+
+
+def check_readable(entries: Sequence[TarEntry]) -> None:
+    """Refuse a layer whose TOC the readers would reject, as the TOC would list ``entries``.
+
+    Readers keep the last entry of each cleaned name and reject: a root that is not a directory,
+    entries below a non-directory, and hardlinks whose target is missing, a directory, or a cycle.
+    Memory grows with the directories and hardlinks, not with the files.
+    """
+    directories: set[str] = set()
+    links: set[str] = set()
+    for entry in entries:
+        _check_fields(entry)
+        name = clean_name(entry.name)
+        for ancestor in _ancestors(name):
+            if ancestor in directories:
+                break
+            directories.add(ancestor)
+        if entry.kind == "hardlink":
+            links.update((name, clean_name(entry.linkname)))
+    final = {name: entry for entry in entries if (name := clean_name(entry.name)) in directories or name in links}
+    for name in directories:
+        entry = final.get(name)
+        if entry is not None and entry.kind != "dir":
+            raise UnsupportedInputError(f"{name!r} is a {entry.kind}, but entries lie below it: readers reject the layer")
+    for name, entry in final.items():
+        if entry.kind == "hardlink":
+            _check_hardlink(name, final)
+
+
+def _check_hardlink(name: str, final: dict[str, TarEntry]) -> None:
+    """Follow the hardlink ``name`` to a non-directory entry, or refuse."""
+    seen = {name}
+    entry = final[name]
+    while entry.kind == "hardlink":
+        target = clean_name(entry.linkname)
+        if not target:
+            break
+        if target in seen:
+            raise UnsupportedInputError(f"hardlink {name!r} is part of a cycle: readers reject the layer")
+        found = final.get(target)
+        if found is None:
+            raise UnsupportedInputError(
+                f"hardlink {name!r} points to {entry.linkname!r}, which is not in the layer: readers reject it")
+        seen.add(target)
+        entry = found
+    if entry.kind == "dir" or entry.kind == "hardlink":
+        raise UnsupportedInputError(f"hardlink {name!r} points to a directory: readers reject the layer")

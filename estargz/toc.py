@@ -14,13 +14,15 @@ from .errors import FormatError, LimitError
 
 __all__ = [
     "TOC_NAME", "TOCEntry", "encode_toc", "decode_toc", "format_modtime", "clean_name",
-    "EMPTY_DIGEST", "MAX_TOC_SIZE",
+    "EMPTY_DIGEST", "MAX_TOC_SIZE", "MAX_TAR_SPLIT_SIZE", "check_encoded_size",
 ]
 
 TOC_NAME = "stargz.index.json"
 EMPTY_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 #: Largest uncompressed TOC accepted by the reader (the cap containers/storage uses).
 MAX_TOC_SIZE = 150 << 20
+#: Largest uncompressed tar-split (containers/storage zstd:chunked) accepted by the reader.
+MAX_TAR_SPLIT_SIZE = 1 << 30
 
 # JSON key, attribute, type; in Go struct order, which is the serialization order.
 _FIELDS: tuple[tuple[str, str, type], ...] = (
@@ -144,6 +146,13 @@ def encode_toc(entries: list[TOCEntry], version: int = 1) -> bytes:
         body = "null"
     text = f'{{\n\t"version": {int(version)},\n\t"entries": {body}\n}}'
     return _GO_ESCAPE_RE.sub(_go_escape, text).encode("utf-8")
+
+
+def check_encoded_size(what: str, size: int, limit: int) -> None:
+    """Refuse to write a TOC (or tar-split) of ``size`` bytes that readers would reject as too large."""
+    if size > limit:
+        raise LimitError(f"{what} of {size} bytes exceeds the {limit}-byte limit readers accept "
+                         "(too many entries in one layer)")
 
 
 def _field_value(entry_index: int, key: str, kind: type, value: Any) -> Any:

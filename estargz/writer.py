@@ -65,13 +65,16 @@ from .framing import (
     GzipCompressor,
     ZstdCompressor,
 )
-from .layout import LANDMARK_CONTENTS, order_entries
+from .layout import LANDMARK_CONTENTS, check_readable, order_entries
 from .tarsplit import TarSplitWriter, crc64_iso
 from .tarstream import BLOCK, TarEntry, iter_entries, padding, ustar_header
 from .toc import (
     EMPTY_DIGEST,
+    MAX_TAR_SPLIT_SIZE,
+    MAX_TOC_SIZE,
     TOC_NAME,
     TOCEntry,
+    check_encoded_size,
     clean_name,
     encode_toc,
     format_modtime,
@@ -437,6 +440,7 @@ def _build_entries(pipeline: _Pipeline, entries: list[TarEntry], prioritized: Se
                    allow_missing: bool) -> list[str]:
     """Add the entries in eStargz order, headers copied and payloads re-padded; return missing."""
     ordered, missing = order_entries(entries, prioritized, allow_missing=allow_missing)
+    check_readable(ordered)
     for entry in ordered:
         if entry.header_offset < 0:
             header = ustar_header(entry.name, entry.size)
@@ -448,6 +452,7 @@ def _build_entries(pipeline: _Pipeline, entries: list[TarEntry], prioritized: Se
 
 def _lossless_entries(pipeline: _Pipeline, entries: list[TarEntry], start: int, end: int) -> None:
     """Add the entries in input order with every input byte kept: the blob inflates to the input."""
+    check_readable(entries)
     position = start
     for entry in entries:
         if clean_name(entry.name) == TOC_NAME:
@@ -525,6 +530,7 @@ def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], st
                                 tar_split: TarSplitWriter) -> list[CSTOCEntry]:
     """Add the entries as containers/storage does: every input byte kept in order, each
     content-defined chunk in a frame of its own, headers and padding in frames between them."""
+    check_readable(entries)
     toc: list[CSTOCEntry] = []
     position = start
     last_size = 0
@@ -711,8 +717,10 @@ def _containers_storage_tail(sink: _OrderedSink, compressor: _OnWorker, toc: lis
     for record in toc:
         if record.type == "reg" and not record.chunk_size:
             record.chunk_digest = ""  # single-chunk files carry only their digest
+    check_encoded_size("tar-split", len(tar_split), MAX_TAR_SPLIT_SIZE)
     tar_split_frame = compressor.compress(tar_split)
     toc_json = encode_cs_toc(toc, "sha256:" + hashlib.sha256(tar_split_frame).hexdigest())
+    check_encoded_size("TOC", len(toc_json), MAX_TOC_SIZE)
     toc_frame = compressor.compress(toc_json)
     toc_offset = sink.offset + 8
     sink.write_raw(skippable_frame(toc_frame))
@@ -780,6 +788,7 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
             toc_digest = annotations[MANIFEST_CHECKSUM_ANNOTATION]
         else:
             toc_json = encode_toc(pipeline.entries)
+            check_encoded_size("TOC", len(toc_json), MAX_TOC_SIZE)
             toc_digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
             annotations = {TOC_DIGEST_ANNOTATION: toc_digest}
             if options.format == FORMAT_ZSTD_CHUNKED_STARGZ:
