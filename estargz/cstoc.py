@@ -24,7 +24,7 @@ from .toc import MAX_TOC_SIZE
 
 __all__ = [
     "TOC_VERSION", "ENTRY_TYPES", "CHUNK_TYPE_ZEROS", "GO_ZERO_TIME", "FIELDS", "CSTOCEntry",
-    "encode_cs_toc", "decode_cs_toc", "format_rfc3339nano", "parse_rfc3339",
+    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "format_rfc3339nano", "parse_rfc3339",
 ]
 
 TOC_VERSION = 1
@@ -205,6 +205,28 @@ def _entry_json(entry: CSTOCEntry) -> str:
     return "".join(parts)
 
 
+class CSTOCEncoder:
+    """Encodes a TOC entry by entry, byte for byte as :func:`encode_cs_toc` does in one go; the
+    JSON accumulates in :attr:`buffer`, so entries can be dropped once added."""
+
+    def __init__(self, version: int = TOC_VERSION) -> None:
+        self.buffer = bytearray(f'{{"version":{_int(version, "version")},"entries":'.encode())
+        self.count = 0
+
+    def add(self, entry: CSTOCEntry) -> None:
+        """Append one entry."""
+        self.buffer += b"," if self.count else b"["
+        self.buffer += _entry_json(entry).encode("utf-8")
+        self.count += 1
+
+    def finish(self, tar_split_digest: str = "") -> None:
+        """Close the JSON; an empty ``tar_split_digest`` is omitted."""
+        self.buffer += b"]" if self.count else b"null"
+        if tar_split_digest:
+            self.buffer += (',"tarSplitDigest":' + quote(tar_split_digest)).encode("utf-8")
+        self.buffer += b"}"
+
+
 def encode_cs_toc(entries: list[CSTOCEntry], tar_split_digest: str = "", *,
                   version: int = TOC_VERSION) -> bytes:
     """Serialize a TOC byte for byte as containers/storage does (times in UTC).
@@ -212,11 +234,11 @@ def encode_cs_toc(entries: list[CSTOCEntry], tar_split_digest: str = "", *,
     No entries give ``"entries":null``; an empty ``tar_split_digest`` is omitted. Names holding
     undecodable bytes (surrogate escapes) are written as ``\\ufffd`` per byte, as Go does.
     """
-    body = "[" + ",".join(map(_entry_json, entries)) + "]" if entries else "null"
-    text = f'{{"version":{_int(version, "version")},"entries":{body}'
-    if tar_split_digest:
-        text += ',"tarSplitDigest":' + quote(tar_split_digest)
-    return (text + "}").encode("utf-8")
+    encoder = CSTOCEncoder(version)
+    for entry in entries:
+        encoder.add(entry)
+    encoder.finish(tar_split_digest)
+    return bytes(encoder.buffer)
 
 
 # --- decoding --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 from .errors import FormatError, LimitError
 
 __all__ = [
-    "TOC_NAME", "TOCEntry", "encode_toc", "decode_toc", "format_modtime", "clean_name",
+    "TOC_NAME", "TOCEntry", "TOCEncoder", "encode_toc", "decode_toc", "format_modtime", "clean_name",
     "EMPTY_DIGEST", "MAX_TOC_SIZE", "MAX_TAR_SPLIT_SIZE", "check_encoded_size",
 ]
 
@@ -134,18 +134,42 @@ def _entry_json(entry: TOCEntry) -> str:
     return "\t\t{\n\t\t\t" + text[1:-1] + "\n\t\t}"
 
 
+class TOCEncoder:
+    """Encodes a TOC entry by entry, byte for byte as :func:`encode_toc` does in one go.
+
+    The JSON accumulates in :attr:`buffer` after whatever it held (room for a tar header, say);
+    entries can be dropped once added, so only the JSON is kept.
+    """
+
+    def __init__(self, buffer: bytearray | None = None, version: int = 1) -> None:
+        self.buffer = bytearray() if buffer is None else buffer
+        self.start = len(self.buffer)
+        """Where the JSON starts in :attr:`buffer`."""
+        self.count = 0
+        self.buffer += f'{{\n\t"version": {int(version)},\n\t"entries": '.encode()
+
+    def add(self, entry: TOCEntry) -> None:
+        """Append one entry."""
+        self.buffer += b",\n" if self.count else b"[\n"
+        self.buffer += _GO_ESCAPE_RE.sub(_go_escape, _entry_json(entry)).encode("utf-8")
+        self.count += 1
+
+    def finish(self) -> None:
+        """Close the JSON, which is ``buffer[start:]``."""
+        self.buffer += b"\n\t]\n}" if self.count else b"null\n}"
+
+
 def encode_toc(entries: list[TOCEntry], version: int = 1) -> bytes:
     """Serialize a TOC exactly as Go's ``json.MarshalIndent(toc, "", "\\t")`` does.
 
     Names holding undecodable bytes (surrogate escapes) are written as ``\\ufffd`` per byte, as Go
     does for invalid UTF-8.
     """
-    if entries:
-        body = "[\n" + ",\n".join(map(_entry_json, entries)) + "\n\t]"
-    else:
-        body = "null"
-    text = f'{{\n\t"version": {int(version)},\n\t"entries": {body}\n}}'
-    return _GO_ESCAPE_RE.sub(_go_escape, text).encode("utf-8")
+    encoder = TOCEncoder(version=version)
+    for entry in entries:
+        encoder.add(entry)
+    encoder.finish()
+    return bytes(encoder.buffer)
 
 
 def check_encoded_size(what: str, size: int, limit: int) -> None:

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import io
 import json
+import mmap
 import os
 import queue
 import shutil
@@ -40,7 +41,7 @@ from .annotations import (
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
 )
-from .cstoc import CSTOCEntry, encode_cs_toc
+from .cstoc import CSTOCEntry, CSTOCEncoder
 from .errors import FormatError, UnsupportedInputError
 from .footer import (
     external_toc_footer,
@@ -73,10 +74,10 @@ from .toc import (
     MAX_TAR_SPLIT_SIZE,
     MAX_TOC_SIZE,
     TOC_NAME,
+    TOCEncoder,
     TOCEntry,
     check_encoded_size,
     clean_name,
-    encode_toc,
     format_modtime,
 )
 
@@ -166,9 +167,11 @@ class _Member:
     A run of zeros (containers/storage holes) is kept as its length, never materialized.
     """
 
-    data: bytes
+    data: bytes | bytearray
     chunks: list[_ChunkRef]
     zeros: int = 0
+    finished: list[TOCEntry | CSTOCEntry] = field(default_factory=list)
+    """TOC entries whose last chunk is in this member or an earlier one, in TOC order."""
 
     @property
     def size(self) -> int:
@@ -223,12 +226,15 @@ class _OwnerNames:
 class _OrderedSink(threading.Thread):
     """On its own thread, writes compressed batches in submission order and keeps the digests.
 
-    The queue of pending batches is bounded, which bounds the memory of the whole pipeline.
+    The queue of pending batches is bounded, which bounds the memory of the whole pipeline. Once a
+    member is written, the TOC entries it completes are handed to ``on_entry`` (and dropped).
     """
 
-    def __init__(self, out: BinaryIO, max_pending: int, progress: Progress | None, total: int) -> None:
+    def __init__(self, out: BinaryIO, max_pending: int, progress: Progress | None, total: int,
+                 on_entry: Callable[[TOCEntry | CSTOCEntry], None]) -> None:
         super().__init__(name="estargz-sink", daemon=True)
         self.out = out
+        self.on_entry = on_entry
         self.offset = 0
         self.uncompressed_size = 0
         self.blob_hash = hashlib.sha256()
@@ -275,6 +281,8 @@ class _OrderedSink(threading.Thread):
             self.diff_hash.update(block)
         self.uncompressed_size += member.size
         self.write_raw(item.blob)
+        for entry in member.finished:
+            self.on_entry(entry)
 
     def write_raw(self, blob: bytes) -> None:
         self.out.write(blob)
@@ -308,14 +316,16 @@ class _Pipeline:
         self.chunks: list[_ChunkRef] = []
         self.estimated = 0
         self.unestimated: list[bytes] = []
-        self.entries: list[TOCEntry] = []
+        self.finished: list[TOCEntry | CSTOCEntry] = []
+        """Complete TOC entries not yet handed to a member."""
         self.names = (_OwnerNames(), _OwnerNames())
 
     # -- members -------------------------------------------------------------------------
     def _close_member(self) -> None:
         if not self.parts:
             return
-        self._queue_member(_Member(b"".join(self.parts), self.chunks))
+        self._queue_member(_Member(b"".join(self.parts), self.chunks, finished=self.finished))
+        self.finished = []
         self.parts, self.member_size, self.header_run, self.chunks = [], 0, 0, []
         self.estimated, self.unestimated = 0, []
 
@@ -402,16 +412,17 @@ class _Pipeline:
     def add(self, entry: TarEntry, header: bytes, trailer: bytes) -> None:
         """Add one entry: ``header`` is written before its payload, ``trailer`` after it."""
         toc = self._toc_entry(entry)
-        self.entries.append(toc)
+        records = [toc]
         self.append(header)
         if entry.kind == "reg" and entry.size == 0:
             toc.digest = EMPTY_DIGEST
         elif entry.kind == "reg":
-            self._add_payload(entry, toc)
+            self._add_payload(entry, toc, records)
         if trailer:
             self.append(trailer)
+        self.finished.extend(records)
 
-    def _add_payload(self, entry: TarEntry, toc: TOCEntry) -> None:
+    def _add_payload(self, entry: TarEntry, toc: TOCEntry, records: list[TOCEntry]) -> None:
         size, step = entry.size, self.chunk_size
         landmark = entry.header_offset < 0
         file_hash = hashlib.sha256() if size > step else None
@@ -422,7 +433,7 @@ class _Pipeline:
                 chunk = toc
             else:
                 chunk = TOCEntry(name=entry.name, type="chunk", chunk_offset=chunk_offset)
-                self.entries.append(chunk)
+                records.append(chunk)
             if size - chunk_offset >= step:
                 chunk.chunk_size = step
             if file_hash is not None:
@@ -527,11 +538,10 @@ class _Prepend(io.RawIOBase):
 
 
 def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], start: int, end: int,
-                                tar_split: TarSplitWriter) -> list[CSTOCEntry]:
+                                tar_split: TarSplitWriter) -> None:
     """Add the entries as containers/storage does: every input byte kept in order, each
     content-defined chunk in a frame of its own, headers and padding in frames between them."""
     check_readable(entries)
-    toc: list[CSTOCEntry] = []
     position = start
     last_size = 0
     planner = _SpanPlanner(pipeline, [e for e in entries if e.kind == "reg" and e.size])
@@ -552,10 +562,11 @@ def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], st
             record.link_name = entry.linkname
         elif entry.kind in ("char", "block"):
             record.dev_major, record.dev_minor = entry.devmajor, entry.devminor
-        toc.append(record)
+        records = [record]
         crc = None
         if entry.kind == "reg" and entry.size:
-            crc = _containers_storage_content(pipeline, entry, record, toc, *planner.spans(entry))
+            crc = _containers_storage_content(pipeline, entry, records, *planner.spans(entry))
+        pipeline.finished.extend(records)
         tar_split.file(entry.name.encode("utf-8", "surrogateescape"), entry.size, crc)
         position, last_size = entry.data_offset + entry.size, entry.size
     # The end of the archive as a tar reader consumes it (last padding, two zero blocks), then
@@ -570,7 +581,6 @@ def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], st
         tar_split.trailing(rest)
     tar_split.close()
     planner.close()
-    return toc
 
 
 Chunk = tuple[int, int, bool]
@@ -671,10 +681,11 @@ def _has_undecodable(name: str) -> bool:
     return any("\udc80" <= c <= "\udcff" for c in name)
 
 
-def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CSTOCEntry,
-                                toc: list[CSTOCEntry], spans: list[Chunk], contents: bytes | None) -> int:
-    """Frame each content-defined chunk of one file (``contents``, or read from the tar); return
-    the content's CRC-64."""
+def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, records: list[CSTOCEntry],
+                                spans: list[Chunk], contents: bytes | None) -> int:
+    """Frame each content-defined chunk of one file (``contents``, or read from the tar), adding
+    its chunk records after the file's own (``records[0]``); return the content's CRC-64."""
+    record = records[0]
     file_hash = hashlib.sha256() if len(spans) > 1 else None
     crc = 0
     for index, (offset, length, zeros) in enumerate(spans):
@@ -682,7 +693,7 @@ def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CS
             chunk = record
         else:
             chunk = CSTOCEntry(type="chunk", name=entry.name, chunk_offset=offset)
-            toc.append(chunk)
+            records.append(chunk)
         last = record if index == len(spans) - 1 else None
         if file_hash is not None:
             chunk.chunk_size = length
@@ -711,20 +722,21 @@ def _containers_storage_content(pipeline: _Pipeline, entry: TarEntry, record: CS
     return crc
 
 
-def _containers_storage_tail(sink: _OrderedSink, compressor: _OnWorker, toc: list[CSTOCEntry],
-                             tar_split: bytes) -> dict[str, str]:
+def _containers_storage_tail(sink: _OrderedSink, compressor: _OnWorker, toc: _TOCSpool,
+                             tar_split: TarSplitWriter, spool: BinaryIO) -> dict[str, str]:
     """The TOC and tar-split frames and the 64-byte footer; returns the annotations."""
-    for record in toc:
-        if record.type == "reg" and not record.chunk_size:
-            record.chunk_digest = ""  # single-chunk files carry only their digest
-    check_encoded_size("tar-split", len(tar_split), MAX_TAR_SPLIT_SIZE)
-    tar_split_frame = compressor.compress(tar_split)
-    toc_json = encode_cs_toc(toc, "sha256:" + hashlib.sha256(tar_split_frame).hexdigest())
-    check_encoded_size("TOC", len(toc_json), MAX_TOC_SIZE)
+    check_encoded_size("tar-split", tar_split.size, MAX_TAR_SPLIT_SIZE)
+    spool.flush()
+    if tar_split.size:
+        with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            tar_split_frame = compressor.compress(view)
+    else:
+        tar_split_frame = compressor.compress(b"")
+    toc_json = toc.finish("sha256:" + hashlib.sha256(tar_split_frame).hexdigest())
     toc_frame = compressor.compress(toc_json)
     toc_offset = sink.offset + 8
     sink.write_raw(skippable_frame(toc_frame))
-    tar_split_position = (sink.offset + 8, len(tar_split_frame), len(tar_split))
+    tar_split_position = (sink.offset + 8, len(tar_split_frame), tar_split.size)
     sink.write_raw(skippable_frame(tar_split_frame))
     sink.write_raw(zstd_chunked_footer_64(toc_offset, len(toc_frame), len(toc_json), tar_split_position))
     return {
@@ -734,9 +746,47 @@ def _containers_storage_tail(sink: _OrderedSink, compressor: _OnWorker, toc: lis
     }
 
 
-def _toc_tar(toc_json: bytes) -> bytes:
-    """The TOC as a tar: its entry, padding and the end-of-archive marker."""
-    return b"".join((ustar_header(TOC_NAME, len(toc_json)), toc_json, bytes(padding(len(toc_json)) + 2 * BLOCK)))
+def _toc_tar(buffer: bytearray) -> bytearray:
+    """The TOC as a tar, in place: ``buffer`` holds a free block, then the TOC JSON; the entry's
+    header goes into the block, its padding and the end-of-archive marker after the JSON."""
+    size = len(buffer) - BLOCK
+    buffer[:BLOCK] = ustar_header(TOC_NAME, size)
+    buffer += bytes(padding(size) + 2 * BLOCK)
+    return buffer
+
+
+class _TOCSpool:
+    """Encodes TOC entries as the sink writes them (only their JSON is kept), refusing a TOC
+    larger than readers accept as soon as it grows past it.
+
+    An eStargz TOC is preceded by a free block, for the header of its tar entry.
+    """
+
+    def __init__(self, containers_storage: bool) -> None:
+        self._encoder: TOCEncoder | CSTOCEncoder = CSTOCEncoder() if containers_storage else TOCEncoder(bytearray(BLOCK))
+        self.start = 0 if containers_storage else BLOCK
+
+    @property
+    def buffer(self) -> bytearray:
+        return self._encoder.buffer
+
+    def __call__(self, entry: TOCEntry | CSTOCEntry) -> None:
+        if isinstance(entry, CSTOCEntry) and entry.type == "reg" and not entry.chunk_size:
+            entry.chunk_digest = ""  # single-chunk files carry only their digest
+        self._encoder.add(entry)  # type: ignore[arg-type]
+        self._check()
+
+    def _check(self) -> None:
+        check_encoded_size("TOC", len(self.buffer) - self.start, MAX_TOC_SIZE)
+
+    def finish(self, tar_split_digest: str = "") -> memoryview:
+        """Close the JSON and return it (a view into :attr:`buffer`)."""
+        if isinstance(self._encoder, CSTOCEncoder):
+            self._encoder.finish(tar_split_digest)
+        else:
+            self._encoder.finish()
+        self._check()
+        return memoryview(self.buffer)[self.start:]
 
 
 class _OnWorker:
@@ -759,21 +809,22 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
     containers_storage = options.format == FORMAT_ZSTD_CHUNKED
     missing: list[str] = []
     external_toc = None
+    toc = _TOCSpool(containers_storage)
     with ExitStack() as stack:
         tar = _plain_tar(src, stack)
         start = tar.tell()
         entries = list(iter_entries(tar, start))
         end = tar.seek(0, os.SEEK_END)
-        sink = _OrderedSink(out, 2 * options.threads + 1, options.progress, end - start)
+        sink = _OrderedSink(out, 2 * options.threads + 1, options.progress, end - start, toc)
         pool = stack.enter_context(ThreadPoolExecutor(options.threads, thread_name_prefix="estargz"))
         sink.start()
         pipeline = _Pipeline(tar, sink, compressor, pool, options.chunk_size, options.min_chunk_size,
                              separate_metadata=containers_storage)
-        tar_split = TarSplitWriter()
-        cs_toc: list[CSTOCEntry] = []
+        tar_split_spool = stack.enter_context(tempfile.TemporaryFile(prefix="estargz-"))
+        tar_split = TarSplitWriter(tar_split_spool.write)
         try:
             if containers_storage:
-                cs_toc = _containers_storage_entries(pipeline, entries, start, end, tar_split)
+                _containers_storage_entries(pipeline, entries, start, end, tar_split)
             elif options.keep_diff_id:
                 _lossless_entries(pipeline, entries, start, end)
             else:
@@ -782,25 +833,28 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
             pipeline.finish()
         finally:
             sink.close()
+        for entry in pipeline.finished:  # entries after the last member
+            toc(entry)
         tail = _OnWorker(compressor, pool)
         if containers_storage:
-            annotations = _containers_storage_tail(sink, tail, cs_toc, tar_split.getvalue())
+            annotations = _containers_storage_tail(sink, tail, toc, tar_split, tar_split_spool)
             toc_digest = annotations[MANIFEST_CHECKSUM_ANNOTATION]
         else:
-            toc_json = encode_toc(pipeline.entries)
-            check_encoded_size("TOC", len(toc_json), MAX_TOC_SIZE)
+            toc_json = toc.finish()
             toc_digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
             annotations = {TOC_DIGEST_ANNOTATION: toc_digest}
             if options.format == FORMAT_ZSTD_CHUNKED_STARGZ:
                 annotations.update(_zstd_toc_and_footer(sink, tail, toc_json))
-            elif options.external_toc:
-                external_toc = tail.compress(_toc_tar(toc_json))
-                sink.write_raw(external_toc_footer())
             else:
-                toc_offset = sink.offset
-                toc_tar = _toc_tar(toc_json)
-                sink.write(_Compressed(_Member(toc_tar, []), tail.compress(toc_tar), []))
-                sink.write_raw(gzip_footer(toc_offset))
+                toc_json.release()
+                toc_tar = _toc_tar(toc.buffer)
+                if options.external_toc:
+                    external_toc = tail.compress(toc_tar)
+                    sink.write_raw(external_toc_footer())
+                else:
+                    toc_offset = sink.offset
+                    sink.write(_Compressed(_Member(toc_tar, []), tail.compress(toc_tar), []))
+                    sink.write_raw(gzip_footer(toc_offset))
             annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(sink.uncompressed_size)
         out.flush()
     return BuildResult(
@@ -817,7 +871,7 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
     )
 
 
-def _zstd_toc_and_footer(sink: _OrderedSink, compressor: _OnWorker, toc_json: bytes) -> dict[str, str]:
+def _zstd_toc_and_footer(sink: _OrderedSink, compressor: _OnWorker, toc_json: memoryview) -> dict[str, str]:
     """stargz-snapshotter's zstd:chunked tail: the TOC frame and the 40-byte footer, in skippable
     frames; returns the annotations that locate the TOC."""
     toc_frame = compressor.compress(toc_json)
