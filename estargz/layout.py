@@ -3,7 +3,7 @@ its readers enforce (pure logic)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .errors import LimitError, NotFoundError, UnsupportedInputError
 from .tarstream import TarEntry
@@ -133,16 +133,17 @@ def _ancestors(name: str) -> Iterable[str]:
         parent = _parent(parent)
 
 
-def check_readable(entries: Sequence[TarEntry]) -> None:
-    """Refuse a layer whose TOC the readers would reject, as the TOC would list ``entries``.
+def check_readable(entries: Callable[[], Iterable[TarEntry]]) -> None:
+    """Refuse a layer whose TOC the readers would reject, as the TOC would list ``entries()``.
 
     Readers keep the last entry of each cleaned name and reject: a root that is not a directory,
     entries below a non-directory, and hardlinks whose target is missing, a directory, or a cycle.
-    Memory grows with the directories and hardlinks, not with the files.
+    The entries are read twice (``entries`` gives them afresh); memory grows with the directories
+    and hardlinks, not with the files.
     """
     directories: set[str] = set()
     links: set[str] = set()
-    for entry in entries:
+    for entry in entries():
         _check_fields(entry)
         name = clean_name(entry.name)
         for ancestor in _ancestors(name):
@@ -151,7 +152,7 @@ def check_readable(entries: Sequence[TarEntry]) -> None:
             directories.add(ancestor)
         if entry.kind == "hardlink":
             links.update((name, clean_name(entry.linkname)))
-    final = {name: entry for entry in entries if (name := clean_name(entry.name)) in directories or name in links}
+    final = {name: entry for entry in entries() if (name := clean_name(entry.name)) in directories or name in links}
     for name in directories:
         entry = final.get(name)
         if entry is not None and entry.kind != "dir":

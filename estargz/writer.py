@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -94,6 +94,8 @@ _BATCH_BYTES = 1 << 20
 _COPY_BLOCK = 1 << 20
 
 PathOrStream = Union[str, "os.PathLike[str]", BinaryIO]
+#: Gives the entries of the input tar afresh on each call, so they are never all held at once.
+Listing = Callable[[], Iterable[TarEntry]]
 Progress = Callable[[int, int], None]
 
 
@@ -447,11 +449,11 @@ class _Pipeline:
         self._submit()
 
 
-def _build_entries(pipeline: _Pipeline, entries: list[TarEntry], prioritized: Sequence[str],
+def _build_entries(pipeline: _Pipeline, entries: Iterable[TarEntry], prioritized: Sequence[str],
                    allow_missing: bool) -> list[str]:
     """Add the entries in eStargz order, headers copied and payloads re-padded; return missing."""
     ordered, missing = order_entries(entries, prioritized, allow_missing=allow_missing)
-    check_readable(ordered)
+    check_readable(lambda: ordered)
     for entry in ordered:
         if entry.header_offset < 0:
             header = ustar_header(entry.name, entry.size)
@@ -461,11 +463,11 @@ def _build_entries(pipeline: _Pipeline, entries: list[TarEntry], prioritized: Se
     return missing
 
 
-def _lossless_entries(pipeline: _Pipeline, entries: list[TarEntry], start: int, end: int) -> None:
+def _lossless_entries(pipeline: _Pipeline, listing: Listing, start: int, end: int) -> None:
     """Add the entries in input order with every input byte kept: the blob inflates to the input."""
-    check_readable(entries)
+    check_readable(listing)
     position = start
-    for entry in entries:
+    for entry in listing():
         if clean_name(entry.name) == TOC_NAME:
             raise UnsupportedInputError(
                 f"the layer already holds {TOC_NAME}: it is an eStargz layer; decompress it first")
@@ -537,15 +539,15 @@ class _Prepend(io.RawIOBase):
         return len(data)
 
 
-def _containers_storage_entries(pipeline: _Pipeline, entries: list[TarEntry], start: int, end: int,
+def _containers_storage_entries(pipeline: _Pipeline, listing: Listing, start: int, end: int,
                                 tar_split: TarSplitWriter) -> None:
     """Add the entries as containers/storage does: every input byte kept in order, each
     content-defined chunk in a frame of its own, headers and padding in frames between them."""
-    check_readable(entries)
+    check_readable(listing)
     position = start
     last_size = 0
-    planner = _SpanPlanner(pipeline, [e for e in entries if e.kind == "reg" and e.size])
-    for entry in entries:
+    planner = _SpanPlanner(pipeline, (e for e in listing() if e.kind == "reg" and e.size))
+    for entry in listing():
         if _has_undecodable(entry.name) or _has_undecodable(entry.linkname):
             raise UnsupportedInputError(
                 f"name {entry.name!r} is not valid UTF-8: the zstd:chunked TOC cannot hold it "
@@ -599,7 +601,7 @@ class _SpanPlanner:
     _SMALL_FILE = 256 << 10
     _BATCH_BYTES = 4 << 20
 
-    def __init__(self, pipeline: _Pipeline, files: list[TarEntry]) -> None:
+    def __init__(self, pipeline: _Pipeline, files: Iterable[TarEntry]) -> None:
         from . import rollsum  # numpy is loaded only for this format
 
         self._rollsum = rollsum
@@ -614,7 +616,7 @@ class _SpanPlanner:
         self._ready: deque[tuple[TarEntry, tuple[list[Chunk], bytes | None]]] = deque()
         self._fill()
 
-    def _batched(self, files: list[TarEntry]) -> Iterator[list[TarEntry]]:
+    def _batched(self, files: Iterable[TarEntry]) -> Iterator[list[TarEntry]]:
         batch: list[TarEntry] = []
         size = 0
         for entry in files:
@@ -667,7 +669,7 @@ class _SpanPlanner:
                 results = future.result()
             self._ready.extend(zip(batch, results, strict=True))
         planned, cut = self._ready.popleft()
-        if planned is not entry:
+        if planned.header_offset != entry.header_offset:
             raise RuntimeError("files must be asked for in input order")
         return cut
 
@@ -813,8 +815,11 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
     with ExitStack() as stack:
         tar = _plain_tar(src, stack)
         start = tar.tell()
-        entries = list(iter_entries(tar, start))
         end = tar.seek(0, os.SEEK_END)
+
+        def listing() -> Iterator[TarEntry]:
+            return iter_entries(tar, start)
+
         sink = _OrderedSink(out, 2 * options.threads + 1, options.progress, end - start, toc)
         pool = stack.enter_context(ThreadPoolExecutor(options.threads, thread_name_prefix="estargz"))
         sink.start()
@@ -824,11 +829,11 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
         tar_split = TarSplitWriter(tar_split_spool.write)
         try:
             if containers_storage:
-                _containers_storage_entries(pipeline, entries, start, end, tar_split)
+                _containers_storage_entries(pipeline, listing, start, end, tar_split)
             elif options.keep_diff_id:
-                _lossless_entries(pipeline, entries, start, end)
+                _lossless_entries(pipeline, listing, start, end)
             else:
-                missing = _build_entries(pipeline, entries, options.prioritized_files,
+                missing = _build_entries(pipeline, listing(), options.prioritized_files,
                                          options.allow_missing_prioritized)
             pipeline.finish()
         finally:
