@@ -152,11 +152,13 @@ def check_readable(entries: Callable[[], Iterable[TarEntry]]) -> None:
             directories.add(ancestor)
         if entry.kind == "hardlink":
             links.update((name, clean_name(entry.linkname)))
-    final = {name: entry for entry in entries() if (name := clean_name(entry.name)) in directories or name in links}
+    final = {name: entry for entry in entries()
+             if (name := clean_name(entry.name)) in directories or name in links}
     for name in directories:
-        entry = final.get(name)
-        if entry is not None and entry.kind != "dir":
-            raise UnsupportedInputError(f"{name!r} is a {entry.kind}, but entries lie below it: readers reject the layer")
+        obstacle = final.get(name)
+        if obstacle is not None and obstacle.kind != "dir":
+            raise UnsupportedInputError(
+                f"{name!r} is a {obstacle.kind}, but entries lie below it: readers reject the layer")
     for name, entry in final.items():
         if entry.kind == "hardlink":
             _check_hardlink(name, final)
@@ -172,11 +174,10 @@ def _check_hardlink(name: str, final: dict[str, TarEntry]) -> None:
             break
         if target in seen:
             raise UnsupportedInputError(f"hardlink {name!r} is part of a cycle: readers reject the layer")
-        found = final.get(target)
-        if found is None:
+        if target not in final:
             raise UnsupportedInputError(
                 f"hardlink {name!r} points to {entry.linkname!r}, which is not in the layer: readers reject it")
         seen.add(target)
-        entry = found
+        entry = final[target]
     if entry.kind == "dir" or entry.kind == "hardlink":
         raise UnsupportedInputError(f"hardlink {name!r} points to a directory: readers reject the layer")

@@ -169,7 +169,7 @@ class _Member:
     A run of zeros (containers/storage holes) is kept as its length, never materialized.
     """
 
-    data: bytes | bytearray
+    data: bytes
     chunks: list[_ChunkRef]
     zeros: int = 0
     finished: list[TOCEntry | CSTOCEntry] = field(default_factory=list)
@@ -285,6 +285,12 @@ class _OrderedSink(threading.Thread):
         self.write_raw(item.blob)
         for entry in member.finished:
             self.on_entry(entry)
+
+    def write_unchunked(self, plain: bytearray, blob: bytes) -> None:
+        """A member holding no chunk (the TOC's): its plaintext counts in the diffID and size."""
+        self.diff_hash.update(plain)
+        self.uncompressed_size += len(plain)
+        self.write_raw(blob)
 
     def write_raw(self, blob: bytes) -> None:
         self.out.write(blob)
@@ -765,7 +771,8 @@ class _TOCSpool:
     """
 
     def __init__(self, containers_storage: bool) -> None:
-        self._encoder: TOCEncoder | CSTOCEncoder = CSTOCEncoder() if containers_storage else TOCEncoder(bytearray(BLOCK))
+        self._encoder: TOCEncoder | CSTOCEncoder
+        self._encoder = CSTOCEncoder() if containers_storage else TOCEncoder(bytearray(BLOCK))
         self.start = 0 if containers_storage else BLOCK
 
     @property
@@ -798,8 +805,8 @@ class _OnWorker:
         self._compressor = compressor
         self._pool = pool
 
-    def compress(self, data: bytes) -> bytes:
-        return self._pool.submit(self._compressor.compress, data).result()
+    def compress(self, data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
+        return self._pool.submit(self._compressor.compress, data).result()  # type: ignore[arg-type]
 
 
 def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildResult:
@@ -825,8 +832,9 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
         sink.start()
         pipeline = _Pipeline(tar, sink, compressor, pool, options.chunk_size, options.min_chunk_size,
                              separate_metadata=containers_storage)
-        tar_split_spool = stack.enter_context(tempfile.TemporaryFile(prefix="estargz-"))
-        tar_split = TarSplitWriter(tar_split_spool.write)
+        if containers_storage:
+            tar_split_spool = stack.enter_context(tempfile.TemporaryFile(prefix="estargz-tar-split-"))
+            tar_split = TarSplitWriter(tar_split_spool.write)
         try:
             if containers_storage:
                 _containers_storage_entries(pipeline, listing, start, end, tar_split)
@@ -858,7 +866,7 @@ def _convert_into(src: PathOrStream, out: BinaryIO, options: _Options) -> BuildR
                     sink.write_raw(external_toc_footer())
                 else:
                     toc_offset = sink.offset
-                    sink.write(_Compressed(_Member(toc_tar, []), tail.compress(toc_tar), []))
+                    sink.write_unchunked(toc_tar, tail.compress(toc_tar))
                     sink.write_raw(gzip_footer(toc_offset))
             annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(sink.uncompressed_size)
         out.flush()

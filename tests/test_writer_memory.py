@@ -7,7 +7,6 @@ objects held to the end (or copies of the TOC) would exceed.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
