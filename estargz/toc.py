@@ -178,7 +178,7 @@ def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     try:
         document, _ = json.JSONDecoder().raw_decode(data.decode("utf-8").lstrip())
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"TOC is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise FormatError("TOC JSON is not an object")
