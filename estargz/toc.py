@@ -191,6 +191,7 @@ def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
         raise FormatError("TOC entries must be a list")
     entries = []
     for index, raw in enumerate(raw_entries):
+        raw_entries[index] = None  # each parsed object is freed once converted
         if not isinstance(raw, dict):
             raise FormatError(f"TOC entry {index} is not an object")
         values: dict[str, Any] = {"name": "", "type": ""}
