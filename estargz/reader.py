@@ -6,6 +6,7 @@ import datetime as _dt
 import hashlib
 import io
 import os
+import re
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -61,6 +62,8 @@ _MIN_TAR_SPLIT = 4 << 20
 _ENTRY_TYPES = frozenset({"reg", "dir", "symlink", "hardlink", "char", "block", "fifo"})
 _NON_NEGATIVE_FIELDS = ("mode", "uid", "gid", "dev_major", "dev_minor")
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+#: Surrogates that do not stand for a raw byte of a name (see ``surrogateescape``).
+_UNENCODABLE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
 @dataclass(slots=True)
@@ -163,6 +166,8 @@ def _check_entry(index: int, entry: TOCEntry) -> None:
             raise LimitError(f"{where}: name longer than {MAX_NAME_LENGTH} characters")
         if "\0" in text:
             raise FormatError(f"{where}: name or link target holds a NUL character")
+        if _UNENCODABLE.search(text):
+            raise FormatError(f"{where}: name or link target holds an unpaired surrogate escape")
     if any(not name or "\0" in name for name in entry.xattrs):
         raise FormatError(f"{where}: empty xattr name, or one holding a NUL character")
     for attr in _NON_NEGATIVE_FIELDS:

@@ -114,6 +114,8 @@ def format_modtime(seconds: int, nanos: int = 0) -> str:
             f"T{when.hour:02d}:{when.minute:02d}:{when.second:02d}Z")
 
 
+#: A surrogate left alone by the JSON decoder (an unpaired ``\\ud800``-style escape).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _GO_ESCAPE_RE = re.compile("[<>&\u2028\u2029]|[\udc80-\udcff]")
 
@@ -158,7 +160,7 @@ def _field_value(entry_index: int, key: str, kind: type, value: Any) -> Any:
     if kind is str:
         if not isinstance(value, str):
             raise FormatError(f"TOC entry {entry_index}: {key} must be a string")
-        return value
+        return _LONE_SURROGATE.sub("\ufffd", value)
     if not isinstance(value, dict):
         raise FormatError(f"TOC entry {entry_index}: xattrs must be an object")
     xattrs = {}
@@ -186,7 +188,9 @@ def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
     version = lowered.get("version", 0)
     if type(version) is not int:
         raise FormatError("TOC version must be an integer")
-    raw_entries = lowered.get("entries") or []
+    raw_entries = lowered.get("entries")
+    if raw_entries is None:
+        raw_entries = []
     if not isinstance(raw_entries, list):
         raise FormatError("TOC entries must be a list")
     entries = []

@@ -16,6 +16,7 @@ import pytest
 import zstandard
 from helpers import sha256
 
+import estargz
 from estargz.footer import (
     gzip_footer,
     skippable_frame,
@@ -217,3 +218,25 @@ def test_containers_storage_modtime_in_year_zero():
 def test_tar_split_far_larger_than_its_toc(tar_split):
     """200 MiB of tar-split in a few KB of zstd, for a layer without entries."""
     assert outcome(cs_blob([], tar_split)) == "LimitError"
+
+
+# --------------------------------------------------------------------------------------------
+# JSON values Go reads differently from Python
+# --------------------------------------------------------------------------------------------
+
+@stargz_formats
+def test_entries_as_an_object(make):
+    assert outcome(make(b'{"version": 1, "entries": {}}')) == "FormatError"
+
+
+@stargz_formats
+def test_unpaired_surrogate_escape_reads_as_replacement_character(make):
+    """Go's decoder turns an unpaired ``\\ud800`` into U+FFFD; so does the reader."""
+    blob = make(b'{"version": 1, "entries": [{"name": "a\\ud800", "type": "dir"}]}')
+    with estargz.open(blob) as reader:
+        assert [entry.name for entry in reader] == ["a\ufffd"]
+
+
+def test_containers_storage_unpaired_surrogate_escape():
+    """In a containers/storage TOC only U+DC80..U+DCFF stand for raw name bytes."""
+    assert outcome(cs_blob([{"type": "dir", "name": "a\ud800"}], b"")) == "FormatError"
