@@ -59,6 +59,9 @@ _IMPLICIT_ENTRY_COST = 128
 #: cost about 700 bytes per entry, whose TOC entry takes 30 or more; plus the end-of-archive).
 _TAR_SPLIT_PER_TOC_BYTE = 32
 _MIN_TAR_SPLIT = 4 << 20
+#: tar-split records beyond two per TOC entry (a segment and a file record): the end-of-archive
+#: segment and the bytes after it, cut into pieces of at least this many bytes of JSON.
+_TAR_SPLIT_BYTES_PER_EXTRA_RECORD = 4096
 _ENTRY_TYPES = frozenset({"reg", "dir", "symlink", "hardlink", "char", "block", "fifo"})
 _NON_NEGATIVE_FIELDS = ("mode", "uid", "gid", "dev_major", "dev_minor")
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
@@ -487,8 +490,10 @@ class Reader:
         data = b"".join(inflate_frames([compressed], uncompressed + 1))
         if len(data) != uncompressed:
             raise FormatError(f"tar-split holds {len(data)} bytes, the footer says {uncompressed}")
-        records = decode_entries(data)
-        _check_tar_split_headers(records, [e for e in self._cs_entries if e.type != "chunk"])
+        toc_entries = [e for e in self._cs_entries if e.type != "chunk"]
+        max_records = 2 * len(toc_entries) + 2 + uncompressed // _TAR_SPLIT_BYTES_PER_EXTRA_RECORD
+        records = decode_entries(data, max_records)
+        _check_tar_split_headers(records, toc_entries)
         return records
 
     def iter_rebuilt_tar(self) -> Iterator[bytes]:

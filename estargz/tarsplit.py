@@ -198,16 +198,19 @@ def _lines(data: bytes) -> Iterator[bytes]:
         start = end + 1
 
 
-def decode_entries(data: bytes) -> list[TarSplitEntry]:
+def decode_entries(data: bytes, max_records: int | None = None) -> list[TarSplitEntry]:
     """Parse and validate tar-split JSON lines.
 
     Checks every record's JSON, field types, base64, type, ``position`` (must be the index) and
     CRC length, and rejects two file records whose names clean to the same path (as tar-split
-    does). A final record without its newline is accepted, as Go does.
+    does). A final record without its newline is accepted, as Go does. More than ``max_records``
+    records raise :class:`LimitError`.
     """
     entries = []
     seen: set[bytes] = set()
     for index, line in enumerate(_lines(data)):
+        if max_records is not None and index >= max_records:
+            raise LimitError(f"tar-split has more than {max_records} records")
         entry = _decode_line(line, index)
         if entry.type == FILE_TYPE:
             cleaned = go_clean(entry.name)

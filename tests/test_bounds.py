@@ -220,6 +220,13 @@ def test_tar_split_far_larger_than_its_toc(tar_split):
     assert outcome(cs_blob([], tar_split)) == "LimitError"
 
 
+
+def test_tar_split_with_far_more_records_than_the_toc_has_entries():
+    """5000 TOC entries allow a 6 MB tar-split, but not 200000 records in it."""
+    entries = [{"type": "dir", "name": f"d{i}/" + "x" * 30} for i in range(5000)]
+    records = b"".join(b'{"type":2,"position":%d}\n' % i for i in range(200_000))
+    assert outcome(cs_blob(entries, records)) == "LimitError"
+
 # --------------------------------------------------------------------------------------------
 # JSON values Go reads differently from Python
 # --------------------------------------------------------------------------------------------
