@@ -7,9 +7,11 @@ frame (stargz-style zstd:chunked), or a containers/storage TOC with its tar-spli
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import tarfile
 import zlib
 
 import pytest
@@ -23,7 +25,7 @@ from estargz.footer import (
     zstd_chunked_footer_40,
     zstd_chunked_footer_64,
 )
-from estargz.tarstream import BLOCK, padding, ustar_header
+from estargz.tarstream import BLOCK, iter_entries, padding, ustar_header
 from estargz.toc import TOC_NAME
 
 MiB = 1 << 20
@@ -247,3 +249,34 @@ def test_unpaired_surrogate_escape_reads_as_replacement_character(make):
 def test_containers_storage_unpaired_surrogate_escape():
     """In a containers/storage TOC only U+DC80..U+DCFF stand for raw name bytes."""
     assert outcome(cs_blob([{"type": "dir", "name": "a\ud800"}], b"")) == "FormatError"
+
+
+# --------------------------------------------------------------------------------------------
+# tar headers
+# --------------------------------------------------------------------------------------------
+
+def pax_tar(records: dict[str, str]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a")
+        info.pax_headers = records
+        tar.addfile(info, io.BytesIO(b""))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("records", [
+    {"mtime": "9" * 5000},
+    {"atime": "-" + "9" * 5000},
+    {"mtime": "9223372036854775808"},
+    {"uid": "9" * 5000},
+    {"gid": "-9223372036854775809"},
+    {"size": "18446744073709551616"},
+], ids=["mtime-5000-digits", "atime-5000-digits", "mtime-2^63", "uid-5000-digits", "gid-below-int64", "size-2^64"])
+def test_pax_numbers_outside_64_bits(records):
+    with pytest.raises(estargz.FormatError, match="^tar (PAX )?header: .*(64 bits|invalid time)"):
+        estargz.convert(io.BytesIO(pax_tar(records)), io.BytesIO())
+
+
+def test_pax_time_at_the_lower_int64_bound():
+    entry, = iter_entries(io.BytesIO(pax_tar({"mtime": "-9223372036854775808.25"})))
+    assert entry.mtime == (-(1 << 63) - 1, 750_000_000)
