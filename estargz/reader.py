@@ -114,12 +114,7 @@ class Entry:
     @property
     def mtime(self) -> _dt.datetime | None:
         """The modification time, or None when the TOC has none."""
-        if not self.modtime:
-            return None
-        try:
-            return _modtime(self.modtime)
-        except FormatError:
-            return None
+        return _modtime(self.modtime) if self.modtime else None
 
     def is_dir(self) -> bool:
         return self.type == "dir"
@@ -149,10 +144,13 @@ def _components(name: str) -> list[str]:
     return name.split("/")[::-1] if name else []
 
 
-def _modtime(text: str) -> _dt.datetime:
-    """A TOC modtime as a UTC datetime: FormatError if it is not RFC 3339, LimitError outside
-    the years 1 to 9999."""
-    seconds, nanos = parse_rfc3339(text)
+def _modtime(text: str) -> _dt.datetime | None:
+    """A TOC modtime as a UTC datetime; None if it is not RFC 3339 (Go's reader takes it as the
+    zero time); LimitError outside the years 1 to 9999."""
+    try:
+        seconds, nanos = parse_rfc3339(text)
+    except FormatError:
+        return None
     try:
         return _EPOCH + _dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
     except OverflowError:
