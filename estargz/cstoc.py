@@ -344,7 +344,11 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
             if not isinstance(value, str) or not _DIGEST.fullmatch(value):
                 raise FormatError(f"invalid tarSplitDigest {value!r}")
             tar_split_digest = value
-    entries = [_decode_entry(i, raw) for i, raw in enumerate(raw_entries or [])]
+    raw_entries = raw_entries or []
+    entries = []
+    for index, raw in enumerate(raw_entries):
+        raw_entries[index] = None  # each parsed object is freed once converted
+        entries.append(_decode_entry(index, raw))
     previous = ""
     for index, entry in enumerate(entries):
         if entry.type == "chunk" and previous not in ("reg", "chunk"):

@@ -6,6 +6,7 @@ import datetime as _dt
 import hashlib
 import io
 import os
+import re
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -45,6 +46,27 @@ MAX_CHUNK_SIZE = 512 << 20
 _READ_PIECE = 1 << 20
 #: Zero bytes accepted after the TOC JSON (padding and end-of-archive blocks).
 _MAX_TOC_TRAILER = 64 << 10
+#: Longest entry name or link target accepted, in characters.
+MAX_NAME_LENGTH = 64 << 10
+#: Bytes of names of implicit parent directories (those without a TOC entry) the reader creates
+#: per byte of TOC JSON, and at least: each such name repeats a prefix of an entry's name, so a
+#: few deep names could otherwise make memory grow with the square of the TOC's size.
+_IMPLICIT_NAMES_PER_TOC_BYTE = 16
+_MIN_IMPLICIT_NAMES = 16 << 20
+#: What one implicit directory counts against that budget besides its name.
+_IMPLICIT_ENTRY_COST = 128
+#: Bytes of tar-split JSON accepted per byte of TOC JSON, and at least (tar headers in base64
+#: cost about 700 bytes per entry, whose TOC entry takes 30 or more; plus the end-of-archive).
+_TAR_SPLIT_PER_TOC_BYTE = 32
+_MIN_TAR_SPLIT = 4 << 20
+#: tar-split records beyond two per TOC entry (a segment and a file record): the end-of-archive
+#: segment and the bytes after it, cut into pieces of at least this many bytes of JSON.
+_TAR_SPLIT_BYTES_PER_EXTRA_RECORD = 4096
+_ENTRY_TYPES = frozenset({"reg", "dir", "symlink", "hardlink", "char", "block", "fifo"})
+_NON_NEGATIVE_FIELDS = ("mode", "uid", "gid", "dev_major", "dev_minor")
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+#: Surrogates that do not stand for a raw byte of a name (see ``surrogateescape``).
+_UNENCODABLE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
 @dataclass(slots=True)
@@ -62,7 +84,7 @@ class Chunk:
     """Compressed offset where the chunk's member run ends."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Entry:
     """A node of the layer tree. Hardlink names resolve to the entry of their target."""
 
@@ -92,13 +114,7 @@ class Entry:
     @property
     def mtime(self) -> _dt.datetime | None:
         """The modification time, or None when the TOC has none."""
-        if not self.modtime:
-            return None
-        try:
-            seconds, nanos = parse_rfc3339(self.modtime)
-        except FormatError:
-            return None
-        return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc) + _dt.timedelta(microseconds=nanos // 1000)
+        return _modtime(self.modtime) if self.modtime else None
 
     def is_dir(self) -> bool:
         return self.type == "dir"
@@ -121,6 +137,45 @@ class VerifyReport:
 
 _COPIED_FIELDS = ("type", "size", "modtime", "link_name", "mode", "uid", "gid", "user_name",
                   "group_name", "dev_major", "dev_minor", "xattrs", "digest")
+
+
+def _components(name: str) -> list[str]:
+    """The components of a cleaned name, last first (a stack to pop from)."""
+    return name.split("/")[::-1] if name else []
+
+
+def _modtime(text: str) -> _dt.datetime | None:
+    """A TOC modtime as a UTC datetime; None if it is not RFC 3339 (Go's reader takes it as the
+    zero time); LimitError outside the years 1 to 9999."""
+    try:
+        seconds, nanos = parse_rfc3339(text)
+    except FormatError:
+        return None
+    try:
+        return _EPOCH + _dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
+    except OverflowError:
+        raise LimitError(f"modification time {text!r} is out of range") from None
+
+
+def _check_entry(index: int, entry: TOCEntry) -> None:
+    """Reject a TOC entry (not a chunk) that no tar entry could have produced."""
+    where = f"TOC entry {index}"
+    if entry.type not in _ENTRY_TYPES:
+        raise FormatError(f"{where}: unknown type {entry.type!r}")
+    for text in (entry.name, entry.link_name):
+        if len(text) > MAX_NAME_LENGTH:
+            raise LimitError(f"{where}: name longer than {MAX_NAME_LENGTH} characters")
+        if "\0" in text:
+            raise FormatError(f"{where}: name or link target holds a NUL character")
+        if _UNENCODABLE.search(text):
+            raise FormatError(f"{where}: name or link target holds an unpaired surrogate escape")
+    if any(not name or "\0" in name for name in entry.xattrs):
+        raise FormatError(f"{where}: empty xattr name, or one holding a NUL character")
+    for attr in _NON_NEGATIVE_FIELDS:
+        if getattr(entry, attr) < 0:
+            raise LimitError(f"{where}: negative {attr}")
+    if entry.modtime:
+        _modtime(entry.modtime)
 
 
 def _hex_digest(data: bytes) -> str:
@@ -180,6 +235,9 @@ class Reader:
             self.version, self.toc_entries = decode_toc(toc_json)
         self._names: dict[str, Entry] = {}
         self._order: list[str] = []
+        self._link_targets: dict[str, Entry] = {}
+        self._toc_size = len(toc_json)
+        self._implicit_budget = max(_MIN_IMPLICIT_NAMES, _IMPLICIT_NAMES_PER_TOC_BYTE * len(toc_json))
         self._build_tree()
 
     def _pieces(self, start: int, end: int) -> Iterator[bytes]:
@@ -201,6 +259,7 @@ class Reader:
                 last_file.chunks.append(chunk)
                 data_entries.append((raw, chunk))
                 continue
+            _check_entry(index, raw)
             name = clean_name(raw.name)
             entry = Entry(name=name, **{f: getattr(raw, f) for f in _COPIED_FIELDS})
             entry.xattrs = dict(raw.xattrs)
@@ -282,6 +341,9 @@ class Reader:
         if entry.type != "dir":
             raise FormatError(f"TOC: {name!r} is a {entry.type}, but entries lie below it")
         for directory in reversed(missing):  # synthesize absent parents, top down
+            self._implicit_budget -= len(directory) + _IMPLICIT_ENTRY_COST
+            if self._implicit_budget < 0:
+                raise LimitError("TOC: too many or too deep implicit parent directories for its size")
             child = Entry(name=directory, type="dir", mode=0o755)
             self._names[directory] = child
             entry.children[directory.rpartition("/")[2]] = child
@@ -290,18 +352,25 @@ class Reader:
         return entry
 
     def _resolve(self, entry: Entry) -> Entry:
-        seen = {entry.name}
+        """The entry a hardlink leads to; each link's target is remembered, so resolving every
+        link of a chain costs as much as resolving the chain once."""
+        chain: dict[str, None] = {}
         while entry.type == "hardlink":
+            known = self._link_targets.get(entry.name)
+            if known is not None:
+                entry = known
+                break
+            chain[entry.name] = None
             target_name = clean_name(entry.link_name)
             target = self._names.get(target_name)
             if target is None:
                 raise FormatError(f"TOC: hardlink {entry.name!r} points to missing {entry.link_name!r}")
-            if target_name in seen:
+            if target_name in chain:
                 raise FormatError(f"TOC: hardlink cycle through {entry.name!r}")
-            seen.add(target_name)
             entry = target
         if entry.type == "dir":
             raise FormatError(f"TOC: hardlink to directory {entry.name!r}")
+        self._link_targets.update(dict.fromkeys(chain, entry))
         return entry
 
     @property
@@ -346,24 +415,25 @@ class Reader:
         """The entry ``name`` leads to with its symlinks followed inside the layer, as a path
         lookup in the unpacked layer would (absolute targets start at the layer's root, and
         nothing leads above it)."""
-        pending = clean_name(name).split("/") if clean_name(name) else []
-        resolved: list[str] = []
+        pending = _components(clean_name(name))
+        resolved = ""
         hops = 0
         while pending:
-            part = pending.pop(0)
-            entry = self._names.get("/".join([*resolved, part]))
+            part = pending.pop()
+            path = f"{resolved}/{part}" if resolved else part
+            entry = self._names.get(path)
             if entry is None:
                 raise NotFoundError(f"{name!r} is not in the layer")
             if entry.type != "symlink":
-                resolved.append(part)
+                resolved = path
                 continue
             hops += 1
             if hops > _MAX_SYMLINKS:
                 raise FormatError(f"{name!r}: too many levels of symbolic links")
-            base = "" if entry.link_name.startswith("/") else "/".join(resolved)
-            path = clean_name(f"{base}/{entry.link_name}/{'/'.join(pending)}")
-            pending, resolved = (path.split("/") if path else []), []
-        return self.lookup("/".join(resolved))
+            base = "" if entry.link_name.startswith("/") else resolved
+            rest = "/".join(reversed(pending))
+            pending, resolved = _components(clean_name(f"{base}/{entry.link_name}/{rest}")), ""
+        return self.lookup(resolved)
 
     def open(self, name: str) -> EntryFile:
         """A seekable, read-only binary file over a regular file's contents (symlinks followed)."""
@@ -412,11 +482,16 @@ class Reader:
         compressed = self._source.read_at(offset, length)
         if self.tar_split_digest and _hex_digest(compressed) != self.tar_split_digest:
             raise VerificationError("tar-split digest differs from the TOC's tarSplitDigest")
-        data = b"".join(inflate_frames([compressed], min(uncompressed, _MAX_TAR_SPLIT) + 1))
+        limit = min(_MAX_TAR_SPLIT, max(_MIN_TAR_SPLIT, _TAR_SPLIT_PER_TOC_BYTE * self._toc_size))
+        if uncompressed > limit:
+            raise LimitError(f"tar-split of {uncompressed} bytes is too large for a TOC of {self._toc_size} bytes")
+        data = b"".join(inflate_frames([compressed], uncompressed + 1))
         if len(data) != uncompressed:
             raise FormatError(f"tar-split holds {len(data)} bytes, the footer says {uncompressed}")
-        records = decode_entries(data)
-        _check_tar_split_headers(records, [e for e in self._cs_entries if e.type != "chunk"])
+        toc_entries = [e for e in self._cs_entries if e.type != "chunk"]
+        max_records = 2 * len(toc_entries) + 2 + uncompressed // _TAR_SPLIT_BYTES_PER_EXTRA_RECORD
+        records = decode_entries(data, max_records)
+        _check_tar_split_headers(records, toc_entries)
         return records
 
     def iter_rebuilt_tar(self) -> Iterator[bytes]:

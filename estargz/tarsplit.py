@@ -157,7 +157,7 @@ def _decode_line(line: bytes, index: int) -> TarSplitEntry:
         text = line.decode("utf-8")
         start = len(text) - len(text.lstrip(_JSON_SPACE))
         record, end = _DECODER.raw_decode(text, start)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"{where} is not valid JSON: {exc}") from None
     if text[end:].strip(_JSON_SPACE):
         raise FormatError(f"{where}: data after the JSON object")
@@ -187,19 +187,30 @@ def _decode_line(line: bytes, index: int) -> TarSplitEntry:
     return TarSplitEntry(FILE_TYPE, payload or None, name=name, size=size, position=position)
 
 
-def decode_entries(data: bytes) -> list[TarSplitEntry]:
+def _lines(data: bytes) -> Iterator[bytes]:
+    """The newline-terminated lines of ``data`` one by one (a last line may lack its newline)."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = len(data)
+        yield data[start:end]
+        start = end + 1
+
+
+def decode_entries(data: bytes, max_records: int | None = None) -> list[TarSplitEntry]:
     """Parse and validate tar-split JSON lines.
 
     Checks every record's JSON, field types, base64, type, ``position`` (must be the index) and
     CRC length, and rejects two file records whose names clean to the same path (as tar-split
-    does). A final record without its newline is accepted, as Go does.
+    does). A final record without its newline is accepted, as Go does. More than ``max_records``
+    records raise :class:`LimitError`.
     """
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
     entries = []
     seen: set[bytes] = set()
-    for index, line in enumerate(lines):
+    for index, line in enumerate(_lines(data)):
+        if max_records is not None and index >= max_records:
+            raise LimitError(f"tar-split has more than {max_records} records")
         entry = _decode_line(line, index)
         if entry.type == FILE_TYPE:
             cleaned = go_clean(entry.name)

@@ -26,6 +26,8 @@ _PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK = b"x", b"g", b"L", b"K"
 _XATTR_PREFIX = "SCHILY.xattr."
 #: Extension payloads (PAX records, GNU long names) larger than this are refused.
 MAX_EXTENSION_SIZE = 8 << 20
+#: Numbers in headers and PAX records are signed 64-bit, as in Go's archive/tar.
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 @dataclass(slots=True)
@@ -81,7 +83,7 @@ def _number(raw: bytes, what: str) -> int:
         negative = bool(raw[0] & 0x40)  # two's complement: invert, read, invert back
         data = bytes(b ^ 0xFF for b in raw) if negative else raw
         value = int.from_bytes(bytes([data[0] & 0x7F]) + data[1:], "big")
-        return ~value if negative else value
+        return _checked(~value if negative else value, what)
     digits = raw.split(b"\0", 1)[0].strip(b" ")
     if not digits:
         return 0
@@ -89,6 +91,12 @@ def _number(raw: bytes, what: str) -> int:
         return int(digits, 8)
     except ValueError:
         raise FormatError(f"tar header: invalid {what} field {raw!r}") from None
+
+
+def _checked(value: int, what: str) -> int:
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise FormatError(f"tar header: {what} does not fit in 64 bits")
+    return value
 
 
 def _checksum_ok(block: bytes) -> bool:
@@ -100,18 +108,18 @@ def _checksum_ok(block: bytes) -> bool:
     return stored == signed
 
 
-_PAX_TIME = re.compile(rb"(-?)(\d+)(?:\.(\d*))?")
+_PAX_TIME = re.compile(rb"(-?)(\d{1,19})(?:\.(\d*))?")
 
 
 def _pax_time(value: bytes) -> tuple[int, int]:
     m = _PAX_TIME.fullmatch(value)
     if not m:
-        raise FormatError(f"tar PAX header: invalid time {value!r}")
+        raise FormatError(f"tar PAX header: invalid time {value[:40]!r}")
     sign, secs, frac = m.groups()
-    seconds = int(secs)
+    seconds = _checked(-int(secs) if sign else int(secs), "PAX time")
     nanos = int((frac or b"")[:9].ljust(9, b"0"))
     if sign:
-        seconds, nanos = -seconds, -nanos
+        nanos = -nanos
         if nanos:
             seconds, nanos = seconds - 1, nanos + 1_000_000_000
     return seconds, nanos
@@ -140,10 +148,12 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
 
 
 def _pax_int(value: bytes, key: bytes) -> int:
+    if len(value) > 20:  # more digits than any 64-bit number, with its sign
+        raise FormatError(f"tar PAX header: {key.decode()} does not fit in 64 bits")
     try:
-        return int(value)
+        return _checked(int(value), f"PAX {key.decode()}")
     except ValueError:
-        raise FormatError(f"tar PAX header: invalid {key.decode()} {value!r}") from None
+        raise FormatError(f"tar PAX header: invalid {key.decode()} {value[:40]!r}") from None
 
 
 def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:

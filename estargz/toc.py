@@ -116,6 +116,8 @@ def format_modtime(seconds: int, nanos: int = 0) -> str:
             f"T{when.hour:02d}:{when.minute:02d}:{when.second:02d}Z")
 
 
+#: A surrogate left alone by the JSON decoder (an unpaired ``\\ud800``-style escape).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _GO_ESCAPE_RE = re.compile("[<>&\u2028\u2029]|[\udc80-\udcff]")
 
@@ -191,7 +193,7 @@ def _field_value(entry_index: int, key: str, kind: type, value: Any) -> Any:
     if kind is str:
         if not isinstance(value, str):
             raise FormatError(f"TOC entry {entry_index}: {key} must be a string")
-        return value
+        return _LONE_SURROGATE.sub("\ufffd", value)
     if not isinstance(value, dict):
         raise FormatError(f"TOC entry {entry_index}: xattrs must be an object")
     xattrs = {}
@@ -211,7 +213,7 @@ def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     try:
         document, _ = json.JSONDecoder().raw_decode(data.decode("utf-8").lstrip())
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"TOC is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise FormatError("TOC JSON is not an object")
@@ -219,11 +221,14 @@ def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
     version = lowered.get("version", 0)
     if type(version) is not int:
         raise FormatError("TOC version must be an integer")
-    raw_entries = lowered.get("entries") or []
+    raw_entries = lowered.get("entries")
+    if raw_entries is None:
+        raw_entries = []
     if not isinstance(raw_entries, list):
         raise FormatError("TOC entries must be a list")
     entries = []
     for index, raw in enumerate(raw_entries):
+        raw_entries[index] = None  # each parsed object is freed once converted
         if not isinstance(raw, dict):
             raise FormatError(f"TOC entry {index} is not an object")
         values: dict[str, Any] = {"name": "", "type": ""}
