@@ -1,0 +1,114 @@
+"""Outputs that appear whole or not at all, and never overwrite an input.
+
+A file is written under a fresh temporary name in its target directory, created exclusively
+(``O_CREAT|O_EXCL|O_NOFOLLOW``, so a planted file or symlink cannot redirect it), and renamed into
+place only once it is complete; on any failure, including ``KeyboardInterrupt`` and the CLI's
+SIGTERM handling, the temporary file is removed. Modes are those the kernel gives a new file or
+directory (``0o666``/``0o777`` less the umask): the process umask is never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO, Union
+
+__all__ = ["atomic_output", "make_temp_dir", "refuse_same_file", "refuse_overlap"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_TEMP_SUFFIX = ".part"
+_ATTEMPTS = 100
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _temp_name(directory: str, base: str, suffix: str) -> str:
+    return os.path.join(directory, f".{base}.{secrets.token_hex(8)}{suffix}")
+
+
+def _exclusive(create: Callable[[str], None], directory: str, base: str, suffix: str) -> str:
+    """Call ``create`` on fresh names next to ``base`` until one did not exist; return that name."""
+    for _ in range(_ATTEMPTS):
+        name = _temp_name(directory, base, suffix)
+        try:
+            create(name)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, "no free temporary name", os.path.join(directory, base))
+
+
+def _target_directory(path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "No such directory", directory)
+    return directory
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, inputs: Iterable[object] = ()) -> Iterator[BinaryIO]:
+    """A binary file to write that replaces ``path`` only when the ``with`` block succeeds.
+
+    ``inputs`` are the paths (others are ignored) the output must not be: ``path`` is refused
+    with ValueError if it is one of them, also through a symlink or hardlink.
+    """
+    target = os.fspath(path)
+    for source in inputs:
+        refuse_same_file(source, target)
+    directory = _target_directory(target)
+    fds: list[int] = []
+
+    def create(name: str) -> None:
+        fds.append(os.open(name, _FILE_FLAGS, 0o666))
+
+    temp = _exclusive(create, directory, os.path.basename(target), _TEMP_SUFFIX)
+    try:
+        with os.fdopen(fds[0], "wb") as out:
+            yield out
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+def make_temp_dir(target: str) -> str:
+    """A new, empty directory next to ``target`` (mode ``0o777`` less the umask); its path."""
+    directory = _target_directory(target)
+    return _exclusive(lambda name: os.mkdir(name, 0o777), directory, os.path.basename(target), ".tmp")
+
+
+def _identity(path: object) -> tuple[int, int] | None:
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+def refuse_same_file(source: object, output: PathLike) -> None:
+    """ValueError if ``output`` is the file ``source`` names (same device and inode)."""
+    identity = _identity(source)
+    if identity is not None and identity == _identity(output):
+        raise ValueError(f"{os.fspath(output)} is the input {os.fspath(source)}: refusing to overwrite it")  # type: ignore[arg-type]
+
+
+def refuse_overlap(source: PathLike, output: PathLike) -> None:
+    """ValueError if ``output`` is ``source`` or a directory that contains it."""
+    refuse_same_file(source, output)
+    identity = _identity(output)
+    if identity is None:
+        return
+    here = os.path.realpath(os.fspath(source))
+    while True:
+        if _identity(here) == identity:
+            raise ValueError(f"{os.fspath(output)} contains the input {os.fspath(source)}: refusing to replace it")
+        parent = os.path.dirname(here)
+        if parent == here:
+            return
+        here = parent
