@@ -11,7 +11,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
 
 from . import __version__
 from .errors import EStargzError
