@@ -59,6 +59,8 @@ def atomic_output(path: PathLike, inputs: Iterable[object] = ()) -> Iterator[Bin
     for source in inputs:
         refuse_same_file(source, target)
     directory = _target_directory(target)
+    if os.path.isdir(target):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", target)
     fds: list[int] = []
 
     def create(name: str) -> None:

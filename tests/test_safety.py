@@ -379,3 +379,22 @@ def test_wrong_json_types_are_format_errors(tmp_path: Path, where: str, path: tu
     with pytest.raises(FormatError):
         convert_image(tmp_path / "src", tmp_path / "dst")
     assert not (tmp_path / "dst").exists()
+
+
+# -- errors about the user's own paths -----------------------------------------------------------
+
+@pytest.mark.parametrize(("command", "expected"), [
+    (["convert", "{layer}", "{tmp}/outdir"], "{tmp}/outdir: Is a directory"),
+    (["unpack", "{blob}", "{tmp}/outdir"], "{tmp}/outdir: Is a directory"),
+    (["convert", "{layer}", "{tmp}/missing/out.esgz"], "{tmp}/missing: No such directory"),
+])
+def test_path_errors_are_one_line_about_the_users_path(tmp_path: Path, layer: Path, command: list[str],
+                                                        expected: str, capsys) -> None:
+    (tmp_path / "outdir").mkdir()
+    blob = tmp_path / "layer.esgz"
+    estargz.convert(layer, blob)
+    names = {"layer": layer, "blob": blob, "tmp": tmp_path}
+    assert main([part.format(**names) for part in command]) == 1
+    one_error_line(capsys.readouterr().err.encode(), expected.format(**names))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.esgz", "layer.tar", "outdir"]
+    assert list((tmp_path / "outdir").iterdir()) == []
