@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import FormatError, LimitError
+from .output import open_temp_at
 
 if TYPE_CHECKING:
     from .reader import Entry, Reader
@@ -206,17 +207,22 @@ def _link(reader: Reader, entry: Entry, tree: _Tree, base: str) -> None:
 
 
 def _write_file(reader: Reader, entry: Entry, parent_fd: int, base: str, as_root: bool) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(base, flags, 0o600, dir_fd=parent_fd)
+    """Write a regular file under a temporary name, renamed to ``base`` once complete and verified."""
+    fd, temp = open_temp_at(parent_fd, 0o600)
     written = 0
     try:
-        with reader.open(entry.name) as src:
-            while block := src.read(_COPY_BLOCK):
-                os.write(fd, block)
-                written += len(block)
-        _set_attributes(entry, fd, as_root)
-    finally:
-        os.close(fd)
+        try:
+            with reader.open(entry.name) as src:
+                while block := src.read(_COPY_BLOCK):
+                    os.write(fd, block)
+                    written += len(block)
+            _set_attributes(entry, fd, as_root)
+        finally:
+            os.close(fd)
+        os.rename(temp, base, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+    except BaseException:
+        os.unlink(temp, dir_fd=parent_fd)
+        raise
     return written
 
 

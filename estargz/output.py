@@ -16,29 +16,43 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO, Union
 
-__all__ = ["atomic_output", "make_temp_dir", "refuse_same_file", "refuse_overlap"]
+__all__ = ["atomic_output", "make_temp_dir", "open_temp_at", "refuse_overlap", "refuse_same_file"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 _TEMP_SUFFIX = ".part"
+_HIDDEN_PREFIX = ".estargz-"
 _ATTEMPTS = 100
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def _temp_name(directory: str, base: str, suffix: str) -> str:
-    return os.path.join(directory, f".{base}.{secrets.token_hex(8)}{suffix}")
-
-
-def _exclusive(create: Callable[[str], None], directory: str, base: str, suffix: str) -> str:
-    """Call ``create`` on fresh names next to ``base`` until one did not exist; return that name."""
+def _exclusive(create: Callable[[str], None], prefix: str, suffix: str) -> str:
+    """Call ``create`` on fresh names ``prefix<random>suffix`` until one did not exist; return it."""
     for _ in range(_ATTEMPTS):
-        name = _temp_name(directory, base, suffix)
+        name = f"{prefix}{secrets.token_hex(8)}{suffix}"
         try:
             create(name)
         except FileExistsError:
             continue
         return name
-    raise FileExistsError(errno.EEXIST, "no free temporary name", os.path.join(directory, base))
+    raise FileExistsError(errno.EEXIST, "no free temporary name", prefix)
+
+
+def _prefix(target: str) -> str:
+    """The temporary-name prefix of ``target``: hidden, in the same directory."""
+    directory = _target_directory(target)
+    return os.path.join(directory, f".{os.path.basename(target)}.")
+
+
+def open_temp_at(dir_fd: int, mode: int) -> tuple[int, str]:
+    """A new file (descriptor, name) created exclusively in the directory ``dir_fd``."""
+    fds: list[int] = []
+
+    def create(name: str) -> None:
+        fds.append(os.open(name, _FILE_FLAGS, mode, dir_fd=dir_fd))
+
+    name = _exclusive(create, _HIDDEN_PREFIX, _TEMP_SUFFIX)
+    return fds[0], name
 
 
 def _target_directory(path: str) -> str:
@@ -58,7 +72,7 @@ def atomic_output(path: PathLike, inputs: Iterable[object] = ()) -> Iterator[Bin
     target = os.fspath(path)
     for source in inputs:
         refuse_same_file(source, target)
-    directory = _target_directory(target)
+    prefix = _prefix(target)
     if os.path.isdir(target):
         raise IsADirectoryError(errno.EISDIR, "Is a directory", target)
     fds: list[int] = []
@@ -66,7 +80,7 @@ def atomic_output(path: PathLike, inputs: Iterable[object] = ()) -> Iterator[Bin
     def create(name: str) -> None:
         fds.append(os.open(name, _FILE_FLAGS, 0o666))
 
-    temp = _exclusive(create, directory, os.path.basename(target), _TEMP_SUFFIX)
+    temp = _exclusive(create, prefix, _TEMP_SUFFIX)
     try:
         with os.fdopen(fds[0], "wb") as out:
             yield out
@@ -79,8 +93,7 @@ def atomic_output(path: PathLike, inputs: Iterable[object] = ()) -> Iterator[Bin
 
 def make_temp_dir(target: str) -> str:
     """A new, empty directory next to ``target`` (mode ``0o777`` less the umask); its path."""
-    directory = _target_directory(target)
-    return _exclusive(lambda name: os.mkdir(name, 0o777), directory, os.path.basename(target), ".tmp")
+    return _exclusive(lambda name: os.mkdir(name, 0o777), _prefix(target), ".tmp")
 
 
 def _identity(path: object) -> tuple[int, int] | None:

@@ -162,6 +162,17 @@ def test_failed_unpack_leaves_nothing(tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.esgz"]
 
 
+def test_failed_extract_leaves_no_partial_file(tmp_path: Path) -> None:
+    blob = bytearray(_converted(make_tar({"first": b"complete", "big": os.urandom(200_000)})))
+    with estargz.open(bytes(blob)) as reader:
+        chunk = reader.lookup("big").chunks[0]
+    blob[chunk.offset + 100] ^= 0xFF
+    with estargz.open(bytes(blob)) as reader, pytest.raises(estargz.EStargzError):
+        reader.extract(tmp_path / "dest")
+    assert sorted(os.listdir(tmp_path / "dest")) == [".no.prefetch.landmark", "first"]
+    assert (tmp_path / "dest" / "first").read_bytes() == b"complete"
+
+
 def test_toc_output_ignores_a_planted_symlink(tmp_path: Path, layer: Path, capsys) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
