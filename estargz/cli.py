@@ -28,7 +28,7 @@ from .framing import (
 )
 from .image import convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
-from .output import atomic_output, refuse_same_file
+from .output import atomic_output, refuse_same_file, remove_leftovers
 from .reader import Reader, open_blob
 from .registry import open_layer
 from .source import BytesSource
@@ -213,10 +213,6 @@ def _convert_format(args: argparse.Namespace) -> str:
                 raise _UsageError(f"--{flag.replace('_', '-')} does not apply to --format zstd:chunked, "
                                   "which keeps the tar as it is")
     return layer_format
-
-
-_EXIT_INTERRUPTED = 128 + signal.SIGINT
-_EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 class _UsageError(Exception):
@@ -531,12 +527,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The signals that stop the CLI cleanly, and the word it reports.
+_STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+
 class _Terminated(BaseException):
     """SIGTERM, raised in the main thread so that temporary outputs are removed as on Ctrl-C."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated()
+class _StopHandler:
+    """Signal handler for SIGINT and SIGTERM: records the signal and raises KeyboardInterrupt or
+    _Terminated in the main thread; further stop signals are ignored while the cleanup runs."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = signum
+        for each in _STOP_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        raise KeyboardInterrupt() if signum == signal.SIGINT else _Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -545,34 +555,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if threading.current_thread() is not threading.main_thread():
-        return _run(parser, args)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        return _run(parser, args, _StopHandler())
+    stops = _StopHandler()
+    previous = {signum: signal.signal(signum, stops) for signum in _STOP_SIGNALS}
     try:
-        return _run(parser, args)
+        return _run(parser, args, stops)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stops: _StopHandler) -> int:
     try:
         return args.handler(args)
-    except _UsageError as exc:
+    except BaseException as exc:  # noqa: BLE001 (re-raised by _report unless an input error)
+        # The exception a signal raised can turn into another one in the code it interrupted
+        # (a lock released twice): what counts is that the signal arrived.
+        signum = stops.received or (signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None)
+        if signum is None:
+            return _report(parser, exc)
+        remove_leftovers()
+        print(f"estargz: {_STOP_SIGNALS[signum]}", file=sys.stderr)
+        return 128 + signum
+
+
+def _report(parser: argparse.ArgumentParser, exc: BaseException) -> int:
+    """Print the one-line message of an input or usage error and return the exit status;
+    re-raise anything else."""
+    if isinstance(exc, _UsageError):
         parser.error(str(exc))
-    except BrokenPipeError:
+    if isinstance(exc, BrokenPipeError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (EStargzError, OSError, ValueError) as exc:
-        message = str(exc) or type(exc).__name__
-        if isinstance(exc, OSError) and exc.filename and exc.strerror:
-            message = f"{exc.filename}: {exc.strerror}"
-        print(f"estargz: error: {message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("estargz: interrupted", file=sys.stderr)
-        return _EXIT_INTERRUPTED
-    except _Terminated:
-        print("estargz: terminated", file=sys.stderr)
-        return _EXIT_TERMINATED
+    if not isinstance(exc, (EStargzError, OSError, ValueError)):
+        raise exc
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        message = f"{exc.filename}: {exc.strerror}"
+    print(f"estargz: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

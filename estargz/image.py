@@ -17,7 +17,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import stat
 import tarfile
 import threading
@@ -58,7 +57,7 @@ from .formats import (
     OCI_MANIFEST_MEDIA_TYPE,
     ZSTD_LAYER_MEDIA_TYPE,
 )
-from .output import atomic_output, make_temp_dir, refuse_overlap
+from .output import atomic_output, refuse_overlap, remove_path, temp_dir
 from .reader import open_blob
 from .source import RangeFile
 from .tocimage import (
@@ -937,13 +936,6 @@ def _occupied(path: str) -> bool:
     return os.path.lexists(path) and (os.path.islink(path) or os.path.getsize(path) > 0)
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
 def _install(built: str, destination: str, overwrite: bool) -> None:
     """Rename ``built`` to ``destination``, moving what was there aside first and removing it last."""
     if not os.path.lexists(destination):
@@ -958,7 +950,7 @@ def _install(built: str, destination: str, overwrite: bool) -> None:
     except BaseException:
         os.rename(aside, destination)
         raise
-    _remove(aside)
+    remove_path(aside)
 
 
 def _write_archive(layout: str, path: str) -> None:
@@ -1040,30 +1032,25 @@ def convert_image(
     if not overwrite and _occupied(target):
         raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
     store = _open_store(os.fspath(source))
-    build = make_temp_dir(target)
     try:
-        layout = os.path.join(build, "layout") if archive else build
-        converter = _Converter(store, layout, format=format, platforms=wanted, reuse=reuse, threads=threads,
-                               layer_jobs=layer_jobs, progress=progress, layer_progress=layer_progress,
-                               layer_options=layer_options)
-        index, roots = converter.load()
-        if wanted is not None and (missing := [p for p in wanted if p not in converter.matched]):
-            raise NotFoundError("no manifest for platform " + ", ".join("/".join(filter(None, p)) for p in missing))
-        if not roots:
-            raise NotFoundError("the source holds no image to convert")
-        converter.convert_layers()
-        manifests, toc_images = converter.write(index, roots)
-        if archive:
-            _write_archive(layout, os.path.join(build, "image.tar"))
-            _install(os.path.join(build, "image.tar"), target, overwrite)
-        else:
-            _install(build, target, overwrite)
-    except BaseException:
-        _remove(build)
-        raise
+        with temp_dir(target) as build:
+            layout = os.path.join(build, "layout") if archive else build
+            converter = _Converter(store, layout, format=format, platforms=wanted, reuse=reuse, threads=threads,
+                                   layer_jobs=layer_jobs, progress=progress, layer_progress=layer_progress,
+                                   layer_options=layer_options)
+            index, roots = converter.load()
+            if wanted is not None and (missing := [p for p in wanted if p not in converter.matched]):
+                raise NotFoundError("no manifest for platform " + ", ".join("/".join(filter(None, p)) for p in missing))
+            if not roots:
+                raise NotFoundError("the source holds no image to convert")
+            converter.convert_layers()
+            manifests, toc_images = converter.write(index, roots)
+            if archive:
+                _write_archive(layout, os.path.join(build, "image.tar"))
+                _install(os.path.join(build, "image.tar"), target, overwrite)
+            else:
+                _install(build, target, overwrite)
     finally:
         store.close()
-    if archive:
-        _remove(build)
     layers = {o.source_digest: (o.result if o.result is not None else REUSED) for o in converter.outcomes.values()}
     return ImageResult(target, format, tuple(manifests), layers, tuple(toc_images), tuple(converter.skipped))

@@ -13,10 +13,12 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO, Union
 
-__all__ = ["atomic_output", "make_temp_dir", "open_temp_at", "refuse_overlap", "refuse_same_file"]
+__all__ = ["atomic_output", "open_temp_at", "refuse_overlap", "refuse_same_file", "remove_leftovers", "remove_path",
+           "temp_dir"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -26,16 +28,41 @@ _ATTEMPTS = 100
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def _exclusive(create: Callable[[str], None], prefix: str, suffix: str) -> str:
+#: Temporary paths that may exist: registered before they are created, so that an exception
+#: raised by a signal handler at any point leaves no temporary file unknown to remove_leftovers.
+_live: set[str] = set()
+
+
+def _exclusive(create: Callable[[str], None], prefix: str, suffix: str, register: bool = True) -> str:
     """Call ``create`` on fresh names ``prefix<random>suffix`` until one did not exist; return it."""
     for _ in range(_ATTEMPTS):
         name = f"{prefix}{secrets.token_hex(8)}{suffix}"
+        if register:
+            _live.add(name)
         try:
             create(name)
         except FileExistsError:
+            _live.discard(name)
             continue
         return name
     raise FileExistsError(errno.EEXIST, "no free temporary name", prefix)
+
+
+def remove_path(path: str) -> None:
+    """Remove a file, symlink or directory tree if it still exists."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def remove_leftovers() -> None:
+    """Remove the temporary files and directories of outputs still being written (for a process
+    that stops on a signal while worker threads may hold some)."""
+    for path in list(_live):
+        remove_path(path)
+        _live.discard(path)
 
 
 def _prefix(target: str) -> str:
@@ -51,7 +78,7 @@ def open_temp_at(dir_fd: int, mode: int) -> tuple[int, str]:
     def create(name: str) -> None:
         fds.append(os.open(name, _FILE_FLAGS, mode, dir_fd=dir_fd))
 
-    name = _exclusive(create, _HIDDEN_PREFIX, _TEMP_SUFFIX)
+    name = _exclusive(create, _HIDDEN_PREFIX, _TEMP_SUFFIX, register=False)
     return fds[0], name
 
 
@@ -86,14 +113,22 @@ def atomic_output(path: PathLike, inputs: Iterable[object] = ()) -> Iterator[Bin
             yield out
         os.replace(temp, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        remove_path(temp)
         raise
+    finally:
+        _live.discard(temp)
 
 
-def make_temp_dir(target: str) -> str:
-    """A new, empty directory next to ``target`` (mode ``0o777`` less the umask); its path."""
-    return _exclusive(lambda name: os.mkdir(name, 0o777), _prefix(target), ".tmp")
+@contextlib.contextmanager
+def temp_dir(target: str) -> Iterator[str]:
+    """A new, empty directory next to ``target`` (mode ``0o777`` less the umask), removed at the
+    end of the ``with`` block unless it was renamed away."""
+    path = _exclusive(lambda name: os.mkdir(name, 0o777), _prefix(target), ".tmp")
+    try:
+        yield path
+    finally:
+        remove_path(path)
+        _live.discard(path)
 
 
 def _identity(path: object) -> tuple[int, int] | None:
