@@ -306,12 +306,15 @@ _C_ESCAPES = {"\\": "\\\\", "\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", 
               "\f": "\\f", "\r": "\\r"}
 
 
-def _escape(text: str) -> str:
+def _escape(text: str, *, backslash: bool = True) -> str:
     """``text`` as ``ls -b`` prints it: C escapes, octal bytes for other non-printable characters,
-    backslash doubled; so a name cannot start a new line or send terminal sequences."""
+    backslash doubled (unless not ``backslash``); so a name cannot start a new line or send
+    terminal sequences."""
     out = []
     for char in text:
-        if char in _C_ESCAPES:
+        if char == "\\" and not backslash:
+            out.append(char)
+        elif char in _C_ESCAPES:
             out.append(_C_ESCAPES[char])
         elif char.isprintable():
             out.append(char)
@@ -331,7 +334,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
             owner = _escape(f"{entry.user_name or entry.uid}/{entry.group_name or entry.gid}")
             suffix = f" -> {_escape(entry.link_name)}" if entry.type in ("symlink", "hardlink") else ""
             out.write(f"{_mode_string(entry.type, entry.mode)} {owner:>15} {entry.size:>10} "
-                      f"{entry.modtime or '-':>20} {name}{suffix}\n")
+                      f"{_escape(entry.modtime) or '-':>20} {name}{suffix}\n")
     return 0
 
 
@@ -592,7 +595,7 @@ def _report(parser: argparse.ArgumentParser, exc: BaseException) -> int:
     message = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         message = f"{exc.filename}: {exc.strerror}"
-    print(f"estargz: error: {message}", file=sys.stderr)
+    print(f"estargz: error: {_escape(message, backslash=False)}", file=sys.stderr)
     return 1
 
 

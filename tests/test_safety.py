@@ -329,6 +329,24 @@ def test_ls_escapes_control_characters(tmp_path: Path, capsys) -> None:
     assert "\x1b" not in out and out.count("\n") == len(names) + 1
 
 
+def test_error_messages_stay_on_one_line(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "no\nsuch\x1b[2J"
+    assert main(["ls", str(missing)]) == 1
+    err = capsys.readouterr().err
+    one_error_line(err.encode(), "no\\nsuch\\033[2J: No such file or directory")
+
+
+def test_ls_escapes_link_targets_and_times(tmp_path: Path, capsys) -> None:
+    blob = tmp_path / "odd.esgz"
+    blob.write_bytes(_crafted_blob([
+        (TOCEntry(name="l", type="symlink", link_name="x\ny\x1b", modtime="2024-01-01T00:00:00Z\n"), b""),
+    ]))
+    assert main(["ls", "-l", str(blob)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "\x1b" not in out
+    assert out.endswith(" l -> x\\ny\\033\n")
+
+
 # -- image documents -----------------------------------------------------------------------------
 
 def shared_index_layout(root: Path, fanout: int, depth: int) -> Layout:
