@@ -27,6 +27,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEX
 MAX_OPEN_DIRECTORIES = 64
 #: Largest uid or gid applied; ``2**32 - 1`` is ``(uid_t) -1``, which means "leave unchanged".
 _MAX_ID = 2**32 - 2
+_DEVICE_OUT_OF_RANGE = "device number out of range"
 
 
 @dataclass
@@ -119,8 +120,9 @@ def extract(reader: Reader, dest: str | os.PathLike[str]) -> ExtractReport:
 
     As GNU tar does, entries that cannot exist here are skipped and listed in ``report.skipped``:
     a name with a component longer than the file system allows (``NAME_MAX``, and everything
-    below such a directory) and a symlink with an empty target. A name or link target with a NUL
-    byte raises FormatError; a uid or gid outside ``0 .. 2**32 - 2`` raises LimitError.
+    below such a directory), a symlink with an empty target, and a device node whose numbers this
+    system cannot represent. A NUL byte in a name, link target or xattr name raises FormatError;
+    a uid or gid outside ``0 .. 2**32 - 2`` raises LimitError.
     """
     report = ExtractReport()
     tree = _Tree(os.fspath(dest))
@@ -150,9 +152,10 @@ def extract(reader: Reader, dest: str | os.PathLike[str]) -> ExtractReport:
 
 
 def _check_entry(entry: Entry) -> None:
-    """Refuse what no file system can hold: NUL bytes in names, ids outside ``uid_t``."""
-    if "\x00" in entry.name or "\x00" in entry.link_name:
-        raise FormatError(f"entry {entry.name!r} has a NUL byte in its name or link target")
+    """Refuse what no file system can hold: NUL bytes in names, link targets and xattr names;
+    ids outside ``uid_t``."""
+    if any("\x00" in text for text in (entry.name, entry.link_name, *entry.xattrs)):
+        raise FormatError(f"entry {entry.name!r} has a NUL byte in its name, link target or xattr names")
     for what, value in (("uid", entry.uid), ("gid", entry.gid)):
         if not 0 <= value <= _MAX_ID:
             raise LimitError(f"entry {entry.name!r} has {what} {value}, outside 0..{_MAX_ID}")
@@ -186,6 +189,12 @@ def _extract_entry(reader: Reader, entry: Entry, tree: _Tree, as_root: bool, rep
                      dir_fd=parent_fd)
         except PermissionError as exc:
             return exc.strerror or "permission denied"
+        except OverflowError:
+            return _DEVICE_OUT_OF_RANGE
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return _DEVICE_OUT_OF_RANGE
         _set_owner_and_time(entry, base, parent_fd, as_root)
     else:
         return f"unknown entry type {entry.type!r}"

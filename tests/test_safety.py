@@ -284,6 +284,7 @@ def test_extract_many_directories_under_a_descriptor_limit(tmp_path: Path) -> No
     (TOCEntry(name="f", type="reg", mode=0o644, gid=-2), LimitError, "gid"),
     (TOCEntry(name="a\x00b", type="reg", mode=0o644), FormatError, "NUL"),
     (TOCEntry(name="l", type="symlink", link_name="a\x00b"), FormatError, "NUL"),
+    (TOCEntry(name="f", type="reg", mode=0o644, xattrs={"user.a\x00": b"v"}), FormatError, "NUL"),
 ])
 def test_extract_refuses_unrepresentable_entries(tmp_path: Path, entry: TOCEntry, error: type,
                                                  fragment: str, capsys) -> None:
@@ -312,6 +313,25 @@ def test_extract_skips_what_tar_skips(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "dest" / "kept").read_bytes() == b"kept"
     assert main(["extract", str(blob), str(tmp_path / "dest2")]) == 0
     assert capsys.readouterr().err.count("estargz: skipped ") == 4
+
+
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="without root, mknod fails before checking the number")
+
+
+@pytest.mark.parametrize(("major", "minor"), [
+    (2**40, 0), (0, 2**40), (-1, 0),
+    pytest.param(4096, 0, marks=NEEDS_ROOT), pytest.param(0, 2**20, marks=NEEDS_ROOT),
+])
+def test_extract_skips_devices_out_of_range(tmp_path: Path, major: int, minor: int) -> None:
+    blob = tmp_path / "dev.esgz"
+    blob.write_bytes(_crafted_blob([
+        (TOCEntry(name="dev", type="char", mode=0o600, dev_major=major, dev_minor=minor), b""),
+        (TOCEntry(name="kept", type="reg", mode=0o644), b"kept"),
+    ]))
+    with estargz.open(blob) as reader:
+        report = reader.extract(tmp_path / "dest")
+    assert report.skipped == [("dev", "device number out of range")]
+    assert os.listdir(tmp_path / "dest") == ["kept"]
 
 
 # -- ls ------------------------------------------------------------------------------------------
