@@ -131,10 +131,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         if args.output == "-":
             raise _UsageError("--estargz-external-toc with output - needs --estargz-toc-output")
         toc_output = args.output + ".toc.tar.gz"
-    inputs = [path for path in (args.input, args.output) if path != "-"]
     if toc_output is not None:
-        for path in inputs:
-            refuse_same_file(path, toc_output)
+        if args.output != "-" and os.path.realpath(toc_output) == os.path.realpath(args.output):
+            raise _UsageError("--estargz-toc-output must differ from the output")
+        for path in (args.input, args.output):
+            if path != "-":
+                refuse_same_file(path, toc_output)
     show_progress = not args.quiet and sys.stderr.isatty()
     src = sys.stdin.buffer if args.input == "-" else args.input
     dst = sys.stdout.buffer if args.output == "-" else args.output

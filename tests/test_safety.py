@@ -98,6 +98,15 @@ def test_convert_refuses_toc_output_over_the_input(tmp_path: Path, layer: Path, 
     assert layer.read_bytes() == before and not (tmp_path / "out.esgz").exists()
 
 
+def test_convert_refuses_toc_output_over_the_output(tmp_path: Path, layer: Path, capsys) -> None:
+    out = tmp_path / "out.esgz"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "--estargz-external-toc", "--estargz-toc-output", str(out), str(layer), str(out)])
+    assert exit_info.value.code == 2
+    assert "--estargz-toc-output must differ from the output" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.tar"]
+
+
 def test_unpack_refuses_its_blob_as_output(tmp_path: Path, layer: Path, capsys) -> None:
     blob = tmp_path / "layer.esgz"
     estargz.convert(layer, blob)
