@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
 
 from . import __version__
 from .errors import EStargzError
@@ -27,6 +28,7 @@ from .framing import (
 )
 from .image import convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .output import atomic_output, refuse_same_file, remove_leftovers
 from .reader import Reader, open_blob
 from .registry import open_layer
 from .source import BytesSource
@@ -108,10 +110,6 @@ def _read_lines(path: str) -> list[str]:
         return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _binary_out(path: str) -> BinaryIO:
-    return sys.stdout.buffer if path == "-" else open(path, "wb")
-
-
 def _cmd_convert(args: argparse.Namespace) -> int:
     prioritized = list(args.prioritized_file)
     for path in args.prioritized_files_from:
@@ -133,6 +131,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         if args.output == "-":
             raise _UsageError("--estargz-external-toc with output - needs --estargz-toc-output")
         toc_output = args.output + ".toc.tar.gz"
+    if toc_output is not None:
+        if args.output != "-" and os.path.realpath(toc_output) == os.path.realpath(args.output):
+            raise _UsageError("--estargz-toc-output must differ from the output")
+        for path in (args.input, args.output):
+            if path != "-":
+                refuse_same_file(path, toc_output)
     show_progress = not args.quiet and sys.stderr.isatty()
     src = sys.stdin.buffer if args.input == "-" else args.input
     dst = sys.stdout.buffer if args.output == "-" else args.output
@@ -147,7 +151,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     )
     summary = result.to_json()
     if result.external_toc is not None:
-        _write_atomically(toc_output, result.external_toc)
+        with atomic_output(toc_output) as out:
+            out.write(result.external_toc)
         summary["tocBlobPath"] = toc_output
         if args.estargz_toc_image:
             summary["tocImageManifestDigest"] = write_toc_image(args.estargz_toc_image, [result])
@@ -214,13 +219,6 @@ def _convert_format(args: argparse.Namespace) -> str:
 
 class _UsageError(Exception):
     """A combination of flags that cannot work; reported like argparse errors (exit 2)."""
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    temp = f"{path}.part"
-    with open(temp, "wb") as f:
-        f.write(data)
-    os.replace(temp, path)
 
 
 def _open(args: argparse.Namespace) -> Reader:
@@ -306,18 +304,39 @@ def _mode_string(entry_type: str, mode: int) -> str:
     return kind + bits
 
 
+_C_ESCAPES = {"\\": "\\\\", "\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v",
+              "\f": "\\f", "\r": "\\r"}
+
+
+def _escape(text: str, *, backslash: bool = True) -> str:
+    """``text`` as ``ls -b`` prints it: C escapes, octal bytes for other non-printable characters,
+    backslash doubled (unless not ``backslash``); so a name cannot start a new line or send
+    terminal sequences."""
+    out = []
+    for char in text:
+        if char == "\\" and not backslash:
+            out.append(char)
+        elif char in _C_ESCAPES:
+            out.append(_C_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.extend(f"\\{byte:03o}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
     out = sys.stdout
     with _open(args) as blob:
         for entry in blob:
-            name = entry.name + ("/" if entry.type == "dir" else "")
+            name = _escape(entry.name) + ("/" if entry.type == "dir" else "")
             if not args.long:
                 out.write(name + "\n")
                 continue
-            owner = f"{entry.user_name or entry.uid}/{entry.group_name or entry.gid}"
-            suffix = f" -> {entry.link_name}" if entry.type in ("symlink", "hardlink") else ""
+            owner = _escape(f"{entry.user_name or entry.uid}/{entry.group_name or entry.gid}")
+            suffix = f" -> {_escape(entry.link_name)}" if entry.type in ("symlink", "hardlink") else ""
             out.write(f"{_mode_string(entry.type, entry.mode)} {owner:>15} {entry.size:>10} "
-                      f"{entry.modtime or '-':>20} {name}{suffix}\n")
+                      f"{_escape(entry.modtime) or '-':>20} {name}{suffix}\n")
     return 0
 
 
@@ -347,7 +366,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     with _open(args) as blob:
         report = blob.extract(args.directory)
     for name, reason in report.skipped:
-        print(f"estargz: skipped {name}: {reason}", file=sys.stderr)
+        print(f"estargz: skipped {_escape(name)}: {reason}", file=sys.stderr)
     print(json.dumps({"entries": report.entries, "bytes": report.bytes,
                       "skipped": len(report.skipped)}, indent=2))
     return 0
@@ -355,12 +374,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _cmd_unpack(args: argparse.Namespace) -> int:
     with _open(args) as blob:
-        out = _binary_out(args.output)
-        try:
+        if args.output == "-":
+            blob.unpack(sys.stdout.buffer)
+            return 0
+        with atomic_output(args.output, inputs=(args.blob, args.toc)) as out:
             blob.unpack(out)
-        finally:
-            if out is not sys.stdout.buffer:
-                out.close()
     return 0
 
 
@@ -514,26 +532,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The signals that stop the CLI cleanly, and the word it reports.
+_STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that temporary outputs are removed as on Ctrl-C."""
+
+
+class _StopHandler:
+    """Signal handler for SIGINT and SIGTERM: records the signal and raises KeyboardInterrupt or
+    _Terminated in the main thread; further stop signals are ignored while the cleanup runs."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = signum
+        for each in _STOP_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        raise KeyboardInterrupt() if signum == signal.SIGINT else _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit status (0 ok, 1 bad input or failed check, 2 usage)."""
+    """Run the CLI; return the exit status (0 ok, 1 bad input or failed check, 2 usage,
+    130 interrupted, 143 terminated)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return _run(parser, args, _StopHandler())
+    stops = _StopHandler()
+    previous = {signum: signal.signal(signum, stops) for signum in _STOP_SIGNALS}
+    try:
+        return _run(parser, args, stops)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stops: _StopHandler) -> int:
     try:
         return args.handler(args)
-    except _UsageError as exc:
+    except BaseException as exc:  # noqa: BLE001 (re-raised by _report unless an input error)
+        # The exception a signal raised can turn into another one in the code it interrupted
+        # (a lock released twice): what counts is that the signal arrived.
+        signum = stops.received or (signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None)
+        if signum is None:
+            return _report(parser, exc)
+        remove_leftovers()
+        print(f"estargz: {_STOP_SIGNALS[signum]}", file=sys.stderr)
+        return 128 + signum
+
+
+def _report(parser: argparse.ArgumentParser, exc: BaseException) -> int:
+    """Print the one-line message of an input or usage error and return the exit status;
+    re-raise anything else."""
+    if isinstance(exc, _UsageError):
         parser.error(str(exc))
-    except BrokenPipeError:
+    if isinstance(exc, BrokenPipeError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (EStargzError, OSError, ValueError) as exc:
-        message = str(exc) or type(exc).__name__
-        if isinstance(exc, OSError) and exc.filename and exc.strerror:
-            message = f"{exc.filename}: {exc.strerror}"
-        print(f"estargz: error: {message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("estargz: interrupted", file=sys.stderr)
-        return 130
+    if not isinstance(exc, (EStargzError, OSError, ValueError)):
+        raise exc
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        message = f"{exc.filename}: {exc.strerror}"
+    print(f"estargz: error: {_escape(message, backslash=False)}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -17,10 +17,8 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import stat
 import tarfile
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -59,9 +57,15 @@ from .formats import (
     OCI_MANIFEST_MEDIA_TYPE,
     ZSTD_LAYER_MEDIA_TYPE,
 )
+from .output import atomic_output, refuse_overlap, remove_path, temp_dir
 from .reader import open_blob
 from .source import RangeFile
-from .tocimage import TOC_IMAGE_CONFIG, TOC_IMAGE_TAG_SUFFIX, toc_image_manifest
+from .tocimage import (
+    REF_NAME_ANNOTATION,
+    TOC_IMAGE_CONFIG,
+    TOC_IMAGE_TAG_SUFFIX,
+    toc_image_manifest,
+)
 from .writer import BuildResult, convert
 
 __all__ = [
@@ -85,8 +89,6 @@ _LAYER_TYPES = {
     "application/vnd.docker.image.rootfs.diff.tar.gzip": GZIP_LAYER_MEDIA_TYPE,
 }
 
-#: ``org.opencontainers.image.ref.name``: the tag of an index.json entry.
-REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 #: ``io.containerd.image.name``: the full image name containerd and docker put next to the tag.
 IMAGE_NAME_ANNOTATION = "io.containerd.image.name"
 _ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
@@ -476,9 +478,21 @@ def _descriptor(value: object, what: str) -> dict[str, Any]:
     size = value.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise FormatError(f"{what} has no valid size")
-    if "annotations" in value and not isinstance(value["annotations"], dict):
+    annotations = value.get("annotations", {})
+    if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
         raise FormatError(f"{what} has invalid annotations")
+    if not isinstance(value.get("platform", {}), dict):
+        raise FormatError(f"{what} has an invalid platform")
+    _media_type(value, what)
     return value
+
+
+def _media_type(document: dict[str, Any], what: str) -> str:
+    """The ``mediaType`` of a descriptor or document ("" when absent); FormatError if not a string."""
+    media_type = document.get("mediaType", "")
+    if not isinstance(media_type, str):
+        raise FormatError(f"{what} has an invalid mediaType")
+    return media_type
 
 
 def _tag(repo_tag: str) -> str:
@@ -532,6 +546,9 @@ class _Converter:
         self.lossless = format == FORMAT_ZSTD_CHUNKED or bool(layer_options.get("keep_diff_id"))
         self.layers: dict[str, _Layer] = {}
         self.nodes: dict[str, _Image | _Index] = {}
+        self.dropped: set[str] = set()
+        """Digests of manifests and indexes that were read and left out (nothing kept below)."""
+        self.tagged: set[tuple[int, tuple[str, ...]]] = set()
         self.skipped: list[str] = []
         self.matched: set[tuple[str, str, str]] = set()
         self.outcomes: dict[str, _Outcome] = {}
@@ -593,10 +610,12 @@ class _Converter:
             return None
         if digest in self.nodes:
             return self.nodes[digest]
+        if digest in self.dropped:
+            return None
         raw, document = self.read_json(name, digest, descriptor["size"])
         if not isinstance(document, dict):
             raise FormatError(f"{digest} is not a JSON object")
-        media_type = descriptor.get("mediaType") or document.get("mediaType") or (
+        media_type = descriptor.get("mediaType") or _media_type(document, digest) or (
             OCI_INDEX_MEDIA_TYPE if "manifests" in document else OCI_MANIFEST_MEDIA_TYPE)
         node: _Image | _Index | None
         if media_type in _INDEX_TYPES:
@@ -613,7 +632,9 @@ class _Converter:
             node = self.load_image(digest, raw, document, descriptor.get("platform"))
         else:
             raise UnsupportedInputError(f"{digest}: unsupported manifest media type {media_type!r}")
-        if node is not None:
+        if node is None:
+            self.dropped.add(digest)
+        else:
             self.nodes[digest] = node
         return node
 
@@ -629,7 +650,7 @@ class _Converter:
         if manifest.get("schemaVersion") != 2:
             raise UnsupportedInputError(f"manifest {digest}: only schema version 2 manifests are supported")
         config_descriptor = _descriptor(manifest.get("config"), f"config of manifest {digest}")
-        config_type = config_descriptor.get("mediaType", OCI_CONFIG_MEDIA_TYPE)
+        config_type = _media_type(config_descriptor, f"config of manifest {digest}") or OCI_CONFIG_MEDIA_TYPE
         if config_type not in _CONFIG_TYPES:
             raise UnsupportedInputError(f"manifest {digest}: config media type {config_type!r} is not an image's")
         config_raw, config = self.read_json(_blob_name(config_descriptor["digest"]), config_descriptor["digest"],
@@ -641,7 +662,7 @@ class _Converter:
         descriptors = [_descriptor(v, f"layer {n} of manifest {digest}") for n, v in enumerate(manifest["layers"])]
         layers = []
         for number, descriptor in enumerate(descriptors):
-            media_type = descriptor.get("mediaType", "")
+            media_type = _media_type(descriptor, f"layer {number} of manifest {digest}")
             if media_type not in _LAYER_TYPES:
                 raise UnsupportedInputError(f"layer {number} of manifest {digest}: unsupported media type "
                                             f"{media_type!r}")
@@ -766,14 +787,13 @@ class _Converter:
         algorithm = digest.split(":", 1)[0]
         os.makedirs(os.path.dirname(path), exist_ok=True)
         hasher = hashlib.new(algorithm)
-        with open(path + ".part", "wb") as out:
+        with atomic_output(path) as out:
             for offset in range(0, blob.size, _COPY_BLOCK):
                 data = blob.read_at(offset, min(_COPY_BLOCK, blob.size - offset))
                 hasher.update(data)
                 out.write(data)
-        if f"{algorithm}:{hasher.hexdigest()}" != digest:
-            raise VerificationError(f"blob {digest} changed while it was copied")
-        os.replace(path + ".part", path)
+            if f"{algorithm}:{hasher.hexdigest()}" != digest:
+                raise VerificationError(f"blob {digest} changed while it was copied")
 
     # -- writing -------------------------------------------------------------------------
     def put(self, data: bytes) -> str:
@@ -787,6 +807,9 @@ class _Converter:
         if id(node) not in self.emitted:
             self.emitted[id(node)] = self.emit_image(node) if isinstance(node, _Image) else self.emit_index(node, refs)
         descriptor = self.emitted[id(node)]
+        if (id(node), refs) in self.tagged:
+            return descriptor
+        self.tagged.add((id(node), refs))
         if isinstance(node, _Image):
             known = self.manifests[descriptor["digest"]]
             names = known.ref_names + tuple(r for r in refs if r not in known.ref_names)
@@ -837,14 +860,20 @@ class _Converter:
         return {"mediaType": OCI_INDEX_MEDIA_TYPE, "digest": self.put(raw), "size": len(raw)}
 
     def results_below(self, node: _Image | _Index) -> Iterator[BuildResult]:
-        if isinstance(node, _Index):
-            for _, child in node.children:
-                yield from self.results_below(child)
-            return
-        for layer in node.layers:
-            result = self.outcomes[layer.name].result
-            if result is not None and result.external_toc is not None:
-                yield result
+        """The external-TOC results of the layers below ``node``, each image visited once."""
+        pending, seen = [node], {id(node)}
+        while pending:
+            current = pending.pop()
+            if isinstance(current, _Index):
+                for _, child in current.children:
+                    if id(child) not in seen:
+                        seen.add(id(child))
+                        pending.append(child)
+                continue
+            for layer in current.layers:
+                result = self.outcomes[layer.name].result
+                if result is not None and result.external_toc is not None:
+                    yield result
 
     def toc_image(self, node: _Image | _Index) -> dict[str, Any] | None:
         """Write the TOC image of every layer below ``node``; return its descriptor."""
@@ -907,13 +936,6 @@ def _occupied(path: str) -> bool:
     return os.path.lexists(path) and (os.path.islink(path) or os.path.getsize(path) > 0)
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
 def _install(built: str, destination: str, overwrite: bool) -> None:
     """Rename ``built`` to ``destination``, moving what was there aside first and removing it last."""
     if not os.path.lexists(destination):
@@ -928,7 +950,7 @@ def _install(built: str, destination: str, overwrite: bool) -> None:
     except BaseException:
         os.rename(aside, destination)
         raise
-    _remove(aside)
+    remove_path(aside)
 
 
 def _write_archive(layout: str, path: str) -> None:
@@ -1006,36 +1028,29 @@ def convert_image(
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"no such directory: {parent}")
+    refuse_overlap(source, target)
     if not overwrite and _occupied(target):
         raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
     store = _open_store(os.fspath(source))
-    build = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(build, 0o777 & ~umask)  # mkdtemp makes 0700; give the mode a new directory gets
-        layout = os.path.join(build, "layout") if archive else build
-        converter = _Converter(store, layout, format=format, platforms=wanted, reuse=reuse, threads=threads,
-                               layer_jobs=layer_jobs, progress=progress, layer_progress=layer_progress,
-                               layer_options=layer_options)
-        index, roots = converter.load()
-        if wanted is not None and (missing := [p for p in wanted if p not in converter.matched]):
-            raise NotFoundError("no manifest for platform " + ", ".join("/".join(filter(None, p)) for p in missing))
-        if not roots:
-            raise NotFoundError("the source holds no image to convert")
-        converter.convert_layers()
-        manifests, toc_images = converter.write(index, roots)
-        if archive:
-            _write_archive(layout, os.path.join(build, "image.tar"))
-            _install(os.path.join(build, "image.tar"), target, overwrite)
-        else:
-            _install(build, target, overwrite)
-    except BaseException:
-        _remove(build)
-        raise
+        with temp_dir(target) as build:
+            layout = os.path.join(build, "layout") if archive else build
+            converter = _Converter(store, layout, format=format, platforms=wanted, reuse=reuse, threads=threads,
+                                   layer_jobs=layer_jobs, progress=progress, layer_progress=layer_progress,
+                                   layer_options=layer_options)
+            index, roots = converter.load()
+            if wanted is not None and (missing := [p for p in wanted if p not in converter.matched]):
+                raise NotFoundError("no manifest for platform " + ", ".join("/".join(filter(None, p)) for p in missing))
+            if not roots:
+                raise NotFoundError("the source holds no image to convert")
+            converter.convert_layers()
+            manifests, toc_images = converter.write(index, roots)
+            if archive:
+                _write_archive(layout, os.path.join(build, "image.tar"))
+                _install(os.path.join(build, "image.tar"), target, overwrite)
+            else:
+                _install(build, target, overwrite)
     finally:
         store.close()
-    if archive:
-        _remove(build)
     layers = {o.source_digest: (o.result if o.result is not None else REUSED) for o in converter.outcomes.values()}
     return ImageResult(target, format, tuple(manifests), layers, tuple(toc_images), tuple(converter.skipped))

@@ -11,7 +11,6 @@ depend on the layer size.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
@@ -67,6 +66,7 @@ from .framing import (
     ZstdCompressor,
 )
 from .layout import LANDMARK_CONTENTS, check_readable, order_entries
+from .output import atomic_output
 from .tarsplit import TarSplitWriter, crc64_iso
 from .tarstream import BLOCK, TarEntry, iter_entries, padding, ustar_header
 from .toc import (
@@ -972,26 +972,8 @@ def convert(
                        os.cpu_count() or 1 if threads is None else threads, progress)
     if not isinstance(dst, (str, os.PathLike)):
         return _convert_into(src, dst, options)
-    target = os.fspath(dst)
-    directory = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(errno.ENOENT, "no such directory", directory)
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part", dir=directory)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a new file gets
-        with os.fdopen(fd, "wb") as out:
-            result = _convert_into(src, out, options)
-        os.replace(temp, target)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    return result
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_output(dst, inputs=(src,)) as out:
+        return _convert_into(src, out, options)
 
 
 def read_workload_record(lines: Sequence[str] | BinaryIO | str, layer_index: int | None = None) -> list[str]:
