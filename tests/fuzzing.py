@@ -47,7 +47,7 @@ import tempfile
 import time
 import traceback
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -560,18 +560,22 @@ class Check:
         original = self.original.get(name)
         if self.pinned or original == data:
             if original != data:
-                raise InvariantError("altered content", f"{op} returned {len(data)} bytes for {name!r} that are not its content")
+                raise InvariantError("altered content",
+                                     f"{op} returned {len(data)} bytes for {name!r} that are not its content")
             return
         try:
             entry = self.reader.resolve(name)
         except estargz.EStargzError:
-            raise InvariantError("content of no entry", f"{op} returned bytes for {name!r}, which the TOC does not resolve") from None
+            raise InvariantError("content of no entry",
+                                 f"{op} returned bytes for {name!r}, which the TOC does not resolve") from None
         if not _verified(entry, data):
-            raise InvariantError("unverified content", f"{op} returned {len(data)} bytes for {name!r} that its TOC digests do not match")
+            raise InvariantError("unverified content",
+                                 f"{op} returned {len(data)} bytes for {name!r} that its TOC digests do not match")
 
     def names(self, names: list[str]) -> None:
         if self.pinned and set(names) != self.base_names:
-            raise InvariantError("entries differ", f"the pinned TOC lists other entries: {sorted(set(names) ^ self.base_names)[:3]}")
+            differ = sorted(set(names) ^ self.base_names)[:3]
+            raise InvariantError("entries differ", f"the pinned TOC lists other entries: {differ}")
 
 
 def _verified(entry: estargz.Entry, data: bytes) -> bool:
@@ -590,7 +594,7 @@ def op_iterate(reader: estargz.Reader, check: Check, scratch: Path) -> None:
     names = []
     for entry in reader:
         names.append(entry.name)
-        entry.mtime, entry.permissions, entry.is_dir(), entry.is_file()  # noqa: B018
+        _ = entry.mtime, entry.permissions  # properties derived from TOC fields must not raise
         reader.lookup(entry.name)
     check.names(names)
 
@@ -611,7 +615,8 @@ def op_read(reader: estargz.Reader, check: Check, scratch: Path) -> None:
                 middle = len(data) // 2
                 f.seek(middle)
                 if f.read(100) != data[middle:middle + 100]:
-                    raise InvariantError("partial read differs", f"a read at offset {middle} of {entry.name!r} differs from the whole read")
+                    raise InvariantError("partial read differs",
+                                         f"a read at offset {middle} of {entry.name!r} differs from the whole read")
         except estargz.EStargzError as exc:
             first_error = first_error or exc
     if first_error is not None:
@@ -677,7 +682,7 @@ def _run_operations(reader_factory: Callable[[], estargz.Reader], base: Base, pi
                     f"{type(exc).__name__} without a one-line message: {str(exc)[:80]!r}")))
         except (BudgetExceeded, KeyboardInterrupt):
             raise
-        except BaseException as exc:  # noqa: B902 - every other exception is a finding
+        except BaseException as exc:  # noqa: BLE001 - every other exception is a finding
             outcome["failures"].append(_failure(op, exc))
         return None
 
@@ -704,7 +709,7 @@ def run_case(bases: dict[str, Base], case: dict[str, Any], scratch_root: Path) -
     outcome: dict[str, Any] = {"rejections": [], "failures": [], "mode": "pinned"}
     try:
         blob = apply(base.parts, case["mutations"])
-    except Exception as exc:  # a bug of the harness, reported as a failure of its own class
+    except Exception as exc:  # noqa: BLE001 - a bug of the harness, reported as a failure of its own class
         outcome["failures"].append(_failure("mutate", exc))
         return outcome
     pinned_annotations = dict(blob.annotations or {})
@@ -827,7 +832,7 @@ class Worker:
         package_root = str(Path(estargz.__file__).resolve().parent.parent)
         env = {**os.environ, "MALLOC_ARENA_MAX": "2", "OPENBLAS_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the worker's life
         self._buffer = b""
         self._proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
@@ -862,10 +867,12 @@ class Worker:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            if pipe is not None:
+                pipe.close()
         tail = self._stderr_tail()
         self._stderr.close()
         self._proc = None
-        self.restarts += 1
         return tail
 
     def run(self, case: dict[str, Any]) -> dict[str, Any]:
@@ -883,11 +890,13 @@ class Worker:
             outcome = json.loads(line)
             if outcome.pop("restart"):
                 self._stop()
+                self.restarts += 1
             return outcome
         if line == "":
             self._proc.wait()
         returncode = self._proc.poll()
         tail = self._stop()
+        self.restarts += 1
         if line is None:
             failure = _budget_failure("hang", f"no answer within {WALL_TIMEOUT:.0f} s")
         else:
@@ -932,7 +941,7 @@ class Stats:
         for failure in outcome["failures"]:
             known = self.failures.setdefault(failure["class"], {**failure, "case": case, "count": 0})
             known["count"] += 1
-            if len(json.dumps(case)) < len(json.dumps(known["case"])):
+            if _case_size(case) < _case_size(known["case"]):
                 known.update(failure, case=case)
 
     def report(self) -> str:
@@ -943,6 +952,11 @@ class Stats:
                       f"  replay: python3 tests/fuzzing.py --replay '{json.dumps(failure['case'])}'",
                       *("  | " + line for line in failure["traceback"].rstrip().splitlines()[-4:])]
         return "\n".join(lines)
+
+
+def _case_size(case: dict[str, Any]) -> tuple[int, int]:
+    """How small a reproducer is: fewer mutations first, then shorter."""
+    return len(case["mutations"]), len(json.dumps(case))
 
 
 def table(all_stats: list[Stats]) -> str:

@@ -8,7 +8,7 @@ variants; the cases are drawn by hypothesis from fixed seeds, so a run is reprod
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import fuzzing
 import pytest
@@ -29,7 +29,8 @@ def test_mutated_blobs_are_rejected_or_verified(variant: str, worker: fuzzing.Wo
     print(fuzzing.table([stats]))
     assert stats.cases > 0
     if stats.failures:
-        pytest.fail(f"{len(stats.failures)} failure classes in {stats.cases} cases:\n{stats.report()}", pytrace=False)
+        classes = f"{len(stats.failures)} failure classes in {stats.cases} cases"
+        pytest.fail(f"{classes}:\n{stats.report()}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,17 @@ def test_member_mutations_keep_every_member_intact(bases: dict[str, fuzzing.Base
     swapped = fuzzing.apply(base.parts, [{"op": "member", "action": "swap", "i": 1, "j": 2}])
     assert swapped.blob.startswith(members[0] + members[2] + members[1])
     assert len(swapped.blob) == len(fuzzing.serialize(base.parts).blob)
+
+
+def test_the_invariant_refuses_altered_and_unverified_bytes(bases: dict[str, fuzzing.Base]) -> None:
+    base = bases["estargz"]
+    reader = estargz.open(fuzzing.serialize(base.parts).blob)
+    altered = b"y" * len(fuzzing.FILES["c"])
+    for pinned in (True, False):
+        check = fuzzing.Check(base, reader, pinned=pinned)
+        check.content("read", "c", fuzzing.FILES["c"])
+        check.content("read", "./link", fuzzing.FILES["dir/a.txt"])
+        with pytest.raises(fuzzing.InvariantError, match="bytes for 'c'"):
+            check.content("read", "c", altered)
+    with pytest.raises(fuzzing.InvariantError, match="does not resolve"):
+        fuzzing.Check(base, reader, pinned=False).content("unpack", "no-such-file", b"x")
