@@ -440,7 +440,7 @@ def mutate_members(parts: Parts, mutation: dict[str, Any]) -> None:
 
 
 def _position(length: int, mutation: dict[str, Any]) -> int:
-    """A byte position in ``[0, length)`` (``length`` itself for inserts at the end)."""
+    """A byte position in ``[0, length)``: anywhere, or among the first or last 96 bytes."""
     region = mutation.get("region", "any")
     span = min(length, 96) if region != "any" else length
     if span == 0:
@@ -678,8 +678,8 @@ def _run_operations(reader_factory: Callable[[], estargz.Reader], base: Base, pi
         except estargz.EStargzError as exc:
             outcome["rejections"].append(f"{op}: {type(exc).__name__}")
             if "\n" in str(exc) or not str(exc):
-                outcome["failures"].append(_failure(op, InvariantError("error message", 
-                    f"{type(exc).__name__} without a one-line message: {str(exc)[:80]!r}")))
+                message = f"{type(exc).__name__} without a one-line message: {str(exc)[:80]!r}"
+                outcome["failures"].append(_failure(op, InvariantError("error message", message)))
         except (BudgetExceeded, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - every other exception is a finding
@@ -690,10 +690,11 @@ def _run_operations(reader_factory: Callable[[], estargz.Reader], base: Base, pi
     if reader is None:
         return False
     check = Check(base, reader, pinned=pinned)
-    for op, function in OPERATIONS.items():
-        op_dir = scratch / op
-        op_dir.mkdir(parents=True)
-        attempt(op, lambda: function(reader, check, op_dir))  # noqa: B023
+    with reader:
+        for op, function in OPERATIONS.items():
+            op_dir = scratch / op
+            op_dir.mkdir(parents=True)
+            attempt(op, lambda: function(reader, check, op_dir))  # noqa: B023
     return True
 
 
