@@ -67,9 +67,14 @@ AS_HEADROOM = 256 << 20
 FILE_SIZE_LIMIT = 64 << 20
 #: Wall-clock seconds without an answer after which the worker counts as hung (the machine may be busy).
 WALL_TIMEOUT = 30.0
-#: Total fuzzing time of the test module, split across the variants.
-DEFAULT_SECONDS = 60.0
+#: Cases per variant in the test suite: the same cases on every machine (about a minute in all).
+SUITE_CASES = 500
+#: The suite's cap on the whole run, for slow or busy machines (then fewer cases run).
+SUITE_MAX_SECONDS = 180.0
+#: A total time (seconds) that replaces the suite's fixed cases, for longer runs.
 SECONDS_ENV = "ESTARGZ_FUZZ_SECONDS"
+#: Total time of ``python3 tests/fuzzing.py`` without ``--seconds`` or ``ESTARGZ_FUZZ_SECONDS``.
+DEFAULT_SECONDS = 60.0
 #: Cases per hypothesis run; each run has its own fixed seed.
 BATCH = 100
 CHUNK_SIZE = 1024
@@ -1036,21 +1041,26 @@ def mutation_lists(variant: Variant) -> Any:
     return st.lists(st.one_of(choices), min_size=1, max_size=3)
 
 
-def fuzz(variant: str, seconds: float, worker: Worker) -> Stats:
-    """Run cases of ``variant`` for ``seconds``: hypothesis runs of ``BATCH`` cases, seeds 0, 1, 2, ..."""
+def fuzz(variant: str, seconds: float, worker: Worker, max_cases: int | None = None) -> Stats:
+    """Run cases of ``variant`` for ``seconds`` or until ``max_cases``: hypothesis runs of
+    ``BATCH`` cases with seeds 0, 1, 2, ..., so the n-th case is the same in every run."""
     from hypothesis import HealthCheck, Phase, given, seed, settings
 
     stats = Stats(variant)
     strategy = mutation_lists(VARIANTS[variant])
     deadline = time.monotonic() + seconds
+
+    def more() -> bool:
+        return time.monotonic() < deadline and (max_cases is None or stats.cases < max_cases)
+
     run = 0
-    while time.monotonic() < deadline:
+    while more():
         @seed(run)
         @settings(max_examples=BATCH, database=None, deadline=None, phases=[Phase.generate],
                   suppress_health_check=list(HealthCheck))
         @given(strategy)
         def batch(mutations: list[dict[str, Any]]) -> None:
-            if time.monotonic() < deadline:
+            if more():
                 case = {"variant": variant, "mutations": mutations}
                 stats.add(case, worker.run(case))
 
@@ -1059,9 +1069,11 @@ def fuzz(variant: str, seconds: float, worker: Worker) -> Stats:
     return stats
 
 
-def fuzz_seconds() -> float:
-    """The total fuzzing time: ``ESTARGZ_FUZZ_SECONDS``, else ``DEFAULT_SECONDS``."""
-    return float(os.environ.get(SECONDS_ENV) or DEFAULT_SECONDS)
+def suite_budget() -> tuple[float, int | None]:
+    """Total seconds and cases per variant for the test suite: ``SUITE_CASES`` (within
+    ``SUITE_MAX_SECONDS``), or as many cases as ``ESTARGZ_FUZZ_SECONDS`` allows."""
+    seconds = os.environ.get(SECONDS_ENV)
+    return (float(seconds), None) if seconds else (SUITE_MAX_SECONDS, SUITE_CASES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1081,7 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(worker.run(json.loads(args.replay)), indent=2))
             return 0
         variants = args.variant or list(VARIANTS)
-        seconds = args.seconds if args.seconds is not None else fuzz_seconds()
+        seconds = args.seconds if args.seconds is not None else float(os.environ.get(SECONDS_ENV) or DEFAULT_SECONDS)
         all_stats = [fuzz(name, seconds / len(variants), worker) for name in variants]
     finally:
         worker.close()
