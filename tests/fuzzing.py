@@ -1081,6 +1081,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=None,
                         help=f"total time, split across the variants (default: ${SECONDS_ENV} or {DEFAULT_SECONDS:.0f})")
+    parser.add_argument("--cases", type=int, default=None,
+                        help=f"stop each variant after this many cases (the suite runs {SUITE_CASES})")
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="only these variants")
     parser.add_argument("--replay", metavar="CASE", help="run one case (JSON, as a failure report prints it)")
     args = parser.parse_args(argv)
@@ -1094,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         variants = args.variant or list(VARIANTS)
         seconds = args.seconds if args.seconds is not None else float(os.environ.get(SECONDS_ENV) or DEFAULT_SECONDS)
-        all_stats = [fuzz(name, seconds / len(variants), worker) for name in variants]
+        all_stats = [fuzz(name, seconds / len(variants), worker, args.cases) for name in variants]
     finally:
         worker.close()
     print(table(all_stats))
