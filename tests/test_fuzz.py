@@ -9,7 +9,11 @@ as that total time allows.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import fuzzing
 import pytest
@@ -87,3 +91,35 @@ def test_the_invariant_refuses_altered_and_unverified_bytes(bases: dict[str, fuz
             check.content("read", "c", altered)
     with pytest.raises(fuzzing.InvariantError, match="does not resolve"):
         fuzzing.Check(base, reader, pinned=False).content("unpack", "no-such-file", b"x")
+
+
+BUDGET_SCRIPT = """
+import pathlib, signal, sys
+import fuzzing
+
+signal.signal(signal.SIGXCPU, fuzzing._on_cpu_limit)
+
+def spin(bases, case, scratch):
+    while True:
+        pass
+
+def hoard(bases, case, scratch):
+    block = bytearray(fuzzing.RSS_BUDGET + (32 << 20))
+    block[::4096] = bytes(len(block[::4096]))
+    return {"rejections": [], "failures": [], "mode": "pinned"}
+
+fuzzing.run_case = {"spin": spin, "hoard": hoard}[sys.argv[1]]
+outcome, restart = fuzzing._run_budgeted({}, {}, pathlib.Path("."))
+print(restart, *[f["class"] for f in outcome["failures"]], sep="\\n")
+"""
+
+
+@pytest.mark.parametrize(("case", "failure"), [("spin", "case: BudgetExceeded"), ("hoard", "budget: RSS")])
+def test_a_case_over_budget_is_a_failure_and_restarts_the_worker(case: str, failure: str) -> None:
+    """The CPU and memory budgets, applied to stand-ins for a case that spins or hoards memory."""
+    env = {**os.environ, "PYTHONPATH": str(Path(estargz.__file__).parent.parent)}
+    result = subprocess.run([sys.executable, "-c", BUDGET_SCRIPT, case], capture_output=True, text=True,
+                            cwd=Path(fuzzing.__file__).parent, env=env, timeout=120, check=True)
+    restart, *classes = result.stdout.split("\n")[:-1]
+    assert restart == "True"
+    assert any(c.startswith(failure) for c in classes), classes
