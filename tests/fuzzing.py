@@ -587,10 +587,10 @@ def _verified(entry: estargz.Entry, data: bytes) -> bool:
     """Whether ``data`` matches the entry's file digest, or each of its chunks its chunk digest."""
     if entry.digest and _sha256(data) == entry.digest:
         return True
-    if not data:
-        return entry.size == 0
     chunks = entry.chunks
-    return bool(chunks) and all(
+    if not chunks:
+        return not data and not entry.digest
+    return all(
         c.chunk_digest and _sha256(data[c.chunk_offset:c.chunk_offset + c.chunk_size]) == c.chunk_digest
         for c in chunks) and sum(c.chunk_size for c in chunks) == len(data)
 
