@@ -299,7 +299,7 @@ def test_extract_refuses_unrepresentable_entries(tmp_path: Path, entry: TOCEntry
                                                  fragment: str, capsys) -> None:
     blob = tmp_path / "bad.esgz"
     blob.write_bytes(_crafted_blob([(entry, b"x" if entry.type == "reg" else b"")]))
-    with estargz.open(blob) as reader, pytest.raises(error, match=fragment):
+    with pytest.raises(error, match=fragment), estargz.open(blob) as reader:
         reader.extract(tmp_path / "dest")
     assert main(["extract", str(blob), str(tmp_path / "dest2")]) == 1
     one_error_line(capsys.readouterr().err.encode(), fragment)
