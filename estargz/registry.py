@@ -27,9 +27,14 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
+from .annotations import (
+    LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
+    MANIFEST_CHECKSUM_ANNOTATION,
+    TOC_DIGEST_ANNOTATION,
+)
 from .auth import Auth, Credentials
 from .errors import (
     EStargzError,
@@ -43,7 +48,7 @@ from .formats import OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
 from .transport import TRANSIENT_ERRORS, TRANSPORT_ERRORS, DeadlineExceeded, Response, Transport
 
 __all__ = [
-    "Reference", "parse_reference", "RegistryClient", "Manifest", "BlobSource", "open_layer",
+    "Reference", "parse_reference", "RegistryClient", "Manifest", "BlobSource", "Anchor", "open_layer",
     "default_platform", "OCI_MANIFEST", "OCI_INDEX", "DOCKER_MANIFEST", "DOCKER_MANIFEST_LIST",
     "MANIFEST_MEDIA_TYPES", "INDEX_MEDIA_TYPES", "MAX_MANIFEST_SIZE", "MAX_WHOLE_BLOB", "DEFAULT_DEADLINE",
 ]
@@ -67,6 +72,7 @@ _MAX_REDIRECTS = 5
 _MAX_INDEX_DEPTH = 4
 _MAX_WAIT = 10.0  # longest single back-off, Retry-After included
 _MAX_RANGES = 64  # ranges per multi-range request
+_DOWNLOAD_PIECE = 1 << 20
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_TOKEN_LIFETIME = 60.0
@@ -241,7 +247,45 @@ def _check_descriptor(descriptor: Any, what: str) -> dict[str, Any]:
         raise FormatError(f"{what} has an invalid digest {digest!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise FormatError(f"{what} has an invalid size {size!r}")
+    annotations = descriptor.get("annotations", {})
+    if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
+        raise FormatError(f"{what} has annotations that are not an object of strings")
+    if not isinstance(descriptor.get("mediaType", ""), str):
+        raise FormatError(f"{what} has a media type that is not a string")
     return dict(descriptor)
+
+
+#: Layer annotations that carry a TOC digest, the anchor of a lazy read.
+TOC_ANCHOR_ANNOTATIONS = (TOC_DIGEST_ANNOTATION, MANIFEST_CHECKSUM_ANNOTATION, LEGACY_MANIFEST_CHECKSUM_ANNOTATION)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """What a lazily read layer's TOC is checked against, and how far that is trusted.
+
+    ``kind``: ``manifest-digest`` (the TOC digest comes from a manifest named by digest),
+    ``tag`` (from the manifest a tag named, as the registry served it) or ``none`` (no TOC digest
+    from a checked manifest: a bare blob, or a layer descriptor without the annotation).
+    """
+
+    kind: str
+    manifest: str | None = None
+    toc_digest: str | None = None
+    annotation: str | None = None
+
+    @classmethod
+    def of(cls, manifest: Manifest, descriptor: Mapping[str, Any], by_digest: bool) -> "Anchor":
+        annotations = descriptor.get("annotations", {})
+        key = next((k for k in TOC_ANCHOR_ANNOTATIONS if k in annotations), None)
+        if key is None:
+            return cls("none", manifest.digest)
+        return cls("manifest-digest" if by_digest else "tag", manifest.digest, annotations[key], key)
+
+    def to_json(self) -> dict[str, str]:
+        found = {"kind": self.kind, "manifest": self.manifest, "tocDigest": self.toc_digest,
+                 "annotation": self.annotation}
+        return {k: v for k, v in found.items() if v is not None}
 
 
 def _digest_of(data: bytes, algorithm: str = "sha256") -> str:
@@ -796,6 +840,8 @@ class BlobSource:
         self._whole: bytes | None = None
         self._whole_lock = threading.Lock()
         self._multirange = True
+        self.anchor = Anchor("none")
+        """Where the TOC digest to check this blob's TOC against came from (set by :func:`open_layer`)."""
         if size is None:
             size = client.stat_blob(repository, digest, stats=self._stats)["size"]
         if size < 0:
@@ -873,6 +919,33 @@ class BlobSource:
                     raise VerificationError(f"blob has digest {digest}, expected {self.digest}")
                 self._whole = data
             return self._whole
+
+    def download(self, out: BinaryIO) -> None:
+        """Write the whole blob to ``out``, checking its size and digest (VerificationError)."""
+        def handle(resp: Response) -> None:
+            if resp.status != 200:
+                raise self.client._status_error("GET", self._path, resp, self._stats)
+            if resp.length is not None and resp.length != self._size:
+                raise VerificationError(f"blob {self.digest} is {resp.length} bytes, expected {self._size}")
+            out.seek(0)
+            out.truncate()
+            hasher = hashlib.new(self.digest.partition(":")[0])
+            remaining = self._size
+            while piece := resp.read(min(remaining + 1, _DOWNLOAD_PIECE)):
+                if len(piece) > remaining:
+                    raise VerificationError(f"blob {self.digest} is over the {self._size} bytes expected")
+                self._stats.received(len(piece))
+                hasher.update(piece)
+                out.write(piece)
+                remaining -= len(piece)
+            if remaining:
+                raise VerificationError(f"blob {self.digest} is {self._size - remaining} bytes, expected {self._size}")
+            digest = f"{self.digest.partition(':')[0]}:{hasher.hexdigest()}"
+            if digest != self.digest:
+                raise VerificationError(f"blob has digest {digest}, expected {self.digest}")
+
+        self.client.request("GET", self._path, scope=self._scope, stats=self._stats, expect=self._size,
+                            headers={"Accept-Encoding": "identity"}, handle=handle)
 
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of several ``(offset, length)`` ranges, in as few multi-range requests as
@@ -960,7 +1033,10 @@ def open_layer(reference: str | Reference, layer_index: int | str | None = None,
     layer: an index (negative counts from the top), a layer digest, or None for an image with
     one layer. A reference ``host/repo@sha256:…`` naming a blob is that layer (its descriptor
     has no annotations). ``client_options`` go to :class:`RegistryClient`. The source owns its
-    client: close it when done. Use ``estargz.open(source, annotations=descriptor.get("annotations"))``.
+    client: close it when done. Use ``estargz.open(source, annotations=descriptor.get("annotations"))``:
+    the TOC digest annotation of a manifest whose digest was checked anchors the TOC (the
+    reader refuses a TOC that does not match it); ``source.anchor`` tells which :class:`Anchor`
+    the layer has.
     """
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     client_options.setdefault("scheme", ref.scheme)
@@ -978,6 +1054,7 @@ def open_layer(reference: str | Reference, layer_index: int | str | None = None,
         manifest = client.resolve_manifest(ref.repository, ref.reference, platform=platform)
         descriptor = _select_layer(manifest, layer_index)
         source = BlobSource(client, ref.repository, descriptor["digest"], descriptor["size"], owns_client=True)
+        source.anchor = Anchor.of(manifest, descriptor, ref.digest is not None)
         return source, descriptor
     except BaseException:
         client.close()
