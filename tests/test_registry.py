@@ -540,6 +540,14 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+@pytest.fixture(autouse=True)
+def no_credential_files(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials only as each test gives them, not from this machine's docker or podman files."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeRegistry]:
     registry = FakeRegistry()
