@@ -823,8 +823,8 @@ class BlobSource:
 
     ``size`` comes from the descriptor or a HEAD request. A registry that ignores ranges (200)
     has the blob read whole once, digest-checked and kept in memory if it is at most
-    ``max_whole_blob`` bytes; larger blobs raise LimitError. Thread-safe (a keep-alive
-    connection per thread); ``requests`` and ``bytes_transferred`` count this source's traffic.
+    ``max_whole_blob`` bytes; larger blobs raise LimitError. Thread-safe (pooled
+    keep-alive connections); ``requests`` and ``bytes_transferred`` count this source's traffic.
     """
 
     def __init__(self, client: RegistryClient, repository: str, digest: str, size: int | None = None, *,

@@ -32,7 +32,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 #: Every failure of the transport itself (a request that got no usable answer).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError, ValueError)
 
-_POOL_SIZE = 8
+_POOLS = 8  # origins kept: the registry, its token realm, storage redirects
+_POOL_SIZE = 32  # kept-alive connections per origin, one per concurrent reader thread
 _local = threading.local()
 
 
@@ -216,9 +217,9 @@ class Transport:
             manager = self._managers.get(proxy)
             if manager is None:
                 if proxy:
-                    manager = urllib3.ProxyManager(proxy, num_pools=_POOL_SIZE, **self._pool_options)
+                    manager = urllib3.ProxyManager(proxy, num_pools=_POOLS, **self._pool_options)
                 else:
-                    manager = urllib3.PoolManager(num_pools=_POOL_SIZE, **self._pool_options)
+                    manager = urllib3.PoolManager(num_pools=_POOLS, **self._pool_options)
                 manager.pool_classes_by_scheme = _POOL_CLASSES  # type: ignore[assignment]
                 self._managers[proxy] = manager
         return manager

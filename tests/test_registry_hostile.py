@@ -500,3 +500,18 @@ def test_identity_token_is_sent_as_a_refresh_token(hostile: Hostile) -> None:
     assert (method, authorization) == ("POST", None)
     assert form["grant_type"] == ["refresh_token"] and form["refresh_token"] == ["refresh-me"]
     assert form["service"] == ["svc"]
+
+
+# -- proxies ---------------------------------------------------------------------------------
+def test_http_proxy_from_the_environment(hostile: Hostile, monkeypatch: pytest.MonkeyPatch) -> None:
+    hostile.routes["/v2/"] = lambda h: h.send(200, b"{}")
+    target = "127.0.0.2:9"  # nothing listens there: only the proxy can answer
+    monkeypatch.setenv("HTTP_PROXY", hostile.url)
+    monkeypatch.setenv("NO_PROXY", "example.invalid")
+    with RegistryClient(target, retries=0) as client:
+        client.ping()
+    assert [path for _, path, _, _ in hostile.log] == [f"http://{target}/v2/"]
+    monkeypatch.setenv("NO_PROXY", "127.0.0.2")
+    with RegistryClient(target, retries=0) as client, pytest.raises(RegistryError, match="refused"):
+        client.ping()
+    assert len(hostile.log) == 1
