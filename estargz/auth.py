@@ -144,9 +144,9 @@ def _from_entry(entry: dict[str, Any], path: Path, name: str) -> Credentials | N
         if not sep:
             raise RegistryError(f"{path}: auths[{name!r}].auth is not base64 of user:password")
         return Credentials(user, password)
-    user, password = entry.get("username"), entry.get("password")
-    if isinstance(user, str) and isinstance(password, str) and user:
-        return Credentials(user, password)
+    username, secret = entry.get("username"), entry.get("password")
+    if isinstance(username, str) and isinstance(secret, str) and username:
+        return Credentials(username, secret)
     return None
 
 

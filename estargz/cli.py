@@ -29,7 +29,7 @@ from .framing import (
 from .image import convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Reader, open_blob
-from .registry import open_layer
+from .registry import Anchor, open_layer
 from .source import BytesSource, FileSource, Source
 from .tocimage import write_toc_image
 from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
@@ -291,7 +291,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if PREFETCH_LANDMARK in blob:
             chunks = blob.lookup(PREFETCH_LANDMARK).chunks
             prefetch = chunks[0].offset if chunks else None
-        info = {
+        info: dict[str, object] = {
             "format": blob.format,
             "footer": {"kind": blob.footer.kind, "size": blob.footer.size},
             "tocOffset": blob.toc_offset,
@@ -306,7 +306,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                          else NO_PREFETCH_LANDMARK if NO_PREFETCH_LANDMARK in blob else None),
             "prefetchBytes": prefetch,
         }
-        if blob.anchor is not None:
+        if isinstance(blob.anchor, Anchor):
             info["anchor"] = blob.anchor.to_json()
     print(json.dumps(info, indent=2))
     return 0
@@ -356,7 +356,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         anchor = blob.anchor
     summary = {"ok": True, "tocDigest": report.toc_digest, "files": report.files,
                "chunks": report.chunks, "bytes": report.bytes}
-    if anchor is not None:
+    if isinstance(anchor, Anchor):
         summary["anchor"] = anchor.to_json()
     if report.diff_id is not None:
         summary["diffID"] = report.diff_id

@@ -94,6 +94,7 @@ _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _PARAM_RE = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 T = TypeVar("T")
+_BODY_ERRORS: tuple[type[BaseException], ...] = (EStargzError, *TRANSPORT_ERRORS)
 
 
 # -- references ------------------------------------------------------------------------------
@@ -547,7 +548,7 @@ class RegistryClient:
         """The typed error for an unexpected status (reads a little of the body)."""
         try:
             body = _read_body(resp, _MAX_DRAIN, stats, "error body")
-        except (EStargzError, *TRANSPORT_ERRORS):
+        except _BODY_ERRORS:
             body = b""
         detail = _error_detail(body)
         where = f"{method} {url}: HTTP {resp.status} {_one_line(resp.reason)[:100]}" + (f" ({detail})" if detail else "")

@@ -177,9 +177,6 @@ class Response:
             raise DeadlineExceeded("the body did not end in time")
         return data
 
-    def isclosed(self) -> bool:
-        return self._raw.isclosed()
-
     def release(self, drain_limit: int) -> None:
         """Give the connection back to the pool: drain a small unread body, drop it otherwise."""
         remaining = self._raw.length_remaining
@@ -211,7 +208,8 @@ class Transport:
     def _manager(self, url: str) -> urllib3.PoolManager:
         parts = urlsplit(url)
         proxy = self._proxies.get(parts.scheme)
-        if proxy and urllib.request.proxy_bypass_environment(parts.hostname or "", self._proxies):
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+        if proxy and bypass(parts.hostname or "", self._proxies):
             proxy = None
         with self._lock:
             manager = self._managers.get(proxy)
