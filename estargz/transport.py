@@ -98,7 +98,8 @@ class _Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="estargz-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][2] is deadline:  # the earliest: the thread must wake sooner
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:
