@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -30,8 +31,8 @@ from .image import convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .output import atomic_output, refuse_same_file, remove_leftovers
 from .reader import Reader, open_blob
-from .registry import open_layer
-from .source import BytesSource
+from .registry import Anchor, open_layer
+from .source import BytesSource, FileSource, Source
 from .tocimage import write_toc_image
 from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
 
@@ -221,7 +222,7 @@ class _UsageError(Exception):
     """A combination of flags that cannot work; reported like argparse errors (exit 2)."""
 
 
-def _open(args: argparse.Namespace) -> Reader:
+def _open(args: argparse.Namespace, *, whole: bool = False) -> Reader:
     annotations: dict[str, str] = {}
     if args.annotations:
         with open(args.annotations, encoding="utf-8") as f:
@@ -242,12 +243,27 @@ def _open(args: argparse.Namespace) -> Reader:
         layer = int(layer)
     source, descriptor = open_layer(args.blob, layer, platform=args.platform, username=args.username,
                                     password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"))
+    anchored = {**annotations, **descriptor.get("annotations", {})}  # the checked manifest's win
+    local: Source = source
     try:
-        return Reader(source, toc_digest=args.toc_digest, toc=_toc_source(args.toc),
-                      annotations={**descriptor.get("annotations", {}), **annotations}, owns_source=True)
+        if whole:  # every byte is read anyway: fetch the blob once, checked against its digest
+            with source:
+                spool = tempfile.TemporaryFile()
+                try:
+                    source.download(spool)
+                except BaseException:
+                    spool.close()
+                    raise
+            local = FileSource(spool, owned=True)
+        reader = Reader(local, toc_digest=args.toc_digest, toc=_toc_source(args.toc),
+                        annotations=anchored, owns_source=True)
     except BaseException:
         source.close()
+        if isinstance(local, FileSource):
+            local.close()
         raise
+    reader.anchor = source.anchor
+    return reader
 
 
 def _toc_source(path: str | None) -> BytesSource | None:
@@ -273,7 +289,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if PREFETCH_LANDMARK in blob:
             chunks = blob.lookup(PREFETCH_LANDMARK).chunks
             prefetch = chunks[0].offset if chunks else None
-        info = {
+        info: dict[str, object] = {
             "format": blob.format,
             "footer": {"kind": blob.footer.kind, "size": blob.footer.size},
             "tocOffset": blob.toc_offset,
@@ -288,6 +304,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
                          else NO_PREFETCH_LANDMARK if NO_PREFETCH_LANDMARK in blob else None),
             "prefetchBytes": prefetch,
         }
+        if isinstance(blob.anchor, Anchor):
+            info["anchor"] = blob.anchor.to_json()
     print(json.dumps(info, indent=2))
     return 0
 
@@ -352,10 +370,13 @@ def _cmd_cat(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    with _open(args) as blob:
+    with _open(args, whole=True) as blob:
         report = blob.verify(args.toc_digest)
+        anchor = blob.anchor
     summary = {"ok": True, "tocDigest": report.toc_digest, "files": report.files,
                "chunks": report.chunks, "bytes": report.bytes}
+    if isinstance(anchor, Anchor):
+        summary["anchor"] = anchor.to_json()
     if report.diff_id is not None:
         summary["diffID"] = report.diff_id
     print(json.dumps(summary, indent=2))

@@ -185,6 +185,9 @@ def _hex_digest(data: bytes) -> str:
 class Reader:
     """An opened blob (eStargz, or either dialect of zstd:chunked). Use :func:`estargz.open`."""
 
+    anchor: object = None
+    """For a registry layer, the :class:`~estargz.registry.Anchor` its TOC was checked against."""
+
     def __init__(self, source: Source, *, toc_digest: str | None = None, toc: Source | None = None,
                  annotations: Mapping[str, str] | None = None, owns_source: bool = False) -> None:
         self._source = source

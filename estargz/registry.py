@@ -4,13 +4,13 @@
 >>> with source, estargz.open(source, annotations=descriptor.get("annotations")) as blob:  # doctest: +SKIP
 ...     data = blob.read("etc/os-release")
 
-Standard library only (:mod:`http.client`): Bearer-token and Basic authentication, retries with
-backoff on transient failures, OCI and Docker manifests and indexes, platform selection, one
-keep-alive connection per thread and origin. Errors: :class:`NotFoundError` (404, no such
+Over urllib3 (:mod:`estargz.transport`): Bearer-token and Basic authentication with credentials
+looked up as docker and podman do (:mod:`estargz.auth`), a deadline per request, retries with
+backoff on transient failures, OCI and Docker manifests and indexes, platform selection. Errors: :class:`NotFoundError` (404, no such
 platform or layer), :class:`VerificationError` (digest or size mismatch), :class:`LimitError`
 (manifest too large, or a blob too large to read whole when the registry ignores ranges),
 :class:`FormatError` (malformed or unexpected answers), and :class:`RegistryError` when the
-registry cannot be reached, refuses access or fails (with the :class:`OSError` as ``__cause__``).
+registry cannot be reached, refuses access, fails or misses a deadline.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import http.client
 import ipaddress
 import json
 import platform as _platform
@@ -27,11 +26,16 @@ import re
 import ssl
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, TypeVar
-from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
+from typing import Any, BinaryIO, Callable, Mapping, Sequence, TypeVar
+from urllib.parse import urlencode, urljoin, urlsplit
 
+from .annotations import (
+    LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
+    MANIFEST_CHECKSUM_ANNOTATION,
+    TOC_DIGEST_ANNOTATION,
+)
+from .auth import Auth, Credentials
 from .errors import (
     EStargzError,
     FormatError,
@@ -41,11 +45,12 @@ from .errors import (
     VerificationError,
 )
 from .formats import OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
+from .transport import TRANSIENT_ERRORS, TRANSPORT_ERRORS, DeadlineExceeded, Response, Transport
 
 __all__ = [
-    "Reference", "parse_reference", "RegistryClient", "Manifest", "BlobSource", "open_layer",
+    "Reference", "parse_reference", "RegistryClient", "Manifest", "BlobSource", "Anchor", "open_layer",
     "default_platform", "OCI_MANIFEST", "OCI_INDEX", "DOCKER_MANIFEST", "DOCKER_MANIFEST_LIST",
-    "MANIFEST_MEDIA_TYPES", "INDEX_MEDIA_TYPES", "MAX_MANIFEST_SIZE", "MAX_WHOLE_BLOB",
+    "MANIFEST_MEDIA_TYPES", "INDEX_MEDIA_TYPES", "MAX_MANIFEST_SIZE", "MAX_WHOLE_BLOB", "DEFAULT_DEADLINE",
 ]
 
 OCI_MANIFEST = OCI_MANIFEST_MEDIA_TYPE
@@ -67,9 +72,15 @@ _MAX_REDIRECTS = 5
 _MAX_INDEX_DEPTH = 4
 _MAX_WAIT = 10.0  # longest single back-off, Retry-After included
 _MAX_RANGES = 64  # ranges per multi-range request
+_DOWNLOAD_PIECE = 1 << 20
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_TRANSIENT = (ConnectionError, TimeoutError, http.client.IncompleteRead, http.client.BadStatusLine)
+_DEFAULT_TOKEN_LIFETIME = 60.0
+_MAX_TOKEN_LIFETIME = 86400.0
+_TOKEN_RE = re.compile(r"[\x21-\x7e]{1,8192}")
+#: Seconds a request may take, connect, headers and body together, before the body's share.
+DEFAULT_DEADLINE = 60.0
+_DEADLINE_BYTES_PER_SECOND = 1 << 20  # every MiB a request expects adds a second
 _DOCKER_HUB = "docker.io"
 _ENDPOINTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
@@ -83,7 +94,7 @@ _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _PARAM_RE = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 T = TypeVar("T")
-_DEAD = threading.Thread()  # stands for a thread that was garbage-collected: never alive
+_BODY_ERRORS: tuple[type[BaseException], ...] = (EStargzError, *TRANSPORT_ERRORS)
 
 
 # -- references ------------------------------------------------------------------------------
@@ -237,7 +248,45 @@ def _check_descriptor(descriptor: Any, what: str) -> dict[str, Any]:
         raise FormatError(f"{what} has an invalid digest {digest!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise FormatError(f"{what} has an invalid size {size!r}")
+    annotations = descriptor.get("annotations", {})
+    if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
+        raise FormatError(f"{what} has annotations that are not an object of strings")
+    if not isinstance(descriptor.get("mediaType", ""), str):
+        raise FormatError(f"{what} has a media type that is not a string")
     return dict(descriptor)
+
+
+#: Layer annotations that carry a TOC digest, the anchor of a lazy read.
+TOC_ANCHOR_ANNOTATIONS = (TOC_DIGEST_ANNOTATION, MANIFEST_CHECKSUM_ANNOTATION, LEGACY_MANIFEST_CHECKSUM_ANNOTATION)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """What a lazily read layer's TOC is checked against, and how far that is trusted.
+
+    ``kind``: ``manifest-digest`` (the TOC digest comes from a manifest named by digest),
+    ``tag`` (from the manifest a tag named, as the registry served it) or ``none`` (no TOC digest
+    from a checked manifest: a bare blob, or a layer descriptor without the annotation).
+    """
+
+    kind: str
+    manifest: str | None = None
+    toc_digest: str | None = None
+    annotation: str | None = None
+
+    @classmethod
+    def of(cls, manifest: Manifest, descriptor: Mapping[str, Any], by_digest: bool) -> "Anchor":
+        annotations = descriptor.get("annotations", {})
+        key = next((k for k in TOC_ANCHOR_ANNOTATIONS if k in annotations), None)
+        if key is None:
+            return cls("none", manifest.digest)
+        return cls("manifest-digest" if by_digest else "tag", manifest.digest, annotations[key], key)
+
+    def to_json(self) -> dict[str, str]:
+        found = {"kind": self.kind, "manifest": self.manifest, "tocDigest": self.toc_digest,
+                 "annotation": self.annotation}
+        return {k: v for k, v in found.items() if v is not None}
 
 
 def _digest_of(data: bytes, algorithm: str = "sha256") -> str:
@@ -324,20 +373,20 @@ class _Stats:
             self._parent.received(count)
 
 
-def _read_exact(resp: http.client.HTTPResponse, count: int, stats: _Stats) -> bytes:
+def _read_exact(resp: Response, count: int, stats: _Stats) -> bytes:
     parts: list[bytes] = []
     remaining = count
     while remaining:
         piece = resp.read(min(remaining, 1 << 20))
         if not piece:
-            raise http.client.IncompleteRead(b"".join(parts), remaining)
+            raise ConnectionError(f"the connection closed {remaining} bytes before the end of the body")
         stats.received(len(piece))
         parts.append(piece)
         remaining -= len(piece)
     return b"".join(parts)
 
 
-def _read_body(resp: http.client.HTTPResponse, limit: int, stats: _Stats, what: str) -> bytes:
+def _read_body(resp: Response, limit: int, stats: _Stats, what: str) -> bytes:
     """The whole body, refusing more than ``limit`` bytes."""
     if resp.length is not None:
         if resp.length > limit:
@@ -351,19 +400,6 @@ def _read_body(resp: http.client.HTTPResponse, limit: int, stats: _Stats, what: 
         stats.received(len(piece))
         data += piece
     raise LimitError(f"{what} is over the {limit}-byte limit")
-
-
-def _release(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
-    """Make the connection reusable: drain a small unread body, close it otherwise."""
-    if resp.isclosed():
-        return
-    try:
-        if resp.length is not None and resp.length <= _MAX_DRAIN:
-            resp.read()
-    except (OSError, http.client.HTTPException):
-        pass
-    if not resp.isclosed():
-        conn.close()
 
 
 def _parse_challenges(values: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -382,20 +418,50 @@ def _header_params(text: str) -> dict[str, str]:
 
 
 def _error_detail(body: bytes) -> str:
-    """The registry's error codes and messages, or the start of the body."""
+    """The registry's error codes and messages, or the start of the body, on one line."""
     try:
         errors = json.loads(body).get("errors")
-        return "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}" for e in errors)
+        detail = "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}" for e in errors)
     except (ValueError, AttributeError, TypeError):
-        return body[:200].decode("utf-8", "replace").strip()
+        detail = body[:200].decode("utf-8", "replace")
+    return _one_line(detail)[:300]
+
+
+def _one_line(text: object) -> str:
+    """``text`` (an exception: its innermost OS error, if any) on one line."""
+    if isinstance(text, BaseException):
+        cause = text
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+        text = cause.strerror if isinstance(cause, OSError) and cause.strerror else text
+    return " ".join(str(text).split())
 
 
 def _content_range(value: str | None) -> tuple[int, int, int | None]:
     match = _CONTENT_RANGE_RE.fullmatch((value or "").strip())
     if not match or int(match.group(2)) < int(match.group(1)):
-        raise FormatError(f"bad Content-Range {value!r} in a 206 answer")
+        raise FormatError(f"bad Content-Range {_one_line(value)[:100]!r} in a 206 answer")
     total = None if match.group(3) == "*" else int(match.group(3))
     return int(match.group(1)), int(match.group(2)), total
+
+
+def _origin_of(url: str) -> tuple[str, str]:
+    """``(scheme, host[:port])`` of an absolute http(s) URL; RegistryError for anything else."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise RegistryError(f"malformed URL {_one_line(url)[:200]!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise RegistryError(f"not an http(s) URL: {_one_line(url)[:200]!r}")
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _token_lifetime(expires_in: Any) -> float:
+    """Seconds a token is kept: ``expires_in`` within [1 s, 1 day], 60 s if absent or odd."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in != expires_in:
+        return _DEFAULT_TOKEN_LIFETIME
+    return float(min(max(expires_in, 1), _MAX_TOKEN_LIFETIME))
 
 
 class RegistryClient:
@@ -403,31 +469,41 @@ class RegistryClient:
     with authentication, retries, manifests and blobs. Thread-safe.
 
     Authentication follows the registry's 401 challenge: ``Bearer`` (a token from the realm,
-    asked with Basic credentials when given, cached per scope until it expires) or ``Basic``.
-    Connection failures, timeouts, 429 and 500/502/503/504 are retried ``retries`` times with
-    exponential back-off from ``backoff`` seconds (or ``Retry-After``, at most 10 s a wait), and
-    never past ``max_retry_time`` seconds after the first try; ``timeout`` bounds each socket
-    operation. Redirects are followed (up to 5), without credentials to other origins.
+    asked with the credentials when there are any, cached per scope until it expires) or
+    ``Basic``. Credentials are ``username``/``password``, else ``auth`` (default: an
+    :class:`~estargz.auth.Auth` reading docker's and podman's config files and credential
+    helpers). They go only to the registry itself, and to a token realm only over HTTPS when the
+    registry was reached over HTTPS (or to the registry's own origin); redirects to another
+    origin never carry them.
+
+    Every request must end within ``deadline`` seconds plus one second per MiB of the body it
+    expects (connect, headers and body together); ``timeout`` bounds connecting. Connection
+    failures, 429 and 500/502/503/504 are retried ``retries`` times with exponential back-off from
+    ``backoff`` seconds (or ``Retry-After``, at most 10 s a wait), never past ``max_retry_time``
+    seconds after the first try. Redirects are followed (up to 5). Proxies come from
+    ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``.
     """
 
     def __init__(self, registry: str, *, scheme: str | None = None, username: str | None = None,
-                 password: str | None = None, retries: int = 3, timeout: float = 30.0,
-                 backoff: float = 0.5, max_retry_time: float = 60.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 password: str | None = None, auth: Auth | None = None, retries: int = 3,
+                 timeout: float = 30.0, deadline: float = DEFAULT_DEADLINE, backoff: float = 0.5,
+                 max_retry_time: float = 60.0, ssl_context: ssl.SSLContext | None = None,
+                 proxies: Mapping[str, str] | None = None) -> None:
         if not _HOST_RE.fullmatch(registry):
             raise ValueError(f"invalid registry host {registry!r}")
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
+        if username is not None and auth is not None:
+            raise ValueError("give username and password, or auth, not both")
         self.registry = registry
         self.scheme = (scheme or _default_scheme(registry)).lower()
         if self.scheme not in ("http", "https"):
             raise ValueError(f"scheme must be http or https, not {scheme!r}")
-        self._origin = (self.scheme, _ENDPOINTS.get(registry, registry))
+        self._origin = (self.scheme, _ENDPOINTS.get(registry, registry).lower())
         self.retries, self.timeout, self.backoff, self.max_retry_time = retries, timeout, backoff, max_retry_time
-        self._credentials = (username, password) if username is not None else None
-        self._ssl_context = ssl_context
-        self._local = threading.local()
-        self._connections: list[tuple[weakref.ref[threading.Thread], http.client.HTTPConnection]] = []
+        self.deadline = deadline
+        self.auth = Auth(Credentials(username, password)) if username is not None else auth or Auth()  # type: ignore[arg-type]
+        self._transport = Transport(connect_timeout=timeout, ssl_context=ssl_context, proxies=proxies)
         self._lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._bearer: dict[str, str] | None = None
@@ -445,55 +521,12 @@ class RegistryClient:
         """Body bytes received so far."""
         return self.stats.bytes
 
-    # -- connections ---------------------------------------------------------------------
-    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
-        pool = getattr(self._local, "pool", None)
-        if pool is None:
-            pool = self._local.pool = {}
-        conn = pool.get((scheme, netloc))
-        if conn is None:
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._ssl_context)
-            else:
-                conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
-            pool[(scheme, netloc)] = conn
-            with self._lock:  # close the connections of threads that have ended (verify's pools)
-                for owner, old in self._connections:
-                    if not (owner() or _DEAD).is_alive():
-                        old.close()
-                self._connections = [(o, c) for o, c in self._connections if (o() or _DEAD).is_alive()]
-                self._connections.append((weakref.ref(threading.current_thread()), conn))
-        return conn
-
-    def _exchange(self, method: str, url: SplitResult, headers: Mapping[str, str],
-                  stats: _Stats) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """One request and its response headers; a kept-alive connection the server closed
-        meanwhile is reopened once."""
-        conn = self._connection(url.scheme, url.netloc)
-        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        for fresh in (False, True):
-            reused = conn.sock is not None
-            try:
-                conn.request(method, target, headers=dict(headers))
-                resp = conn.getresponse()
-            except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
-                conn.close()
-                if reused and not fresh:
-                    continue
-                raise
-            except BaseException:
-                conn.close()
-                raise
-            stats.request()
-            return conn, resp
-        raise AssertionError("unreachable")
+    def _credentials(self) -> Credentials | None:
+        return self.auth.lookup(self.registry)
 
     def close(self) -> None:
         """Close every connection (a later request opens new ones)."""
-        with self._lock:
-            connections = [conn for _, conn in self._connections]
-        for conn in connections:
-            conn.close()
+        self._transport.close()
 
     def __enter__(self) -> "RegistryClient":
         return self
@@ -510,57 +543,63 @@ class RegistryClient:
             return min(float(retry_after.strip()), _MAX_WAIT)
         return min(self.backoff * 2 ** attempt, _MAX_WAIT) * (0.5 + random.random() / 2)
 
-    def _status_error(self, method: str, url: str, resp: http.client.HTTPResponse, stats: _Stats,
-                     attempts: int = 1) -> EStargzError:
+    def _status_error(self, method: str, url: str, resp: Response, stats: _Stats,
+                      attempts: int = 1) -> EStargzError:
         """The typed error for an unexpected status (reads a little of the body)."""
         try:
             body = _read_body(resp, _MAX_DRAIN, stats, "error body")
-        except (EStargzError, OSError, http.client.HTTPException):
+        except _BODY_ERRORS:
             body = b""
         detail = _error_detail(body)
-        where = f"{method} {url}: HTTP {resp.status} {resp.reason}" + (f" ({detail})" if detail else "")
+        where = f"{method} {url}: HTTP {resp.status} {_one_line(resp.reason)[:100]}" + (f" ({detail})" if detail else "")
         if attempts > 1:
             where += f", after {attempts} attempts"
         if resp.status == 404:
             return NotFoundError(where)
         if resp.status in (401, 403):
             return RegistryError(f"{where}: access denied"
-                                 + (" with the credentials given" if self._credentials else " (no credentials given)"),
+                                 + (" with the credentials given" if self._credentials() else " (no credentials given)"),
                                  resp.status)
         if resp.status in _RETRY_STATUSES or resp.status >= 500:
             return RegistryError(where, resp.status)
         return FormatError(where)
 
-    def request(self, method: str, path: str, *, handle: Callable[[http.client.HTTPResponse], T],
+    def request(self, method: str, path: str, *, handle: Callable[[Response], T],
                 headers: Mapping[str, str] | None = None, scope: str | None = None,
-                stats: _Stats | None = None, authenticate: bool = True) -> T:
+                stats: _Stats | None = None, authenticate: bool = True, body: bytes | None = None,
+                expect: int = 0) -> T:
         """Send a request (a path on this registry, or an absolute URL) and return
         ``handle(response)``, which must read what it needs and raise on unwanted statuses.
 
-        ``handle`` is not called for redirects, challenges and retried statuses; it may be
-        called again when reading the body fails on a transient error.
+        ``expect`` is the body size expected, which extends the deadline. ``handle`` is not
+        called for redirects, challenges and retried statuses; it may be called again when
+        reading the body fails on a transient error.
         """
         stats = stats or self.stats
         url = path if "://" in path else self._url(path)
-        first_origin = urlsplit(url)[:2]
-        deadline = time.monotonic() + self.max_retry_time
+        first_origin = _origin_of(url)
+        seconds = self.deadline + expect / _DEADLINE_BYTES_PER_SECOND
+        retry_deadline = time.monotonic() + self.max_retry_time
         attempt = redirects = 0
         challenged = False
         while True:
-            parts = urlsplit(url)
+            origin = _origin_of(url)
             send = {"User-Agent": _USER_AGENT, **(headers or {})}
-            own = (parts.scheme, parts.netloc) == self._origin
+            own = origin == self._origin
             if authenticate and own:
                 self._authorize(send, scope, stats)
-            elif (parts.scheme, parts.netloc) != first_origin:  # redirected elsewhere: no credentials
+            elif origin != first_origin:  # redirected elsewhere: no credentials
                 send = {k: v for k, v in send.items() if k.lower() != "authorization"}
             failure: BaseException | str
             try:
-                conn, resp = self._exchange(method, parts, send, stats)
-            except _TRANSIENT as exc:
+                resp = self._transport.send(method, url, send, seconds, body)
+                stats.request()
+            except DeadlineExceeded as exc:
+                raise self._late(method, url, seconds) from exc
+            except TRANSIENT_ERRORS as exc:
                 failure, delay = exc, self._delay(attempt, None)
-            except OSError as exc:
-                raise RegistryError(f"{method} {url}: {exc}") from exc
+            except TRANSPORT_ERRORS as exc:
+                raise RegistryError(f"{method} {url}: {_one_line(exc)}") from exc
             else:
                 try:
                     status = resp.status
@@ -568,38 +607,55 @@ class RegistryClient:
                     if status in _REDIRECT_STATUSES and location:
                         if redirects >= _MAX_REDIRECTS:
                             raise FormatError(f"{method} {url}: more than {_MAX_REDIRECTS} redirects")
-                        url, redirects = urljoin(url, location), redirects + 1
+                        url, redirects = self._redirect(url, location), redirects + 1
                         continue
                     if status == 401 and authenticate and own and not challenged:
                         challenged = True
-                        _release(conn, resp)  # the token realm may be on this very connection
-                        self._on_challenge(resp.headers.get_all("WWW-Authenticate") or [], scope, stats,
+                        resp.release(_MAX_DRAIN)  # the token realm may be on this very connection
+                        self._on_challenge(resp.getheaders("WWW-Authenticate"), scope, stats,
                                            send.get("Authorization"), url)
                         continue
                     if status not in _RETRY_STATUSES:
                         return handle(resp)
                     failure, delay = f"HTTP {status}", self._delay(attempt, resp.getheader("Retry-After"))
-                    if attempt >= self.retries or time.monotonic() + delay > deadline:
+                    if attempt >= self.retries or time.monotonic() + delay > retry_deadline:
                         raise self._status_error(method, url, resp, stats, attempt + 1)
-                except _TRANSIENT as exc:
-                    conn.close()
+                except DeadlineExceeded as exc:
+                    raise self._late(method, url, seconds) from exc
+                except TRANSIENT_ERRORS as exc:
                     failure, delay = exc, self._delay(attempt, None)
-                except OSError as exc:
-                    conn.close()
-                    raise RegistryError(f"{method} {url}: {exc}") from exc
+                except TRANSPORT_ERRORS as exc:
+                    raise RegistryError(f"{method} {url}: {_one_line(exc)}") from exc
                 finally:
-                    _release(conn, resp)
-            if attempt >= self.retries or time.monotonic() + delay > deadline:
-                raise RegistryError(f"{method} {url}: {failure} (gave up after {attempt + 1} attempts)") from (
+                    resp.release(_MAX_DRAIN)
+            if attempt >= self.retries or time.monotonic() + delay > retry_deadline:
+                raise RegistryError(f"{method} {url}: {_one_line(failure)} (gave up after {attempt + 1} attempts)") from (
                     failure if isinstance(failure, BaseException) else None)
             time.sleep(delay)
             attempt += 1
 
+    @staticmethod
+    def _late(method: str, url: str, seconds: float) -> RegistryError:
+        return RegistryError(f"{method} {url}: no complete answer within the {seconds:g} s deadline")
+
+    @staticmethod
+    def _redirect(url: str, location: str) -> str:
+        try:
+            target = urljoin(url, location.strip())
+        except ValueError:
+            raise RegistryError(f"redirect from {url} to a malformed Location {_one_line(location)[:200]!r}") from None
+        _origin_of(target)
+        return target
+
     # -- authentication ------------------------------------------------------------------
-    def _basic_header(self) -> str:
-        assert self._credentials is not None
-        user, password = self._credentials
-        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    def _may_send_credentials(self, origin: tuple[str, str]) -> bool:
+        """The registry itself, or an HTTPS origin it named while reached over HTTPS."""
+        return origin == self._origin or (self._origin[0] == "https" and origin[0] == "https")
+
+    @staticmethod
+    def _basic_header(credentials: Credentials) -> str:
+        pair = f"{credentials.username}:{credentials.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
 
     def _cached_token(self, scope: str | None) -> str | None:
         with self._lock:
@@ -610,26 +666,29 @@ class RegistryClient:
         """Add the credentials that the registry asked for before, fetching a token if needed."""
         if self._bearer is not None:
             headers["Authorization"] = "Bearer " + (self._cached_token(scope) or self._fetch_token(scope, stats))
-        elif self._basic and self._credentials is not None:
-            headers["Authorization"] = self._basic_header()
+        elif self._basic:
+            credentials = self._credentials()
+            if credentials is not None:
+                headers["Authorization"] = self._basic_header(credentials)
 
     def _on_challenge(self, values: Sequence[str], scope: str | None, stats: _Stats, sent: str | None,
                       url: str) -> None:
         """Act on a 401's ``WWW-Authenticate`` values: get a token, or send Basic credentials."""
         challenges = _parse_challenges(values)
         bearer = challenges.get("bearer")
+        credentials = self._credentials()
         if bearer and bearer.get("realm"):
             with self._lock:
                 self._bearer = bearer
                 if sent and sent == f"Bearer {self._tokens.get(scope or '', ('',))[0]}":
                     del self._tokens[scope or ""]  # refused: expired or revoked
             self._fetch_token(scope, stats, bearer.get("scope"))
-        elif "basic" in challenges and self._credentials is not None and not sent:
+        elif "basic" in challenges and credentials is not None and not sent:
             self._basic = True
         else:
             kinds = ", ".join(challenges) or "no WWW-Authenticate challenge"
-            raise RegistryError(f"GET {url}: HTTP 401: authentication required ({kinds})"
-                                + ("" if self._credentials else "; no credentials given")
+            raise RegistryError(f"GET {url}: HTTP 401: authentication required ({_one_line(kinds)[:100]})"
+                                + ("" if credentials else "; no credentials given")
                                 + ("; the credentials sent were refused" if sent else ""), 401)
 
     def _fetch_token(self, scope: str | None, stats: _Stats, challenge_scope: str | None = None) -> str:
@@ -640,28 +699,32 @@ class RegistryClient:
                 return cached
             bearer = self._bearer or {}
             realm = bearer.get("realm", "")
-            if urlsplit(realm).scheme not in ("http", "https"):
-                raise FormatError(f"token realm {realm!r} is not an http(s) URL")
+            origin = _origin_of(realm)
+            credentials = self._credentials()
+            if credentials is not None and not self._may_send_credentials(origin):
+                raise RegistryError(f"refusing to send credentials for {self._origin[0]}://{self._origin[1]} "
+                                    f"to the token realm {origin[0]}://{origin[1]}")
             query = [("service", bearer["service"])] if bearer.get("service") else []
             query += [("scope", s) for s in dict.fromkeys(x for x in (challenge_scope, scope) if x)]
-            url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
-            headers = {"Authorization": self._basic_header()} if self._credentials else {}
+            method, body, headers = "GET", None, {}
+            if credentials is not None and credentials.identity_token is not None:
+                method, url = "POST", realm
+                body = urlencode([*query, ("grant_type", "refresh_token"), ("client_id", _USER_AGENT),
+                                  ("refresh_token", credentials.identity_token)]).encode()
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+            else:
+                url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
+                if credentials is not None:
+                    headers["Authorization"] = self._basic_header(credentials)
 
-            def handle(resp: http.client.HTTPResponse) -> bytes:
+            def handle(resp: Response) -> bytes:
                 if resp.status != 200:
-                    raise self._status_error("GET", url, resp, stats)
+                    raise self._status_error(method, realm, resp, stats)
                 return _read_body(resp, _MAX_SMALL_BODY, stats, "token answer")
 
-            body = self.request("GET", url, handle=handle, headers=headers, stats=stats, authenticate=False)
-            try:
-                answer = json.loads(body)
-                token = answer.get("token") or answer.get("access_token")
-                expires_in = answer.get("expires_in", 60)
-            except (ValueError, AttributeError) as exc:
-                raise FormatError(f"token answer from {realm} is not a JSON object: {exc}") from None
-            if not isinstance(token, str) or not token:
-                raise FormatError(f"token answer from {realm} has no token")
-            lifetime = max(float(expires_in) if isinstance(expires_in, (int, float)) else 60.0, 1.0)
+            answer = self.request(method, url, handle=handle, headers=headers, stats=stats,
+                                  authenticate=False, body=body)
+            token, lifetime = _parse_token(answer, origin)
             with self._lock:
                 self._tokens[scope or ""] = (token, time.monotonic() + lifetime * 0.9)
             return token
@@ -669,7 +732,7 @@ class RegistryClient:
     # -- registry API --------------------------------------------------------------------
     def ping(self) -> None:
         """``GET /v2/`` (authenticating if asked); raises unless the registry answers 200."""
-        def handle(resp: http.client.HTTPResponse) -> None:
+        def handle(resp: Response) -> None:
             if resp.status != 200:
                 raise self._status_error("GET", "/v2/", resp, self.stats)
             _read_body(resp, _MAX_SMALL_BODY, self.stats, "/v2/ answer")
@@ -685,7 +748,7 @@ class RegistryClient:
             raise ValueError(f"invalid tag or digest {reference!r}")
         path = f"/v2/{repository}/manifests/{reference}"
 
-        def handle(resp: http.client.HTTPResponse) -> tuple[bytes, str | None, str | None]:
+        def handle(resp: Response) -> tuple[bytes, str | None, str | None]:
             if resp.status != 200:
                 raise self._status_error("GET", path, resp, self.stats)
             data = _read_body(resp, MAX_MANIFEST_SIZE, self.stats, f"manifest {repository}:{reference}")
@@ -722,10 +785,9 @@ class RegistryClient:
         _check_digest(digest)
         path = f"/v2/{repository}/blobs/{digest}"
 
-        def handle(resp: http.client.HTTPResponse) -> dict[str, Any]:
+        def handle(resp: Response) -> dict[str, Any]:
             if resp.status != 200:
                 raise self._status_error("HEAD", path, resp, stats or self.stats)
-            resp.read()
             length, said = resp.getheader("Content-Length"), resp.getheader("Docker-Content-Digest")
             if not length or not length.isdigit():
                 raise FormatError(f"HEAD {path}: no Content-Length")
@@ -741,14 +803,29 @@ class RegistryClient:
         return BlobSource(self, repository, digest, size)
 
 
+def _parse_token(body: bytes, origin: tuple[str, str]) -> tuple[str, float]:
+    """The token and its lifetime from a token answer."""
+    where = f"token answer from {origin[0]}://{origin[1]}"
+    try:
+        answer = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise FormatError(f"{where} is not JSON") from None
+    if not isinstance(answer, dict):
+        raise FormatError(f"{where} is not a JSON object")
+    token = answer.get("token") or answer.get("access_token")
+    if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
+        raise FormatError(f"{where} has no usable token")
+    return token, _token_lifetime(answer.get("expires_in"))
+
+
 # -- blobs -----------------------------------------------------------------------------------
 class BlobSource:
     """The estargz Source protocol over a registry blob: ``read_at`` sends a Range request.
 
     ``size`` comes from the descriptor or a HEAD request. A registry that ignores ranges (200)
     has the blob read whole once, digest-checked and kept in memory if it is at most
-    ``max_whole_blob`` bytes; larger blobs raise LimitError. Thread-safe (a keep-alive
-    connection per thread); ``requests`` and ``bytes_transferred`` count this source's traffic.
+    ``max_whole_blob`` bytes; larger blobs raise LimitError. Thread-safe (pooled
+    keep-alive connections); ``requests`` and ``bytes_transferred`` count this source's traffic.
     """
 
     def __init__(self, client: RegistryClient, repository: str, digest: str, size: int | None = None, *,
@@ -764,6 +841,8 @@ class BlobSource:
         self._whole: bytes | None = None
         self._whole_lock = threading.Lock()
         self._multirange = True
+        self.anchor = Anchor("none")
+        """Where the TOC digest to check this blob's TOC against came from (set by :func:`open_layer`)."""
         if size is None:
             size = client.stat_blob(repository, digest, stats=self._stats)["size"]
         if size < 0:
@@ -799,12 +878,12 @@ class BlobSource:
             piece = self.client.request(
                 "GET", self._path, scope=self._scope, stats=self._stats,
                 headers={"Range": f"bytes={position}-{end - 1}", "Accept-Encoding": "identity"},
-                handle=functools.partial(self._answer, start=position, end=end))
+                expect=end - position, handle=functools.partial(self._answer, start=position, end=end))
             parts.append(piece)
             position += len(piece)
         return b"".join(parts)
 
-    def _answer(self, resp: http.client.HTTPResponse, start: int, end: int) -> bytes:
+    def _answer(self, resp: Response, start: int, end: int) -> bytes:
         """The bytes from ``start`` (some or all up to ``end``) in an answer to a range request."""
         if resp.status == 200:
             return self._load_whole(resp)[start:end]
@@ -825,7 +904,7 @@ class BlobSource:
             raise VerificationError(f"blob {self.digest} is {total} bytes, expected {self._size}")
         return first, last
 
-    def _load_whole(self, resp: http.client.HTTPResponse) -> bytes:
+    def _load_whole(self, resp: Response) -> bytes:
         """Read a 200 answer whole (once), check its digest and keep it."""
         if self._size > self.max_whole_blob:
             raise LimitError(f"GET {self._path}: the registry ignores Range requests and the blob "
@@ -842,6 +921,33 @@ class BlobSource:
                 self._whole = data
             return self._whole
 
+    def download(self, out: BinaryIO) -> None:
+        """Write the whole blob to ``out``, checking its size and digest (VerificationError)."""
+        def handle(resp: Response) -> None:
+            if resp.status != 200:
+                raise self.client._status_error("GET", self._path, resp, self._stats)
+            if resp.length is not None and resp.length != self._size:
+                raise VerificationError(f"blob {self.digest} is {resp.length} bytes, expected {self._size}")
+            out.seek(0)
+            out.truncate()
+            hasher = hashlib.new(self.digest.partition(":")[0])
+            remaining = self._size
+            while piece := resp.read(min(remaining + 1, _DOWNLOAD_PIECE)):
+                if len(piece) > remaining:
+                    raise VerificationError(f"blob {self.digest} is over the {self._size} bytes expected")
+                self._stats.received(len(piece))
+                hasher.update(piece)
+                out.write(piece)
+                remaining -= len(piece)
+            if remaining:
+                raise VerificationError(f"blob {self.digest} is {self._size - remaining} bytes, expected {self._size}")
+            digest = f"{self.digest.partition(':')[0]}:{hasher.hexdigest()}"
+            if digest != self.digest:
+                raise VerificationError(f"blob has digest {digest}, expected {self.digest}")
+
+        self.client.request("GET", self._path, scope=self._scope, stats=self._stats, expect=self._size,
+                            headers={"Accept-Encoding": "identity"}, handle=handle)
+
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of several ``(offset, length)`` ranges, in as few multi-range requests as
         the registry allows (falling back to one request per range when it refuses)."""
@@ -856,14 +962,14 @@ class BlobSource:
                 pieces = self.client.request(
                     "GET", self._path, scope=self._scope, stats=self._stats,
                     headers={"Range": f"bytes={spec}", "Accept-Encoding": "identity"},
-                    handle=functools.partial(self._multi_answer, batch=batch))
+                    expect=sum(n for _, n in batch), handle=functools.partial(self._multi_answer, batch=batch))
             for offset, length in batch:
                 data = next((p[offset - s:offset - s + length] for s, p in pieces
                              if s <= offset and offset + length <= s + len(p)), None)
                 found[(offset, length)] = data if data is not None else self.read_at(offset, length)
         return [found[(o, n)] for o, n in ranges]
 
-    def _multi_answer(self, resp: http.client.HTTPResponse, batch: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+    def _multi_answer(self, resp: Response, batch: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
         if resp.status == 200 and self._size <= self.max_whole_blob:
             return [(0, self._load_whole(resp))]
         if resp.status in (200, 416):  # ranges refused: one range a request from now on
@@ -928,7 +1034,10 @@ def open_layer(reference: str | Reference, layer_index: int | str | None = None,
     layer: an index (negative counts from the top), a layer digest, or None for an image with
     one layer. A reference ``host/repo@sha256:…`` naming a blob is that layer (its descriptor
     has no annotations). ``client_options`` go to :class:`RegistryClient`. The source owns its
-    client: close it when done. Use ``estargz.open(source, annotations=descriptor.get("annotations"))``.
+    client: close it when done. Use ``estargz.open(source, annotations=descriptor.get("annotations"))``:
+    the TOC digest annotation of a manifest whose digest was checked anchors the TOC (the
+    reader refuses a TOC that does not match it); ``source.anchor`` tells which :class:`Anchor`
+    the layer has.
     """
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     client_options.setdefault("scheme", ref.scheme)
@@ -946,6 +1055,7 @@ def open_layer(reference: str | Reference, layer_index: int | str | None = None,
         manifest = client.resolve_manifest(ref.repository, ref.reference, platform=platform)
         descriptor = _select_layer(manifest, layer_index)
         source = BlobSource(client, ref.repository, descriptor["digest"], descriptor["size"], owns_client=True)
+        source.anchor = Anchor.of(manifest, descriptor, ref.digest is not None)
         return source, descriptor
     except BaseException:
         client.close()
