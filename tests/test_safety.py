@@ -328,7 +328,7 @@ NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="without root, mknod f
 
 
 @pytest.mark.parametrize(("major", "minor"), [
-    (2**40, 0), (0, 2**40), (-1, 0),
+    (2**40, 0), (0, 2**40),
     pytest.param(4096, 0, marks=NEEDS_ROOT), pytest.param(0, 2**20, marks=NEEDS_ROOT),
 ])
 def test_extract_skips_devices_out_of_range(tmp_path: Path, major: int, minor: int) -> None:
