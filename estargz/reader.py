@@ -20,6 +20,7 @@ from .annotations import (
     TARSPLIT_POSITION_ANNOTATION,
     TOC_DIGEST_ANNOTATION,
 )
+from .blobcheck import Coverage, check_blob_structure
 from .cstoc import CSTOCEntry, decode_cs_toc, format_rfc3339nano, parse_rfc3339
 from .errors import FormatError, LimitError, NotFoundError, VerificationError
 from .extract import ExtractReport, extract
@@ -117,6 +118,8 @@ class VerifyReport:
     bytes: int
     diff_id: str | None = None
     """containers/storage zstd:chunked: the diffID of the tar rebuilt from tar-split and files."""
+    coverage: Coverage | None = field(default=None, compare=False)
+    """What the whole-blob check covered: blob bytes, compressed units, tar entries."""
 
 
 _COPIED_FIELDS = ("type", "size", "modtime", "link_name", "mode", "uid", "gid", "user_name",
@@ -377,30 +380,30 @@ class Reader:
         with self.open(name) as f:
             return f.read()
 
-    def verify(self, toc_digest: str | None = None, *, threads: int | None = None) -> VerifyReport:
-        """Check the TOC digest (if given), every chunk digest and every file digest.
+    def verify(self, toc_digest: str | None = None, *, blob_digest: str | None = None,
+               threads: int | None = None) -> VerifyReport:
+        """Check the whole blob against its TOC, and the TOC against ``toc_digest`` (if given).
 
-        Chunks are checked per entry, so blobs whose entries share a gzip member (min-chunk-size)
-        verify too. Files are checked on ``threads`` threads (default: every CPU), so the source's
-        ``read_at`` must be thread-safe. Raises VerificationError on the first mismatch.
+        Every compressed unit (gzip member: canonical header, CRC-32, ISIZE; zstd frame:
+        canonical header, content checksum), every tar header against its TOC entry, every chunk
+        against its place and digest, every file against its digest, the padding, the tar-split,
+        the TOC's unit and the footer: a blob passes only when each of its bytes is accounted
+        for. Compression formats can encode the same data in several ways, so a change that
+        decodes to the same bytes is caught only by ``blob_digest`` (the layer descriptor's
+        digest), which is checked too when given. With ``threads`` > 1 (default: more than one
+        CPU) the blob is read and inflated on a second thread. Raises VerificationError or
+        FormatError.
         """
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
+        records = self.tar_split() if self.footer.tar_split is not None else None
+        coverage = check_blob_structure(self._source, self.footer, self.data_end, self.toc_entries, records,
+                                        threaded=(threads or os.cpu_count() or 1) > 1)
+        if blob_digest is not None and blob_digest != coverage.blob_digest:
+            raise VerificationError(f"blob digest is {coverage.blob_digest}, expected {blob_digest}")
         files = [entry for entry in self._names.values() if entry.type == "reg"]
-        if self.format == FORMAT_ZSTD_CHUNKED and self.footer.tar_split is not None:
-            # Rebuilding the tar reads every file once, checking each chunk against its digest
-            # (single-chunk files against their file digest) and each file against its CRC-64.
-            for entry in files:
-                if entry.size == 0 and entry.digest and entry.digest != _hex_digest(b""):
-                    raise VerificationError(f"digest mismatch for empty file {entry.name!r}")
-            diff_hash = hashlib.sha256()
-            for piece in self.iter_rebuilt_tar():
-                diff_hash.update(piece)
-            return VerifyReport(self.toc_digest, len(files), sum(len(e.chunks) for e in files),
-                                sum(e.size for e in files), "sha256:" + diff_hash.hexdigest())
-        with ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="estargz-verify") as pool:
-            counts = list(pool.map(self._verify_file, files))
-        return VerifyReport(self.toc_digest, len(files), sum(c for c, _ in counts), sum(n for _, n in counts))
+        return VerifyReport(self.toc_digest, len(files), sum(len(e.chunks) for e in files),
+                            sum(e.size for e in files), coverage.stream_digest, coverage)
 
     def tar_split(self) -> list[TarSplitEntry]:
         """The tar-split records of a containers/storage zstd:chunked blob, checked against the
