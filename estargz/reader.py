@@ -6,6 +6,7 @@ import datetime as _dt
 import hashlib
 import io
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -44,6 +45,10 @@ _MAX_SYMLINKS = 40
 #: Largest chunk the reader inflates into memory.
 MAX_CHUNK_SIZE = 512 << 20
 _READ_PIECE = 1 << 20
+#: Most bytes one compressed byte inflates to (deflate's limit is 1032; zstd's is higher).
+_MAX_INFLATE_RATIO = 1 << 16
+#: Chunks larger than this are held in a temporary file, not in memory, while a file reads them.
+_SPOOL_CHUNK_SIZE = 8 << 20
 #: Zero bytes accepted after the TOC JSON (padding and end-of-archive blocks).
 _MAX_TOC_TRAILER = 64 << 10
 
@@ -333,17 +338,61 @@ class Reader:
 
     # -- contents --------------------------------------------------------------------------
     def read_chunk(self, chunk: Chunk, *, name: str = "") -> bytes:
-        """The uncompressed bytes of one chunk, checked against its chunk digest if it has one."""
+        """The uncompressed bytes of one chunk, checked against its chunk digest.
+
+        A chunk whose TOC entry has no chunk digest is read through its file
+        (:meth:`open`), which checks the whole file against its digest first.
+        """
+        return b"".join(self._verified_chunk(chunk, name))
+
+    def _chunk_pieces(self, chunk: Chunk, name: str) -> Iterator[bytes]:
+        """The chunk's bytes in pieces of at most 1 MiB, unchecked; FormatError if it is short."""
+        span = chunk.next_offset - chunk.offset
+        if chunk.inner_offset > _MAX_INFLATE_RATIO * span:
+            raise LimitError(f"chunk of {name!r}: inner offset {chunk.inner_offset} is more than "
+                             f"{span} compressed bytes can hold")
         want = chunk.inner_offset + chunk.chunk_size
         inflated = _InflatedStream(self._inflate(self._pieces(chunk.offset, chunk.next_offset), want))
         inflated.skip(chunk.inner_offset)
-        data = inflated.read(chunk.chunk_size)
-        if len(data) != chunk.chunk_size:
-            raise FormatError(f"chunk at offset {chunk.offset} of {name!r} holds fewer bytes than the TOC says")
-        if chunk.chunk_digest and _hex_digest(data) != chunk.chunk_digest:
-            raise VerificationError(
-                f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
-        return data
+        remaining = chunk.chunk_size
+        while remaining:
+            piece = inflated.read(min(_READ_PIECE, remaining))
+            if not piece:
+                raise FormatError(f"chunk at offset {chunk.offset} of {name!r} holds fewer bytes than the TOC says")
+            remaining -= len(piece)
+            yield piece
+
+    def _verified_chunk(self, chunk: Chunk, name: str) -> Iterator[bytes]:
+        """The chunk's pieces; VerificationError after the last one if they miss its digest."""
+        if not chunk.chunk_digest:
+            raise VerificationError(f"chunk of {name!r} at file offset {chunk.chunk_offset} has no digest: "
+                                    "read it through the file, which is checked whole")
+        chunk_hash = hashlib.sha256()
+        for piece in self._chunk_pieces(chunk, name):
+            chunk_hash.update(piece)
+            yield piece
+        if "sha256:" + chunk_hash.hexdigest() != chunk.chunk_digest:
+            raise VerificationError(f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
+
+    def _derive_chunk_digests(self, entry: Entry) -> None:
+        """Check a file that lacks chunk digests against its file digest, streaming, and record
+        the digest of each of its chunks, so later reads of single chunks are checked too."""
+        if not entry.digest:
+            raise VerificationError(f"{entry.name!r} has no digest to verify its contents")
+        file_hash = hashlib.sha256()
+        derived = []
+        for chunk in entry.chunks:
+            chunk_hash = hashlib.sha256()
+            for piece in self._chunk_pieces(chunk, entry.name):
+                chunk_hash.update(piece)
+                file_hash.update(piece)
+            derived.append("sha256:" + chunk_hash.hexdigest())
+        if "sha256:" + file_hash.hexdigest() != entry.digest:
+            raise VerificationError(f"digest mismatch for {entry.name!r}")
+        for chunk, digest in zip(entry.chunks, derived, strict=True):
+            if chunk.chunk_digest and chunk.chunk_digest != digest:
+                raise VerificationError(f"chunk digest mismatch in {entry.name!r} at file offset {chunk.chunk_offset}")
+            chunk.chunk_digest = digest
 
     def resolve(self, name: str) -> Entry:
         """The entry ``name`` leads to with its symlinks followed inside the layer, as a path
@@ -439,21 +488,6 @@ class Reader:
                 raise VerificationError(f"digest mismatch for {entry.name!r}")
 
         return iter_tar(records, content)
-
-    def _verify_file(self, entry: Entry) -> tuple[int, int]:
-        """Check one regular file; return (chunks read, bytes read)."""
-        if entry.size == 0:
-            if entry.digest and entry.digest != _hex_digest(b""):
-                raise VerificationError(f"digest mismatch for empty file {entry.name!r}")
-            return 0, 0
-        if not entry.digest and not all(c.chunk_digest for c in entry.chunks):
-            raise VerificationError(f"{entry.name!r} has no digest to verify its contents")
-        file_hash = hashlib.sha256()
-        for chunk in entry.chunks:
-            file_hash.update(self.read_chunk(chunk, name=entry.name))
-        if entry.digest and "sha256:" + file_hash.hexdigest() != entry.digest:
-            raise VerificationError(f"digest mismatch for {entry.name!r}")
-        return len(entry.chunks), entry.size
 
     def unpack(self, out: BinaryIO) -> int:
         """Write the layer as a plain tar to ``out``; return the number of bytes written.
@@ -678,14 +712,46 @@ class _ForwardTee:
             pass
 
 
+class _HeldChunk:
+    """A chunk's checked bytes: in memory, or in a temporary file when large."""
+
+    def __init__(self, pieces: Iterator[bytes], size: int) -> None:
+        self._file: BinaryIO | None = None
+        self._data = b""
+        if size > _SPOOL_CHUNK_SIZE:
+            self._file = tempfile.TemporaryFile()
+            try:
+                for piece in pieces:
+                    self._file.write(piece)
+            except BaseException:
+                self._file.close()
+                raise
+        else:
+            self._data = b"".join(pieces)
+
+    def read(self, start: int, size: int) -> bytes:
+        if self._file is None:
+            return self._data[start:start + size]
+        self._file.seek(start)
+        return self._file.read(size)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 class EntryFile(RangeFile):
-    """Random access to one regular file; each read inflates only the chunks it touches."""
+    """Random access to one regular file; each read inflates only the chunks it touches.
+
+    No byte is returned before it is checked: each chunk against its chunk digest, and a file
+    whose TOC entry lacks chunk digests against its file digest first (streaming, once).
+    """
 
     def __init__(self, reader: Reader, entry: Entry) -> None:
         super().__init__(entry.size)
         self._reader = reader
         self.entry = entry
-        self._cached: tuple[Chunk, bytes] | None = None
+        self._cached: tuple[Chunk, _HeldChunk] | None = None
 
     def _chunk_at(self, offset: int) -> Chunk:
         chunks = self.entry.chunks
@@ -698,22 +764,37 @@ class EntryFile(RangeFile):
                 hi = mid - 1
         return chunks[lo]
 
+    def _held(self, chunk: Chunk) -> _HeldChunk:
+        if self._cached is not None and self._cached[0] is chunk:
+            return self._cached[1]
+        if not all(c.chunk_digest for c in self.entry.chunks):
+            self._reader._derive_chunk_digests(self.entry)
+        held = _HeldChunk(self._reader._verified_chunk(chunk, self.entry.name), chunk.chunk_size)
+        self._drop_cache()
+        self._cached = (chunk, held)
+        return held
+
+    def _drop_cache(self) -> None:
+        if self._cached is not None:
+            self._cached[1].close()
+            self._cached = None
+
     def pread(self, size: int, offset: int) -> bytes:
         """Up to ``size`` bytes at ``offset``, without moving the file position."""
         end = min(self.entry.size, offset + size)
         parts = []
         while offset < end:
             chunk = self._chunk_at(offset)
-            if self._cached is not None and self._cached[0] is chunk:
-                data = self._cached[1]
-            else:
-                data = self._reader.read_chunk(chunk, name=self.entry.name)
-                self._cached = (chunk, data)
-            start = offset - chunk.chunk_offset
-            piece = data[start:start + end - offset]
+            piece = self._held(chunk).read(offset - chunk.chunk_offset, end - offset)
+            if not piece:
+                raise FormatError(f"chunks of {self.entry.name!r} do not cover offset {offset}")
             parts.append(piece)
             offset += len(piece)
         return b"".join(parts)
+
+    def close(self) -> None:
+        self._drop_cache()
+        super().close()
 
 
 def open_blob(src: SourceLike, *, toc_digest: str | None = None, toc: SourceLike | None = None,
