@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterator
-from queue import Full, Queue
-from typing import TypeVar
 from dataclasses import dataclass
+from queue import Full, Queue
+from typing import BinaryIO, TypeVar
 
 import zstandard
 from isal import isal_zlib
@@ -28,9 +29,10 @@ from .footer import (
     ESTARGZ,
     ESTARGZ_EXTERNAL_TOC,
     ESTARGZ_LEGACY,
-    ZSTD_CHUNKED_40,
+    MAX_FOOTER_SIZE,
     ZSTD_CHUNKED_56,
     ZSTD_CHUNKED_64,
+    Footer,
     external_toc_footer,
     gzip_footer,
     legacy_gzip_footer,
@@ -38,12 +40,10 @@ from .footer import (
     skippable_frame,
     zstd_chunked_footer_40,
     zstd_chunked_footer_64,
-    MAX_FOOTER_SIZE,
-    Footer,
 )
 from .source import Source
 from .tarsplit import FILE_TYPE, TarSplitEntry, crc64_iso
-from .tarstream import BLOCK, TarEntry, iter_entries, padding
+from .tarstream import BLOCK, TarEntry, iter_entries
 from .toc import EMPTY_DIGEST, TOCEntry, clean_name
 
 __all__ = ["Coverage", "check_blob_structure"]
@@ -66,6 +66,7 @@ _TAR_CHECKSUM_FIELD = re.compile(rb"[0-7]{6}\x00 ")
 _EXTENSION_FLAGS = frozenset(b"xgLK")
 _HALF_SECOND_NS = 500_000_000
 _AHEAD_BLOCKS = 8
+_HOLD_IN_MEMORY = 8 << 20
 _POLL_SECONDS = 0.05
 _T = TypeVar("_T")
 _FOOTER_56_PADDING = 16
@@ -88,6 +89,10 @@ class Coverage:
     """sha256 of the whole blob (its layer digest), computed while checking."""
     stream_digest: str | None
     """sha256 of the inflated data area, when a tar-split describes it (its diffID)."""
+    has_end_marker: bool
+    """Whether the tar stream of the data area ends with an end-of-archive marker."""
+    written: int
+    """Bytes written to ``out``."""
 
 
 class _Cursor:
@@ -255,7 +260,7 @@ def _ahead(items: Iterator[_T], depth: int) -> Iterator[_T]:
                 if not put(item):
                     return
             put(_DONE)
-        except BaseException as exc:  # handed to the consumer
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer)
             put(_Failed(exc))
 
     worker = threading.Thread(target=produce, name="estargz-verify-inflate", daemon=True)
@@ -314,6 +319,32 @@ class _Segments:
             raise VerificationError("the data ends before the tar-split does")
 
 
+class _Held:
+    """Inflated bytes held back until what they belong to is checked, then written to ``out``;
+    large runs go to a temporary file instead of memory."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._spool = tempfile.SpooledTemporaryFile(max_size=_HOLD_IN_MEMORY)  # noqa: SIM115 (closed by close)
+        self.written = 0
+
+    def hold(self, data: bytes) -> None:
+        self._spool.write(data)
+
+    def release(self) -> None:
+        if not self._spool.tell():
+            return
+        self._spool.seek(0)
+        while data := self._spool.read(_PIECE):
+            self._out.write(data)
+            self.written += len(data)
+        self._spool.seek(0)
+        self._spool.truncate()
+
+    def close(self) -> None:
+        self._spool.close()
+
+
 class _UnitStream:
     """The inflated data area as a forward-only file that knows which unit each byte came from.
 
@@ -321,8 +352,11 @@ class _UnitStream:
     until :meth:`take_recorded` so the tar headers the parser read can be checked.
     """
 
-    def __init__(self, units: Iterator[tuple[int, bytes]], segments: _Segments | None) -> None:
+    def __init__(self, units: Iterator[tuple[int, bytes]], segments: _Segments | None,
+                 held: _Held | None = None) -> None:
         self._units = units
+        self.held = held
+        self.short_read = False
         self._segments = segments
         self._block = b""
         self._index = 0
@@ -357,6 +391,9 @@ class _UnitStream:
             parts.append(piece)
             have += len(piece)
         data = b"".join(parts)
+        self.short_read = have < size
+        if self.held is not None:
+            self.held.hold(data)
         if self._segments is not None:
             self.hash.update(data)  # type: ignore[union-attr]
             self._segments.feed(data)
@@ -373,6 +410,11 @@ class _UnitStream:
             if data.count(0) != len(data):
                 raise VerificationError(f"non-zero padding in the tar stream before offset {self.position}")
         return self.position
+
+    def release(self) -> None:
+        """Everything read so far is checked: let it out."""
+        if self.held is not None:
+            self.held.release()
 
     def take_recorded(self) -> bytes:
         data = b"".join(self._recorded)
@@ -483,8 +525,9 @@ def _check_file_data(stream: _UnitStream, entry: TOCEntry, chunks: list[TOCEntry
         raise VerificationError(f"digest mismatch for {where}")
 
 
-def _walk_tar(stream: _UnitStream, toc_entries: list[TOCEntry], lossless: bool) -> int:
-    """Match the tar stream entry by entry to the TOC; return the number of entries."""
+def _walk_tar(stream: _UnitStream, toc_entries: list[TOCEntry], lossless: bool) -> tuple[int, bool]:
+    """Match the tar stream entry by entry to the TOC; return the number of entries and whether
+    the stream has an end-of-archive marker."""
     groups = _toc_groups(toc_entries)
     count = 0
     stream.take_recorded()
@@ -499,7 +542,9 @@ def _walk_tar(stream: _UnitStream, toc_entries: list[TOCEntry], lossless: bool) 
         elif toc.type == "reg" and toc.digest and toc.digest != EMPTY_DIGEST:
             raise VerificationError(f"digest mismatch for empty file {toc.name!r}")
         stream.seek(tar.end_offset)
+        stream.release()
         count += 1
+    has_marker = not stream.short_read
     _check_header_blocks(stream.take_recorded(), "the end of the archive")
     missing = next(groups, None)
     if missing is not None:
@@ -513,7 +558,7 @@ def _walk_tar(stream: _UnitStream, toc_entries: list[TOCEntry], lossless: bool) 
             raise VerificationError("tar entries hidden after an end-of-archive block")
     while stream.read(_PIECE, record=False):
         pass
-    return count
+    return count, has_marker
 
 
 def _expected_footer(footer: Footer) -> bytes:
@@ -587,12 +632,14 @@ def _check_gzip_toc(source: Source, start: int, end: int, xfl: set[int]) -> None
 
 
 def check_blob_structure(source: Source, footer: Footer, data_end: int, toc_entries: list[TOCEntry],
-                         tar_split: list[TarSplitEntry] | None, *, threaded: bool = True) -> Coverage:
+                         tar_split: list[TarSplitEntry] | None, *, threaded: bool = True,
+                         out: BinaryIO | None = None) -> Coverage:
     """Check every byte of the blob: data units, tar stream against the TOC, TOC unit, footer.
 
     ``footer`` and ``data_end`` are what the reader found; ``tar_split`` are the checked
     tar-split records of a containers/storage blob, which must describe the data byte for byte.
     With ``threaded``, the data is read and inflated on a worker thread ahead of the checks.
+    With ``out``, the inflated data is written there, each part only once it is checked.
     """
     found = _blob_footer(source, footer)
     gzip = footer.toc_length is None
@@ -604,10 +651,16 @@ def check_blob_structure(source: Source, footer: Footer, data_end: int, toc_entr
     cursor = _Cursor(source, 0, data_end)
     segments = None if tar_split is None else _Segments(tar_split)
     units = _units(cursor, data_end, gzip, xfl)
-    stream = _UnitStream(_ahead(units, _AHEAD_BLOCKS) if threaded else units, segments)
-    entries = _walk_tar(stream, toc_entries, lossless=segments is not None)
-    if segments is not None:
-        segments.finish()
+    held = None if out is None else _Held(out)
+    try:
+        stream = _UnitStream(_ahead(units, _AHEAD_BLOCKS) if threaded else units, segments, held)
+        entries, has_marker = _walk_tar(stream, toc_entries, lossless=segments is not None)
+        if segments is not None:
+            segments.finish()
+        stream.release()
+    finally:
+        if held is not None:
+            held.close()
     if gzip:
         if footer.toc_offset is not None:
             _check_gzip_toc(source, data_end, size - footer_size, xfl)
@@ -622,4 +675,5 @@ def check_blob_structure(source: Source, footer: Footer, data_end: int, toc_entr
     while tail.piece():
         pass
     digest = None if stream.hash is None else "sha256:" + stream.hash.hexdigest()
-    return Coverage(size, cursor.units, entries, stream.position, "sha256:" + cursor.hash.hexdigest(), digest)
+    return Coverage(size, cursor.units, entries, stream.position, "sha256:" + cursor.hash.hexdigest(), digest,
+                    has_marker, 0 if held is None else held.written)

@@ -8,7 +8,6 @@ import io
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -492,19 +491,20 @@ class Reader:
     def unpack(self, out: BinaryIO) -> int:
         """Write the layer as a plain tar to ``out``; return the number of bytes written.
 
-        That is the blob's data inflated, without the TOC entry. When the data has no
+        That is the blob's data inflated, without the TOC entry, checked as :meth:`verify` does:
+        each part is written only once it is checked (a file once its digests match), so a
+        bad blob stops the output before any unchecked byte. When the data has no
         end-of-archive marker (every blob with a TOC inside), one is added. Blobs that keep the
         input's bytes (keep-diff-id, containers/storage zstd:chunked) unpack to the original tar
         byte for byte whenever it ended with its marker, as tars do.
         """
-        tee = _ForwardTee(self._inflate(self._pieces(0, self.data_end)), out)
-        for _ in iter_entries(tee):  # type: ignore[arg-type]
-            pass
-        if tee.exhausted:
-            tee.write(bytes(2 * BLOCK))
-        else:
-            tee.copy_rest()
-        return tee.written
+        records = self.tar_split() if self.footer.tar_split is not None else None
+        coverage = check_blob_structure(self._source, self.footer, self.data_end, self.toc_entries, records,
+                                        threaded=(os.cpu_count() or 1) > 1, out=out)
+        if coverage.has_end_marker:
+            return coverage.written
+        out.write(bytes(2 * BLOCK))
+        return coverage.written + 2 * BLOCK
 
     def extract(self, dest: str | os.PathLike[str]) -> ExtractReport:
         """Extract the layer below ``dest``; see :func:`estargz.extract.extract`."""
@@ -676,42 +676,6 @@ class _InflatedStream:
             size -= skipped
 
 
-class _ForwardTee:
-    """A forward-only stream over inflated blocks that copies everything it passes to ``out``.
-
-    Lets the tar parser walk the layer (seeking forward over payloads) while the bytes stream out.
-    """
-
-    def __init__(self, blocks: Iterator[bytes], out: BinaryIO) -> None:
-        self._inflated = _InflatedStream(blocks)
-        self._out = out
-        self._position = 0
-        self.written = 0
-        self.exhausted = False
-
-    def write(self, data: bytes) -> None:
-        self._out.write(data)
-        self.written += len(data)
-
-    def read(self, size: int) -> bytes:
-        data = self._inflated.read(size)
-        self._position += len(data)
-        self.exhausted = len(data) < size
-        self.write(data)
-        return data
-
-    def seek(self, position: int) -> int:
-        if position < self._position:
-            raise FormatError("tar stream goes backwards")
-        while self._position < position and not self.exhausted:
-            self.read(min(position - self._position, _READ_PIECE))
-        return self._position
-
-    def copy_rest(self) -> None:
-        while self.read(_READ_PIECE):
-            pass
-
-
 class _HeldChunk:
     """A chunk's checked bytes: in memory, or in a temporary file when large."""
 
@@ -719,7 +683,7 @@ class _HeldChunk:
         self._file: BinaryIO | None = None
         self._data = b""
         if size > _SPOOL_CHUNK_SIZE:
-            self._file = tempfile.TemporaryFile()
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the cache)
             try:
                 for piece in pieces:
                     self._file.write(piece)
