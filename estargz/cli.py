@@ -335,10 +335,15 @@ def _cmd_cat(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     with _open(args) as blob:
         report = blob.verify(args.toc_digest)
-    summary = {"ok": True, "tocDigest": report.toc_digest, "files": report.files,
-               "chunks": report.chunks, "bytes": report.bytes}
+    summary: dict[str, object] = {"ok": True, "tocDigest": report.toc_digest, "files": report.files,
+                                  "chunks": report.chunks, "bytes": report.bytes}
     if report.diff_id is not None:
         summary["diffID"] = report.diff_id
+    if report.coverage is not None:
+        coverage = report.coverage
+        summary["covered"] = {"blobBytes": coverage.blob_bytes, "blobSize": blob.size,
+                              "blobDigest": coverage.blob_digest, "units": coverage.units,
+                              "tarEntries": coverage.tar_entries, "uncompressedBytes": coverage.uncompressed_bytes}
     print(json.dumps(summary, indent=2))
     return 0
 
