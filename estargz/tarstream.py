@@ -137,7 +137,7 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
         except ValueError:
             length = 0
         end = pos + length
-        if length <= space - pos + 1 or end > len(data) or data[end - 1:end] != b"\n":
+        if space < pos or length <= space - pos + 1 or end > len(data) or data[end - 1:end] != b"\n":
             raise FormatError("tar PAX header: malformed record")
         key, eq, value = data[space + 1:end - 1].partition(b"=")
         if not eq:

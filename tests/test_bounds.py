@@ -283,3 +283,26 @@ def test_pax_numbers_outside_64_bits(records):
 def test_pax_time_at_the_lower_int64_bound():
     entry, = iter_entries(io.BytesIO(pax_tar({"mtime": "-9223372036854775808.25"})))
     assert entry.mtime == (-(1 << 63) - 1, 750_000_000)
+
+
+def test_pax_record_without_a_length_is_refused():
+    # A record after a well-formed one, with no "LENGTH " prefix: it must not be read as empty.
+    data = b"10 path=a\nk=v\n"
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        pax = tarfile.TarInfo("pax")
+        pax.type, pax.size = tarfile.XHDTYPE, len(data)
+        tar.addfile(pax, io.BytesIO(data))
+        tar.addfile(tarfile.TarInfo("a"), io.BytesIO(b""))
+    code = f"""
+import io, resource
+resource.setrlimit(resource.RLIMIT_CPU, (3, 3))
+from estargz.tarstream import iter_entries
+from estargz import FormatError
+try:
+    list(iter_entries(io.BytesIO({out.getvalue()!r})))
+except FormatError as exc:
+    print("refused:", exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "refused: tar PAX header: malformed record", proc.stderr
