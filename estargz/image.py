@@ -19,10 +19,11 @@ import posixpath
 import re
 import stat
 import tarfile
+import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Union
 
 import zstandard
@@ -58,7 +59,9 @@ from .formats import (
     ZSTD_LAYER_MEDIA_TYPE,
 )
 from .output import atomic_output, refuse_overlap, remove_path, temp_dir
+from .push import DOCKER_PREFIX, PushResult, parse_destination, push_layout
 from .reader import open_blob
+from .registry import Manifest, Reference, RegistryClient, parse_reference
 from .source import RangeFile
 from .tocimage import (
     REF_NAME_ANNOTATION,
@@ -152,6 +155,8 @@ class ImageResult:
     skipped: tuple[str, ...] = ()
     """Digests of index entries left out: attestation manifests, and with ``platforms=None``
     manifests whose blob is not in the source (partial multi-platform exports)."""
+    pushed: PushResult | None = None
+    """With a registry destination: what was pushed."""
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready summary."""
@@ -165,6 +170,7 @@ class ImageResult:
             "layers": {k: v if isinstance(v, str) else v.to_json() for k, v in self.layers.items()},
             "tocImages": [manifest(m) for m in self.toc_images],
             "skipped": list(self.skipped),
+            **({"pushed": self.pushed.to_json()} if self.pushed is not None else {}),
         }
 
 
@@ -237,6 +243,11 @@ class _Store:
     def resolve(self, name: str) -> str:
         """The canonical name of ``name`` (symlinks followed); NotFoundError if it is absent."""
         raise NotImplementedError
+
+    def size(self, name: str) -> int:
+        """The size of a blob (without reading it where the store can tell)."""
+        with self.open(name) as blob:
+            return blob.size
 
     def exists(self, name: str) -> bool:
         try:
@@ -321,6 +332,99 @@ class _TarStore(_Store):
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class _RegistryStore(_Store):
+    """An image in a registry seen as an OCI layout: ``index.json`` names the referenced manifest
+    (tagged with the reference's tag), manifests are fetched up front and checked against their
+    digests, and every other blob is downloaded, digest-checked, to an anonymous temporary file
+    when it is opened."""
+
+    def __init__(self, ref: Reference, client_options: Mapping[str, Any]) -> None:
+        self.ref = ref
+        self.client = RegistryClient(ref.registry, **{"scheme": ref.scheme, **client_options})
+        try:
+            top = self.client.get_manifest(ref.repository, ref.reference)
+            self._files: dict[str, bytes] = {}
+            self._absent: set[str] = set()
+            self._add_manifest(top, 0)
+            entry: dict[str, Any] = {"mediaType": top.media_type, "digest": top.digest, "size": len(top.data)}
+            if ref.tag and not ref.digest:
+                entry["annotations"] = {REF_NAME_ANNOTATION: ref.tag}
+            self._files["index.json"] = _dumps({"schemaVersion": 2, "manifests": [entry]})
+        except BaseException:
+            self.client.close()
+            raise
+
+    def _add_manifest(self, manifest: Manifest, depth: int) -> None:
+        self._files[_blob_name(manifest.digest)] = manifest.data
+        if not manifest.is_index:
+            return
+        if depth >= _MAX_DEPTH:
+            raise LimitError(f"indexes nested more than {_MAX_DEPTH} deep")
+        children = manifest.content.get("manifests")
+        if not isinstance(children, list):
+            raise FormatError(f"index {manifest.digest} has no manifests list")
+        for number, value in enumerate(children):
+            digest = _descriptor(value, f"entry {number} of index {manifest.digest}")["digest"]
+            if _blob_name(digest) in self._files:
+                continue
+            try:
+                child = self.client.get_manifest(self.ref.repository, digest)
+            except NotFoundError:
+                self._absent.add(_blob_name(digest))
+                continue
+            self._add_manifest(child, depth + 1)
+
+    def resolve(self, name: str) -> str:
+        name = _clean(name)
+        if name in self._files or (name.startswith("blobs/") and name not in self._absent):
+            return name
+        raise NotFoundError(f"{name} is not in {self.ref}")
+
+    def size(self, name: str) -> int:
+        name = self.resolve(name)
+        if name in self._files:
+            return len(self._files[name])
+        return int(self.client.stat_blob(self.ref.repository, _name_digest(name))["size"])
+
+    def open(self, name: str) -> _Blob:
+        name = self.resolve(name)
+        with tempfile.TemporaryFile() as spool:
+            if name in self._files:
+                spool.write(self._files[name])
+            else:
+                with self.client.blob(self.ref.repository, _name_digest(name)) as source:
+                    source.download(spool)
+            spool.flush()
+            fd = os.dup(spool.fileno())
+        return _Blob(fd, 0, os.fstat(fd).st_size, owns_fd=True)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _name_digest(name: str) -> str:
+    """The digest of a ``blobs/<algorithm>/<hex>`` name."""
+    _, algorithm, encoded = name.split("/")
+    return f"{algorithm}:{encoded}"
+
+
+def _registry_reference(value: object) -> Reference | None:
+    """The registry reference ``value`` names (``docker://…``, or ``host/repo…`` that is not a
+    local path), or None for a local path."""
+    if not isinstance(value, str):
+        return None
+    if value.startswith(DOCKER_PREFIX):
+        return parse_destination(value)
+    host, slash, _ = value.partition("/")
+    if not slash or os.path.lexists(value) or os.path.lexists(host) \
+            or not ("." in host or ":" in host or host == "localhost"):
+        return None
+    try:
+        return parse_reference(value)
+    except ValueError:
+        return None
 
 
 def _open_store(source: str) -> _Store:
@@ -730,10 +834,7 @@ class _Converter:
 
     # -- layers --------------------------------------------------------------------------
     def convert_layers(self) -> None:
-        sizes = {}
-        for name in self.layers:
-            with self.store.open(name) as blob:
-                sizes[name] = blob.size
+        sizes = {name: self.store.size(name) for name in self.layers}
         tracker = _Progress(self.progress_callback, sum(sizes.values()), self.layer_progress)
         pool = ThreadPoolExecutor(self.layer_jobs, thread_name_prefix="estargz-layer")
         futures: list[Future[_Outcome]] = []
@@ -984,6 +1085,7 @@ def convert_image(
     layer_progress: LayerProgress | None = None,
     archive: bool | None = None,
     overwrite: bool = False,
+    registry_options: Mapping[str, Any] | None = None,
     **layer_options: Any,
 ) -> ImageResult:
     """Convert every layer of an image to ``format`` and write the image as an OCI layout.
@@ -1022,16 +1124,23 @@ def convert_image(
     wanted = _parse_platforms(platforms)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // layer_jobs)
+    source_ref = _registry_reference(source)
+    destination_ref = _registry_reference(destination)
+    if destination_ref is not None:
+        return _convert_to_registry(source, destination_ref, source_ref, registry_options or {}, format=format,
+                                    platforms=platforms, reuse=reuse, threads=threads, layer_jobs=layer_jobs,
+                                    progress=progress, layer_progress=layer_progress, **layer_options)
     target = os.path.abspath(os.fspath(destination))
     if archive is None:
         archive = target.endswith(".tar")
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"no such directory: {parent}")
-    refuse_overlap(source, target)
+    if source_ref is None:
+        refuse_overlap(source, target)
     if not overwrite and _occupied(target):
         raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
-    store = _open_store(os.fspath(source))
+    store = _RegistryStore(source_ref, registry_options or {}) if source_ref else _open_store(os.fspath(source))
     try:
         with temp_dir(target) as build:
             layout = os.path.join(build, "layout") if archive else build
@@ -1054,3 +1163,19 @@ def convert_image(
         store.close()
     layers = {o.source_digest: (o.result if o.result is not None else REUSED) for o in converter.outcomes.values()}
     return ImageResult(target, format, tuple(manifests), layers, tuple(toc_images), tuple(converter.skipped))
+
+
+def _convert_to_registry(source: PathLike, destination: Reference, source_ref: Reference | None,
+                         registry_options: Mapping[str, Any], **options: Any) -> ImageResult:
+    """Convert into a temporary layout, then push it; blobs of a source on the same registry
+    are mounted rather than uploaded when the conversion kept them."""
+    if destination.digest:
+        raise ValueError(f"a converted image gets a new digest: name a tag, not {destination.digest}")
+    with temp_dir(os.path.join(tempfile.gettempdir(), "estargz-push")) as build:
+        result = convert_image(source, build, overwrite=True, archive=False, registry_options=registry_options,
+                               **options)
+        same_registry = source_ref is not None and source_ref.registry == destination.registry \
+            and source_ref.repository != destination.repository
+        pushed = push_layout(build, destination, mount_from=source_ref.repository if same_registry else None,
+                             **{"scheme": destination.scheme, **registry_options})
+    return replace(result, destination=pushed.reference, pushed=pushed)

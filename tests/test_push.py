@@ -1,0 +1,210 @@
+"""Pushing to a real registry (Debian's docker-registry on loopback), read back with skopeo.
+
+Layouts are pushed with estargz.push.push_layout and images converted straight to and from the
+registry with estargz.convert_image; skopeo inspects and pulls what was pushed, and the pulled
+layout must hold the very manifests and blobs (same digests) that a local conversion writes.
+A proxy that drops a connection in the middle of an upload checks the resume, a corrupt blob
+checks that no tag is left naming a partial image.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from helpers import sha256
+from test_image_registry import TAG, read_blob, source_layout, tagged
+
+import estargz
+from estargz.errors import NotFoundError, UnsupportedInputError, VerificationError
+from estargz.image import convert_image
+from estargz.push import push_layout
+from estargz.registry import RegistryClient
+
+pytestmark = pytest.mark.interop
+
+
+def run_skopeo(binary: Path, *args: str) -> bytes:
+    proc = subprocess.run([str(binary), *args], capture_output=True, timeout=120, check=False,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"skopeo {' '.join(args)}: {proc.stderr.decode(errors='replace')}"
+    return proc.stdout
+
+
+def pull(binary: Path, ref: str, layout: Path, tag: str = TAG) -> None:
+    run_skopeo(binary, "copy", "-q", "--preserve-digests", "--src-tls-verify=false",
+           f"docker://{ref}", f"oci:{layout}:{tag}")
+
+
+def blobs_of(layout: Path, tag: str = TAG) -> dict[str, bytes]:
+    """Every blob the tagged manifest reaches (manifest, config, layers), by digest."""
+    entry = tagged(layout, tag)
+    manifest_raw = read_blob(layout, entry)
+    manifest = json.loads(manifest_raw)
+    found = {entry["digest"]: manifest_raw, manifest["config"]["digest"]: read_blob(layout, manifest["config"])}
+    found.update({layer["digest"]: read_blob(layout, layer) for layer in manifest["layers"]})
+    return found
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return source_layout(tmp_path_factory.mktemp("push") / "src").root
+
+
+def test_push_layout_pulls_back_with_skopeo(source: Path, docker_registry: Any, skopeo: Path,
+                                            tmp_path: Path) -> None:
+    ref = f"{docker_registry.host}/push/plain:{TAG}"
+    result = push_layout(source, ref)
+    entry = tagged(source, TAG)
+    assert result.digest == entry["digest"] and result.tags == [TAG]
+    assert sorted(result.uploaded) == sorted(set(blobs_of(source)) - {entry["digest"]})
+    inspected = json.loads(run_skopeo(skopeo, "inspect", "--tls-verify=false", f"docker://{ref}"))
+    assert inspected["Digest"] == entry["digest"]
+    pull(skopeo, ref, tmp_path / "pulled")
+    assert blobs_of(tmp_path / "pulled") == blobs_of(source)
+
+    again = push_layout(source, f"docker://{ref}")
+    assert again.uploaded == [] and sorted(again.existing) == sorted(result.uploaded)
+
+
+@pytest.mark.parametrize("layer_format", [estargz.FORMAT_ESTARGZ, estargz.FORMAT_ZSTD_CHUNKED])
+def test_converted_image_pushed_matches_local_conversion(source: Path, docker_registry: Any, skopeo: Path,
+                                                         tmp_path: Path, layer_format: str) -> None:
+    local = tmp_path / "local"
+    convert_image(source, local, format=layer_format)
+    ref = f"{docker_registry.host}/push/converted-{layer_format.replace(':', '-')}:{TAG}"
+    result = convert_image(source, f"docker://{ref}", format=layer_format)
+    assert result.pushed is not None and result.pushed.digest == tagged(local, TAG)["digest"]
+    assert result.destination == f"{docker_registry.host}/{ref.split('/', 1)[1].split(':')[0]}@{result.pushed.digest}"
+    pull(skopeo, ref, tmp_path / "pulled")
+    assert blobs_of(tmp_path / "pulled") == blobs_of(local)
+
+
+def test_registry_to_registry_conversion(source: Path, docker_registry: Any, skopeo: Path, tmp_path: Path) -> None:
+    plain = f"{docker_registry.host}/push/r2r-source:{TAG}"
+    push_layout(source, plain)
+    local = tmp_path / "local"
+    convert_image(source, local)
+    converted = f"{docker_registry.host}/push/r2r-esgz:{TAG}"
+    result = convert_image(plain, converted)
+    assert result.pushed is not None and result.pushed.digest == tagged(local, TAG)["digest"]
+    pull(skopeo, converted, tmp_path / "pulled")
+    assert blobs_of(tmp_path / "pulled") == blobs_of(local)
+
+    # Already eStargz: with reuse nothing is converted, and every blob is mounted, none uploaded.
+    copy = f"{docker_registry.host}/push/r2r-copy:{TAG}"
+    again = convert_image(f"docker://{converted}", copy, reuse=True)
+    assert set(again.layers.values()) == {estargz.REUSED}
+    assert again.pushed is not None and again.pushed.digest == result.pushed.digest
+    assert again.pushed.uploaded == []
+    assert sorted(again.pushed.mounted) == sorted(set(blobs_of(local)) - {result.pushed.digest})
+
+
+def test_layout_with_two_images_is_refused(source: Path, docker_registry: Any, tmp_path: Path) -> None:
+    layout = tmp_path / "two"
+    shutil.copytree(source, layout)
+    index = json.loads((layout / "index.json").read_text())
+    config = json.loads(read_blob(layout, json.loads(read_blob(layout, index["manifests"][0]))["config"]))
+    manifest = json.loads(read_blob(layout, index["manifests"][0]))
+    config["os"] = "plan9"
+    data = json.dumps(config).encode()
+    (layout / "blobs" / "sha256" / sha256(data)[7:]).write_bytes(data)
+    manifest["config"] = {**manifest["config"], "digest": sha256(data), "size": len(data)}
+    raw = json.dumps(manifest).encode()
+    (layout / "blobs" / "sha256" / sha256(raw)[7:]).write_bytes(raw)
+    index["manifests"].append({"mediaType": manifest["mediaType"], "digest": sha256(raw), "size": len(raw)})
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(UnsupportedInputError, match="2 images"):
+        push_layout(layout, f"{docker_registry.host}/push/two:{TAG}")
+
+
+def test_corrupt_blob_leaves_no_tag(source: Path, docker_registry: Any, tmp_path: Path) -> None:
+    layout = tmp_path / "corrupt"
+    shutil.copytree(source, layout)
+    manifest = json.loads(read_blob(layout, tagged(layout, TAG)))
+    path = layout / "blobs" / "sha256" / manifest["layers"][1]["digest"][7:]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match=manifest["layers"][1]["digest"]):
+        push_layout(layout, f"{docker_registry.host}/push/corrupt:{TAG}")
+    with RegistryClient(docker_registry.host) as client, pytest.raises(NotFoundError):
+        client.get_manifest("push/corrupt", TAG)
+
+
+class DroppingProxy:
+    """A TCP proxy to the registry that cuts the connection once, ``after`` bytes into the
+    first PATCH request it forwards."""
+
+    def __init__(self, upstream: str, after: int) -> None:
+        host, port = upstream.split(":")
+        self.upstream = (host, int(port))
+        self.after = after
+        self.dropped = 0
+        self.patches = 0
+        self._lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, outgoing: bool) -> None:
+        counting: int | None = None
+        try:
+            while data := source.recv(65536):
+                if outgoing and b"PATCH " in data:
+                    with self._lock:
+                        self.patches += 1
+                        if not self.dropped:
+                            counting = 0
+                if counting is not None:
+                    counting += len(data)
+                    if counting > self.after:
+                        with self._lock:
+                            self.dropped += 1
+                        target.sendall(data[: len(data) // 2])
+                        break
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def proxy(docker_registry: Any) -> Iterator[DroppingProxy]:
+    dropping = DroppingProxy(docker_registry.host, after=100_000)
+    yield dropping
+    dropping.close()
+
+
+def test_upload_resumes_after_a_dropped_connection(source: Path, proxy: DroppingProxy, docker_registry: Any,
+                                                   skopeo: Path, tmp_path: Path) -> None:
+    ref = f"{proxy.host}/push/resumed:{TAG}"
+    result = push_layout(source, ref, chunk_size=256 << 10, jobs=1, backoff=0.01)
+    assert proxy.dropped == 1
+    assert result.digest == tagged(source, TAG)["digest"]
+    pull(skopeo, f"{docker_registry.host}/push/resumed:{TAG}", tmp_path / "pulled")
+    assert blobs_of(tmp_path / "pulled") == blobs_of(source)
