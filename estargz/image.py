@@ -1086,6 +1086,7 @@ def convert_image(
     archive: bool | None = None,
     overwrite: bool = False,
     registry_options: Mapping[str, Any] | None = None,
+    sign_with: Any = None,
     **layer_options: Any,
 ) -> ImageResult:
     """Convert every layer of an image to ``format`` and write the image as an OCI layout.
@@ -1126,8 +1127,11 @@ def convert_image(
         threads = max(1, (os.cpu_count() or 1) // layer_jobs)
     source_ref = _registry_reference(source)
     destination_ref = _registry_reference(destination)
+    if sign_with is not None and destination_ref is None:
+        raise ValueError("sign_with needs a registry destination")
     if destination_ref is not None:
-        return _convert_to_registry(source, destination_ref, source_ref, registry_options or {}, format=format,
+        return _convert_to_registry(source, destination_ref, source_ref, registry_options or {}, sign_with,
+                                    format=format,
                                     platforms=platforms, reuse=reuse, threads=threads, layer_jobs=layer_jobs,
                                     progress=progress, layer_progress=layer_progress, **layer_options)
     target = os.path.abspath(os.fspath(destination))
@@ -1166,7 +1170,7 @@ def convert_image(
 
 
 def _convert_to_registry(source: PathLike, destination: Reference, source_ref: Reference | None,
-                         registry_options: Mapping[str, Any], **options: Any) -> ImageResult:
+                         registry_options: Mapping[str, Any], sign_with: Any, **options: Any) -> ImageResult:
     """Convert into a temporary layout, then push it; blobs of a source on the same registry
     are mounted rather than uploaded when the conversion kept them."""
     if destination.digest:
@@ -1177,5 +1181,5 @@ def _convert_to_registry(source: PathLike, destination: Reference, source_ref: R
         same_registry = source_ref is not None and source_ref.registry == destination.registry \
             and source_ref.repository != destination.repository
         pushed = push_layout(build, destination, mount_from=source_ref.repository if same_registry else None,
-                             **{"scheme": destination.scheme, **registry_options})
+                             sign_with=sign_with, **{"scheme": destination.scheme, **registry_options})
     return replace(result, destination=pushed.reference, pushed=pushed)

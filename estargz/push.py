@@ -60,11 +60,13 @@ class PushResult:
     """Blobs mounted from another repository of the registry."""
     manifests: list[str] = field(default_factory=list)
     """Manifests and indexes put, in the order they were put."""
+    signatures: list[str] = field(default_factory=list)
+    """Digests of the signature manifests put (``sign_with``)."""
 
     def to_json(self) -> dict[str, object]:
         return {"reference": self.reference, "digest": self.digest, "mediaType": self.media_type,
                 "tags": self.tags, "uploaded": self.uploaded, "existing": self.existing,
-                "mounted": self.mounted, "manifests": self.manifests}
+                "mounted": self.mounted, "manifests": self.manifests, "signatures": self.signatures}
 
 
 def parse_destination(text: str) -> Reference:
@@ -170,12 +172,14 @@ def _roots(layout: _Layout, tag: str | None) -> list[tuple[dict[str, Any], str |
 
 def push_layout(layout: PathLike, destination: str | Reference, *, client: RegistryClient | None = None,
                 mount_from: str | None = None, jobs: int = _DEFAULT_JOBS,
-                chunk_size: int = DEFAULT_UPLOAD_CHUNK, **client_options: Any) -> PushResult:
+                chunk_size: int = DEFAULT_UPLOAD_CHUNK, sign_with: Any = None,
+                **client_options: Any) -> PushResult:
     """Push the image of an OCI layout directory to ``destination`` (``host/repo:tag``,
     ``host/repo@digest`` or with ``docker://``), with its TOC image (tag ``TAG-esgztoc``) if
     the layout has one. ``jobs`` blobs go up at once. ``mount_from`` names a repository of
     the same registry to mount blobs from. ``client`` (else one made from ``client_options``,
-    see :class:`RegistryClient`) does the requests.
+    see :class:`RegistryClient`) does the requests. ``sign_with`` (an ECDSA private key, see
+    :func:`estargz.sign.load_private_key`) signs each pushed image before its tag is put.
 
     A destination digest must be the image's (VerificationError). Errors:
     :class:`RegistryError` and the others of :class:`RegistryClient`, FormatError for a
@@ -202,6 +206,12 @@ def push_layout(layout: PathLike, destination: str | Reference, *, client: Regis
         for digest, data, media_type in plan.manifests:
             client.put_manifest(ref.repository, digest, data, media_type)
             result.manifests.append(digest)
+        if sign_with is not None:
+            from .sign import sign_image
+
+            for descriptor, tag in roots:
+                identity = Reference(ref.registry, ref.repository, tag, None, ref.scheme)
+                result.signatures.append(sign_image(client, identity, descriptor["digest"], sign_with))
         for descriptor, tag in roots:
             if tag:
                 media_type = next(m for d, _, m in plan.manifests if d == descriptor["digest"])

@@ -270,7 +270,9 @@ TOC_ANCHOR_ANNOTATIONS = (TOC_DIGEST_ANNOTATION, MANIFEST_CHECKSUM_ANNOTATION, L
 class Anchor:
     """What a lazily read layer's TOC is checked against, and how far that is trusted.
 
-    ``kind``: ``manifest-digest`` (the TOC digest comes from a manifest named by digest),
+    ``kind``: ``signature`` (the TOC digest comes from a manifest whose digest, or whose index's
+    digest, ``manifest``, carries a signature checked with the key given), ``manifest-digest``
+    (the TOC digest comes from a manifest named by digest),
     ``tag`` (from the manifest a tag named, as the registry served it) or ``none`` (no TOC digest
     from a checked manifest: a bare blob, or a layer descriptor without the annotation).
     """
@@ -1221,7 +1223,8 @@ class BlobSource:
 
 # -- layers ----------------------------------------------------------------------------------
 def open_layer(reference: str | Reference, layer_index: int | str | None = None, *,
-               platform: str | None = None, **client_options: Any) -> tuple[BlobSource, dict[str, Any]]:
+               platform: str | None = None, verify_with: Any = None,
+               **client_options: Any) -> tuple[BlobSource, dict[str, Any]]:
     """A layer of a remote image as a :class:`BlobSource` and its descriptor.
 
     ``reference`` names a tag or manifest digest (indexes are resolved by ``platform``,
@@ -1233,11 +1236,18 @@ def open_layer(reference: str | Reference, layer_index: int | str | None = None,
     the TOC digest annotation of a manifest whose digest was checked anchors the TOC (the
     reader refuses a TOC that does not match it); ``source.anchor`` tells which :class:`Anchor`
     the layer has.
+
+    ``verify_with`` (an ECDSA public key, see :func:`estargz.sign.load_public_key`) first checks
+    a sigstore signature of the manifest the reference names (VerificationError if there is
+    none by that key for this image), and then requires the layer's TOC digest annotation: the
+    anchor is then ``signature``.
     """
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     client_options.setdefault("scheme", ref.scheme)
     client = RegistryClient(ref.registry, **client_options)
     try:
+        if verify_with is not None:
+            return _open_signed_layer(client, ref, layer_index, platform, verify_with)
         if ref.digest and layer_index is None and platform is None:
             try:
                 descriptor = client.stat_blob(ref.repository, ref.digest)
@@ -1255,3 +1265,21 @@ def open_layer(reference: str | Reference, layer_index: int | str | None = None,
     except BaseException:
         client.close()
         raise
+
+
+def _open_signed_layer(client: RegistryClient, ref: Reference, layer_index: int | str | None,
+                       platform: str | None, key: Any) -> tuple[BlobSource, dict[str, Any]]:
+    """The layer of a signed image: signature, then manifest digest, then TOC digest annotation."""
+    from .sign import verify_image
+
+    top = client.get_manifest(ref.repository, ref.reference)
+    verify_image(client, ref, top.digest, key)
+    manifest = client.resolve_manifest(ref.repository, top, platform=platform)
+    descriptor = _select_layer(manifest, layer_index)
+    anchor = Anchor.of(manifest, descriptor, True)
+    if anchor.toc_digest is None:
+        raise VerificationError(f"layer {descriptor['digest']} of the signed image {top.digest} has no TOC "
+                                "digest annotation to anchor a lazy read")
+    source = BlobSource(client, ref.repository, descriptor["digest"], descriptor["size"], owns_client=True)
+    source.anchor = Anchor("signature", top.digest, anchor.toc_digest, anchor.annotation)
+    return source, descriptor
