@@ -200,7 +200,7 @@ def proxy(docker_registry: Any) -> Iterator[DroppingProxy]:
     dropping.close()
 
 
-def test_upload_resumes_after_a_dropped_connection(source: Path, proxy: DroppingProxy, docker_registry: Any,
+def test_upload_survives_a_dropped_connection(source: Path, proxy: DroppingProxy, docker_registry: Any,
                                                    skopeo: Path, tmp_path: Path) -> None:
     ref = f"{proxy.host}/push/resumed:{TAG}"
     result = push_layout(source, ref, chunk_size=256 << 10, jobs=1, backoff=0.01)
