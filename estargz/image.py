@@ -1089,7 +1089,8 @@ def convert_image(
     sign_with: Any = None,
     **layer_options: Any,
 ) -> ImageResult:
-    """Convert every layer of an image to ``format`` and write the image as an OCI layout.
+    """Convert every layer of an image to ``format`` and write the image as an OCI layout, or
+    push it to a registry.
 
     ``source`` is an OCI image layout directory, an OCI archive (an uncompressed tar of a layout),
     or a ``docker save`` archive (legacy, or the newer layout with manifest.json), as a tar or a
@@ -1106,6 +1107,12 @@ def convert_image(
     compression threads (default: the CPUs shared among the jobs). ``layer_progress(digest, done,
     total)`` follows each layer (from worker threads, one call at a time). ``progress(done, total)``
     counts source layer bytes; it is called from worker threads.
+
+    ``source`` may be a registry reference (``host/repo:tag``, ``host/repo@sha256:…``, or with
+    ``docker://``) and ``destination`` a registry reference ``host/repo:tag``: blobs are
+    downloaded (digest-checked), the image is built in a temporary layout and pushed with
+    :func:`estargz.push.push_layout` (``ImageResult.pushed``), signed with ``sign_with`` (an ECDSA
+    private key) if given. ``registry_options`` go to :class:`~estargz.RegistryClient`.
 
     ``layer_options`` go to :func:`estargz.convert` for every layer: ``chunk_size``,
     ``compression_level``, ``min_chunk_size``, ``external_toc``, ``keep_diff_id``. With
