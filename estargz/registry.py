@@ -842,7 +842,7 @@ class RegistryClient:
         location = resp.getheader("Location")
         if not location:
             raise FormatError(f"{path}: HTTP {resp.status} without a Location")
-        target = self._redirect(self._url(path), location)
+        target = self._redirect(path if "://" in path else self._url(path), location)
         if _origin_of(target) != self._origin:
             raise FormatError(f"{path}: the upload location {_one_line(location)[:200]!r} is on another origin")
         return target

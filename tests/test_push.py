@@ -9,11 +9,15 @@ checks that no tag is left naming a partial image.
 
 from __future__ import annotations
 
+import http.server
+import io
 import json
+import random
 import shutil
 import socket
 import subprocess
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -208,3 +212,83 @@ def test_upload_survives_a_dropped_connection(source: Path, proxy: DroppingProxy
     assert result.digest == tagged(source, TAG)["digest"]
     pull(skopeo, f"{docker_registry.host}/push/resumed:{TAG}", tmp_path / "pulled")
     assert blobs_of(tmp_path / "pulled") == blobs_of(source)
+
+
+class ResumingRegistry(http.server.BaseHTTPRequestHandler):
+    """Blob uploads as the distribution spec describes them, with a session that survives a
+    broken chunk: the first PATCH keeps half its body and then the connection is cut."""
+
+    uploads: dict[str, bytearray]
+    blobs: dict[str, bytes]
+    counts: Counter
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def reply(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in {"Content-Length": "0", **(headers or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def upload_id(self) -> str:
+        return self.path.split("?")[0].rsplit("/", 1)[1]
+
+    def do_HEAD(self) -> None:
+        digest = self.path.rsplit("/", 1)[1]
+        self.reply(200, {"Content-Length": str(len(self.blobs[digest]))}) if digest in self.blobs else self.reply(404)
+
+    def do_POST(self) -> None:
+        self.counts["POST"] += 1
+        name = f"u{self.counts['POST']}"
+        self.uploads[name] = bytearray()
+        self.reply(202, {"Location": f"/v2/r/blobs/uploads/{name}"})
+
+    def do_PATCH(self) -> None:
+        upload = self.uploads[self.upload_id()]
+        start, _ = (int(x) for x in self.headers["Content-Range"].split("-"))
+        length = int(self.headers["Content-Length"])
+        if start != len(upload):
+            self.rfile.read(length)
+            self.reply(416, {"Range": f"0-{len(upload) - 1}"})
+            return
+        if not self.counts["dropped"]:
+            self.counts["dropped"] += 1
+            upload += self.rfile.read(length // 2)
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        upload += self.rfile.read(length)
+        self.counts["received"] += length
+        self.reply(202, {"Location": self.path, "Range": f"0-{len(upload) - 1}"})
+
+    def do_GET(self) -> None:
+        self.counts["GET"] += 1
+        upload = self.uploads[self.upload_id()]
+        self.reply(204, {"Location": self.path, "Range": f"0-{len(upload) - 1}"})
+
+    def do_PUT(self) -> None:
+        digest = self.path.split("digest=")[1].replace("%3A", ":")
+        data = bytes(self.uploads.pop(self.upload_id()))
+        if sha256(data) != digest:
+            self.reply(400)
+            return
+        self.blobs[digest] = data
+        self.reply(201, {"Docker-Content-Digest": digest})
+
+
+def test_upload_goes_on_from_where_the_registry_got() -> None:
+    handler = type("Handler", (ResumingRegistry,), {"uploads": {}, "blobs": {}, "counts": Counter()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data = random.Random(7).randbytes(600_000)
+    try:
+        with RegistryClient(f"127.0.0.1:{server.server_address[1]}", backoff=0.01) as client:
+            client.upload_blob("r", sha256(data), io.BytesIO(data), len(data), chunk_size=200_000)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert handler.blobs == {sha256(data): data}
+    assert handler.counts["POST"] == 1 and handler.counts["dropped"] == 1 and handler.counts["GET"] == 1
+    assert handler.counts["received"] == len(data) - 100_000  # the kept half is not sent again
