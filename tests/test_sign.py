@@ -255,3 +255,83 @@ def test_cli_keygen_sign_and_read_with_key(signed: dict[str, Any], tmp_path: Pat
     refused = cli("cat", signed["ref"], "--layer", "1", "--key", "o.pub", SMALL_FILE, cwd=tmp_path)
     assert refused.returncode == 1 and refused.stdout == "" and "no valid signature" in refused.stderr
     assert refused.stderr.strip().count("\n") == 0
+
+
+# -- against an independent implementation (Go's crypto and golang.org/x/crypto) ---------------
+
+SIGCHECK_BUILD = Path(__file__).parent / "interop" / "build_sigcheck.sh"
+
+
+@pytest.fixture(scope="module")
+def sigcheck() -> Path:
+    """tests/interop/sigcheck built from Debian's Go packages; skipped when it cannot be built,
+    except in CI, where that fails."""
+    proc = subprocess.run(["bash", str(SIGCHECK_BUILD)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=900, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not os.access(lines[-1], os.X_OK):
+        message = f"sigcheck did not build: {proc.stderr.strip()[-500:]}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return Path(lines[-1])
+
+
+def go(sigcheck: Path, *args: str | Path) -> str:
+    proc = subprocess.run([str(sigcheck), *map(str, args)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def push_signature(client: RegistryClient, repository: str, manifest_digest: str, payload: bytes,
+                   signature: str) -> None:
+    """A sigstore attachment put together here, around a payload and signature made elsewhere."""
+    config = b'{"architecture":"","os":"","config":{},"rootfs":{"type":"layers","diff_ids":[]}}'
+    for data in (payload, config):
+        client.upload_blob(repository, sha256(data), BytesIO(data), len(data))
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config),
+                           "size": len(config)},
+                "layers": [{"mediaType": SIG_MEDIA_TYPE, "digest": sha256(payload), "size": len(payload),
+                            "annotations": {SIG_ANNOTATION: signature}}]}
+    client.put_manifest(repository, f"sha256-{manifest_digest[7:]}.sig", json.dumps(manifest).encode(),
+                        manifest["mediaType"])
+
+
+@pytest.mark.interop
+def test_go_reads_estargz_keys_and_estargz_checks_go_signatures(signed: dict[str, Any], sigcheck: Path,
+                                                                 tmp_path: Path) -> None:
+    assert cli("keygen", "--output-prefix", "e", cwd=tmp_path, password="pw").returncode == 0
+    assert go(sigcheck, "public", tmp_path / "e.key", "pw") == (tmp_path / "e.pub").read_text()
+    # Go signs the unsigned image with the key estargz made; estargz checks it.
+    ref = f"{signed['host']}/sign/app:plain"
+    payload = json.dumps({"critical": {"identity": {"docker-reference": ref},
+                                       "image": {"docker-manifest-digest": signed["plain"]},
+                                       "type": "cosign container image signature"}, "optional": None}).encode()
+    (tmp_path / "payload").write_bytes(payload)
+    signature = go(sigcheck, "sign", tmp_path / "e.key", "pw", tmp_path / "payload").strip()
+    with RegistryClient(signed["host"]) as client:
+        push_signature(client, "sign/go", signed["plain"], payload, signature)
+        public = load_public_key(tmp_path / "e.pub")
+        with pytest.raises(VerificationError, match="not .*/sign/go"):
+            verify_image(client, f"{signed['host']}/sign/go:plain", signed["plain"], public)
+        push_signature(client, "sign/app", signed["plain"], payload, signature)
+        assert verify_image(client, ref, signed["plain"], public).docker_reference == ref
+
+
+@pytest.mark.interop
+def test_estargz_signs_with_go_keys_and_go_checks(signed: dict[str, Any], sigcheck: Path, tmp_path: Path) -> None:
+    go(sigcheck, "keygen", tmp_path / "g", "pw")
+    key = load_private_key(tmp_path / "g.key", b"pw")
+    ref = f"{signed['host']}/sign/gokey:{TAG}"
+    with RegistryClient(signed["host"]) as client:
+        sign_image(client, ref, signed["digest"], key)
+        attachment = client.get_manifest("sign/gokey", f"sha256-{signed['digest'][7:]}.sig")
+        [layer] = attachment.content["layers"]
+        payload = client.blob("sign/gokey", layer["digest"], layer["size"]).read_at(0, layer["size"])
+    (tmp_path / "payload").write_bytes(payload)
+    go(sigcheck, "verify", tmp_path / "g.pub", tmp_path / "payload", layer["annotations"][SIG_ANNOTATION])
+    (tmp_path / "payload").write_bytes(payload.replace(b"gokey", b"gokez"))
+    proc = subprocess.run([str(sigcheck), "verify", str(tmp_path / "g.pub"), str(tmp_path / "payload"),
+                           layer["annotations"][SIG_ANNOTATION]], capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 1
