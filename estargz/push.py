@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -38,6 +39,7 @@ __all__ = ["push_layout", "PushResult", "parse_destination", "DOCKER_PREFIX"]
 #: The transport prefix skopeo writes before registry references.
 DOCKER_PREFIX = "docker://"
 _MAX_DEPTH = 8
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 _DEFAULT_JOBS = 4
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -81,11 +83,9 @@ class _Layout:
         self.root = root
 
     def path(self, digest: object) -> str:
-        if not isinstance(digest, str) or digest.count(":") != 1:
+        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
             raise FormatError(f"invalid digest {digest!r} in the layout")
         algorithm, encoded = digest.split(":")
-        if algorithm not in ("sha256", "sha512") or not encoded.isalnum():
-            raise FormatError(f"invalid digest {digest!r} in the layout")
         return os.path.join(self.root, "blobs", algorithm, encoded)
 
     def read_json(self, name: str, limit: int = MAX_MANIFEST_SIZE) -> tuple[bytes, Any]:
@@ -199,9 +199,10 @@ def push_layout(layout: PathLike, destination: str | Reference, *, client: Regis
     if client is None:
         client_options.setdefault("scheme", ref.scheme)
         client = RegistryClient(ref.registry, **client_options)
+    manifests = {digest: (data, media_type) for digest, data, media_type in plan.manifests}
+    image = roots[0][0]["digest"]
     try:
-        result = PushResult(f"{ref.registry}/{ref.repository}@{roots[0][0]['digest']}", roots[0][0]["digest"],
-                            next(m for d, _, m in plan.manifests if d == roots[0][0]["digest"]))
+        result = PushResult(f"{ref.registry}/{ref.repository}@{image}", image, manifests[image][1])
         _push_blobs(client, ref.repository, store, plan.blobs, result, mount_from, jobs, chunk_size)
         for digest, data, media_type in plan.manifests:
             client.put_manifest(ref.repository, digest, data, media_type)
@@ -214,9 +215,7 @@ def push_layout(layout: PathLike, destination: str | Reference, *, client: Regis
                 result.signatures.append(sign_image(client, identity, descriptor["digest"], sign_with))
         for descriptor, tag in roots:
             if tag:
-                media_type = next(m for d, _, m in plan.manifests if d == descriptor["digest"])
-                data = next(x for d, x, _ in plan.manifests if d == descriptor["digest"])
-                client.put_manifest(ref.repository, tag, data, media_type)
+                client.put_manifest(ref.repository, tag, *manifests[descriptor["digest"]])
                 result.tags.append(tag)
         return result
     finally:

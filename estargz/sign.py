@@ -66,6 +66,9 @@ _MAX_KEY_FILE = 64 << 10
 _MAX_SIGNATURES = 64
 _PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.S)
 _HEX_DIGEST_RE = re.compile(r"(sha256|sha512):([0-9a-f]+)")
+_DOCKER_HUB = "docker.io"
+#: The names cosign and docker give Docker Hub in signed references.
+_DOCKER_HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
 KeyInput = Union[bytes, str, "os.PathLike[str]"]
 
@@ -305,10 +308,15 @@ def _check_signature(client: RegistryClient, ref: Reference, layer: Any, manifes
         signed = parse_reference(identity) if isinstance(identity, str) else None
     except ValueError:
         signed = None
-    if signed is None or (signed.registry, signed.repository) != (ref.registry, ref.repository) \
+    if signed is None or (_hub(signed.registry), signed.repository) != (_hub(ref.registry), ref.repository) \
             or (ref.tag and signed.tag and signed.tag != ref.tag and not ref.digest):
         raise VerificationError(f"a signature for {identity!r}, not {_identity(ref)}")
     return identity
+
+
+def _hub(registry: str) -> str:
+    """Docker Hub under the one name references use for it."""
+    return _DOCKER_HUB if registry in _DOCKER_HUB_NAMES else registry
 
 
 def _fetch_small(client: RegistryClient, repository: str, digest: object, size: int) -> bytes:
