@@ -12,10 +12,12 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import os
 import random
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -26,7 +28,7 @@ from helpers import sha256
 from test_image_registry import TAG, read_blob, source_layout, tagged
 
 import estargz
-from estargz.errors import NotFoundError, UnsupportedInputError, VerificationError
+from estargz.errors import FormatError, NotFoundError, UnsupportedInputError, VerificationError
 from estargz.image import convert_image
 from estargz.push import push_layout
 from estargz.registry import RegistryClient
@@ -292,3 +294,43 @@ def test_upload_goes_on_from_where_the_registry_got() -> None:
     assert handler.blobs == {sha256(data): data}
     assert handler.counts["POST"] == 1 and handler.counts["dropped"] == 1 and handler.counts["GET"] == 1
     assert handler.counts["received"] == len(data) - 100_000  # the kept half is not sent again
+
+
+class ElsewhereRegistry(ResumingRegistry):
+    """Answers an upload with a Location on another origin."""
+
+    def do_POST(self) -> None:
+        self.counts["POST"] += 1
+        self.reply(202, {"Location": "http://127.0.0.2:9/v2/r/blobs/uploads/x"})
+
+
+def test_upload_location_on_another_origin_is_refused() -> None:
+    handler = type("Handler", (ElsewhereRegistry,), {"uploads": {}, "blobs": {}, "counts": Counter()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with RegistryClient(f"127.0.0.1:{server.server_address[1]}") as client, \
+                pytest.raises(FormatError, match="another origin"):
+            client.upload_blob("r", sha256(b"data"), io.BytesIO(b"data"), 4)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cli_image_push(source: Path, docker_registry: Any, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), *sys.path])}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "estargz", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=300, check=False)
+
+    ref = f"docker://{docker_registry.host}/push/cli:{TAG}"
+    done = cli("image", "push", str(source), ref)
+    assert done.returncode == 0, done.stderr
+    pushed = json.loads(done.stdout)
+    assert pushed["digest"] == tagged(source, TAG)["digest"] and pushed["tags"] == [TAG]
+    refused = cli("image", "convert", str(source), str(tmp_path / "out"), "--sign", "k.key")
+    assert refused.returncode == 2 and "--sign needs a registry DESTINATION" in refused.stderr
+    missing = cli("image", "push", str(tmp_path / "nothing"), ref)
+    assert missing.returncode == 1 and missing.stderr.startswith("estargz: error:")
+    assert missing.stderr.strip().count("\n") == 0
