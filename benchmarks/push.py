@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import make_stdlib_tar, run_child  # noqa: E402
-from lazy import start_registry  # noqa: E402
+from compare import make_stdlib_tar, run_child
+from lazy import start_registry
 
-from estargz.push import push_layout  # noqa: E402
+from estargz.push import push_layout
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 BLOCK = 1 << 20
@@ -51,9 +51,9 @@ def gzip_layout(tar: Path, directory: Path) -> None:
         return {"mediaType": media_type, "digest": "sha256:" + digest, "size": len(data)}
 
     compressed = directory / "layer.gz"
-    with open(tar, "rb") as src, open(compressed, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
-            shutil.copyfileobj(src, out, BLOCK)
+    with open(tar, "rb") as src, open(compressed, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
+        shutil.copyfileobj(src, out, BLOCK)
     layer_digest = file_digest(compressed)
     compressed.rename(blobs / layer_digest[7:])
     layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest,
@@ -98,7 +98,7 @@ def main() -> None:
                     "--dest-compress-format", "zstd:chunked", f"docker://{source}"],
             }
             print(f"layer: {(work / 'layer.tar').stat().st_size / 1e6:.1f} MB tar\n")
-            print("| command | seconds (median of %d) | max RSS MB |" % args.runs)
+            print(f"| command | seconds (median of {args.runs}) | max RSS MB |")
             print("|---|---|---|")
             for name, command in commands.items():
                 seconds, peaks = [], []

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .errors import EStargzError
@@ -189,13 +190,14 @@ def _cmd_image_convert(args: argparse.Namespace) -> int:
 _PRIVATE_KEY_MODE = 0o600
 
 
-def _private_key(path: str) -> object:
+def _private_key(path: str) -> Any:
+    """The signing key at ``path`` (sign.py, and its PyNaCl, imported only when signing)."""
     from .sign import load_private_key
 
     return load_private_key(path)
 
 
-def _public_key(path: str) -> object:
+def _public_key(path: str) -> Any:
     from .sign import load_public_key
 
     return load_public_key(path)

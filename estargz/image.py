@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import zstandard
 from isal import igzip
@@ -70,6 +70,10 @@ from .tocimage import (
     toc_image_manifest,
 )
 from .writer import BuildResult, convert
+
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 
 __all__ = [
     "convert_image", "ImageResult", "ConvertedManifest", "REUSED", "LAYER_OPTIONS",
@@ -1086,7 +1090,7 @@ def convert_image(
     archive: bool | None = None,
     overwrite: bool = False,
     registry_options: Mapping[str, Any] | None = None,
-    sign_with: Any = None,
+    sign_with: EllipticCurvePrivateKey | None = None,
     **layer_options: Any,
 ) -> ImageResult:
     """Convert every layer of an image to ``format`` and write the image as an OCI layout, or
@@ -1177,7 +1181,8 @@ def convert_image(
 
 
 def _convert_to_registry(source: PathLike, destination: Reference, source_ref: Reference | None,
-                         registry_options: Mapping[str, Any], sign_with: Any, **options: Any) -> ImageResult:
+                         registry_options: Mapping[str, Any], sign_with: EllipticCurvePrivateKey | None,
+                         **options: Any) -> ImageResult:
     """Convert into a temporary layout, then push it; blobs of a source on the same registry
     are mounted rather than uploaded when the conversion kept them."""
     if destination.digest:
@@ -1185,8 +1190,8 @@ def _convert_to_registry(source: PathLike, destination: Reference, source_ref: R
     with temp_dir(os.path.join(tempfile.gettempdir(), "estargz-push")) as build:
         result = convert_image(source, build, overwrite=True, archive=False, registry_options=registry_options,
                                **options)
-        same_registry = source_ref is not None and source_ref.registry == destination.registry \
-            and source_ref.repository != destination.repository
-        pushed = push_layout(build, destination, mount_from=source_ref.repository if same_registry else None,
+        mount_from = source_ref.repository if source_ref is not None and source_ref.registry == destination.registry \
+            and source_ref.repository != destination.repository else None
+        pushed = push_layout(build, destination, mount_from=mount_from,
                              sign_with=sign_with, **{"scheme": destination.scheme, **registry_options})
     return replace(result, destination=pushed.reference, pushed=pushed)

@@ -19,22 +19,31 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-from .errors import FormatError, LimitError, NotFoundError, UnsupportedInputError, VerificationError
+from .errors import (
+    FormatError,
+    LimitError,
+    NotFoundError,
+    UnsupportedInputError,
+    VerificationError,
+)
 from .formats import OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
 from .registry import (
     DEFAULT_UPLOAD_CHUNK,
     INDEX_MEDIA_TYPES,
-    MAX_MANIFEST_SIZE,
     MANIFEST_MEDIA_TYPES,
+    MAX_MANIFEST_SIZE,
     Reference,
     RegistryClient,
     parse_reference,
 )
 from .tocimage import REF_NAME_ANNOTATION, TOC_IMAGE_TAG_SUFFIX
 
-__all__ = ["push_layout", "PushResult", "parse_destination", "DOCKER_PREFIX"]
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+
+__all__ = ["DOCKER_PREFIX", "PushResult", "parse_destination", "push_layout"]
 
 #: The transport prefix skopeo writes before registry references.
 DOCKER_PREFIX = "docker://"
@@ -73,7 +82,7 @@ class PushResult:
 
 def parse_destination(text: str) -> Reference:
     """A registry reference, with or without skopeo's ``docker://`` prefix."""
-    return parse_reference(text[len(DOCKER_PREFIX):] if text.startswith(DOCKER_PREFIX) else text)
+    return parse_reference(text.removeprefix(DOCKER_PREFIX))
 
 
 class _Layout:
@@ -156,8 +165,8 @@ def _roots(layout: _Layout, tag: str | None) -> list[tuple[dict[str, Any], str |
     _, index = layout.read_json(os.path.join(layout.root, "index.json"))
     if not isinstance(index, dict):
         raise FormatError("index.json is not a JSON object")
-    images: dict[str, dict[str, Any]] = {}
-    tocs: dict[str, dict[str, Any]] = {}
+    images: dict[object, dict[str, Any]] = {}
+    tocs: dict[object, dict[str, Any]] = {}
     for entry in _descriptors(index.get("manifests"), "index.json"):
         name = (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION, "")
         (tocs if isinstance(name, str) and name.endswith(TOC_IMAGE_TAG_SUFFIX) else images)[entry.get("digest")] = entry
@@ -172,7 +181,7 @@ def _roots(layout: _Layout, tag: str | None) -> list[tuple[dict[str, Any], str |
 
 def push_layout(layout: PathLike, destination: str | Reference, *, client: RegistryClient | None = None,
                 mount_from: str | None = None, jobs: int = _DEFAULT_JOBS,
-                chunk_size: int = DEFAULT_UPLOAD_CHUNK, sign_with: Any = None,
+                chunk_size: int = DEFAULT_UPLOAD_CHUNK, sign_with: EllipticCurvePrivateKey | None = None,
                 **client_options: Any) -> PushResult:
     """Push the image of an OCI layout directory to ``destination`` (``host/repo:tag``,
     ``host/repo@digest`` or with ``docker://``), with its TOC image (tag ``TAG-esgztoc``) if

@@ -27,7 +27,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from .annotations import (
@@ -46,6 +46,10 @@ from .errors import (
 )
 from .formats import OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
 from .transport import TRANSIENT_ERRORS, TRANSPORT_ERRORS, DeadlineExceeded, Response, Transport
+
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
 __all__ = [
     "Reference", "parse_reference", "RegistryClient", "Manifest", "BlobSource", "Anchor", "open_layer",
@@ -1223,7 +1227,7 @@ class BlobSource:
 
 # -- layers ----------------------------------------------------------------------------------
 def open_layer(reference: str | Reference, layer_index: int | str | None = None, *,
-               platform: str | None = None, verify_with: Any = None,
+               platform: str | None = None, verify_with: EllipticCurvePublicKey | None = None,
                **client_options: Any) -> tuple[BlobSource, dict[str, Any]]:
     """A layer of a remote image as a :class:`BlobSource` and its descriptor.
 
@@ -1268,7 +1272,7 @@ def open_layer(reference: str | Reference, layer_index: int | str | None = None,
 
 
 def _open_signed_layer(client: RegistryClient, ref: Reference, layer_index: int | str | None,
-                       platform: str | None, key: Any) -> tuple[BlobSource, dict[str, Any]]:
+                       platform: str | None, key: EllipticCurvePublicKey) -> tuple[BlobSource, dict[str, Any]]:
     """The layer of a signed image: signature, then manifest digest, then TOC digest annotation."""
     from .sign import verify_image
 

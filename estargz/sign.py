@@ -39,9 +39,19 @@ from .formats import OCI_CONFIG_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
 from .registry import MAX_MANIFEST_SIZE, Reference, RegistryClient, parse_reference
 
 __all__ = [
-    "KeyFileError", "generate_key_pair", "load_private_key", "load_public_key", "simple_signing_payload",
-    "sign_image", "verify_image", "signature_tag", "VerifiedSignature", "SIMPLE_SIGNING_MEDIA_TYPE",
-    "SIGNATURE_ANNOTATION", "ENCRYPTED_KEY_PEM_TYPE", "PASSWORD_ENVIRONMENT",
+    "ENCRYPTED_KEY_PEM_TYPE",
+    "PASSWORD_ENVIRONMENT",
+    "SIGNATURE_ANNOTATION",
+    "SIMPLE_SIGNING_MEDIA_TYPE",
+    "KeyFileError",
+    "VerifiedSignature",
+    "generate_key_pair",
+    "load_private_key",
+    "load_public_key",
+    "sign_image",
+    "signature_tag",
+    "simple_signing_payload",
+    "verify_image",
 ]
 
 #: Media type of a signature layer (the payload).
@@ -64,7 +74,7 @@ _SCRYPT_READ = frozenset({(32768, 8, 1), (65536, 8, 1), (131072, 8, 1)})
 _SALT_SIZE = 32
 _MAX_KEY_FILE = 64 << 10
 _MAX_SIGNATURES = 64
-_PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.S)
+_PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL)
 _HEX_DIGEST_RE = re.compile(r"(sha256|sha512):([0-9a-f]+)")
 _DOCKER_HUB = "docker.io"
 #: The names cosign and docker give Docker Hub in signed references.
@@ -96,7 +106,7 @@ def _encrypt(plaintext: bytes, password: bytes) -> bytes:
     n, r, p = _SCRYPT_WRITE
     nonce = nacl_random(SecretBox.NONCE_SIZE)
     sealed = SecretBox(_derive(password, salt, n, r, p)).encrypt(plaintext, nonce).ciphertext
-    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    b64 = lambda raw: base64.b64encode(raw).decode()
     return json.dumps({"kdf": {"name": _SCRYPT_NAME, "params": {"N": n, "r": r, "p": p}, "salt": b64(salt)},
                        "cipher": {"name": _CIPHER_NAME, "nonce": b64(nonce)},
                        "ciphertext": b64(sealed)}, separators=(",", ":")).encode()

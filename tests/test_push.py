@@ -20,15 +20,21 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from helpers import sha256
 from test_image_registry import TAG, read_blob, source_layout, tagged
 
 import estargz
-from estargz.errors import FormatError, NotFoundError, UnsupportedInputError, VerificationError
+from estargz.errors import (
+    FormatError,
+    NotFoundError,
+    UnsupportedInputError,
+    VerificationError,
+)
 from estargz.image import convert_image
 from estargz.push import push_layout
 from estargz.registry import RegistryClient

@@ -47,7 +47,7 @@ SIG_ANNOTATION = "dev.cosignproject.cosign/signature"
 
 def pem_body(pem: bytes, kind: str) -> bytes:
     match = re.search(rb"-----BEGIN " + kind.encode() + rb"-----\n(.*?)-----END " + kind.encode() + rb"-----",
-                      pem, re.S)
+                      pem, re.DOTALL)
     assert match, pem[:80]
     return base64.b64decode(b"".join(match.group(1).split()))
 
