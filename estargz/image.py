@@ -1159,9 +1159,9 @@ def convert_image(
     try:
         with temp_dir(target) as build:
             layout = os.path.join(build, "layout") if archive else build
-            converter = _Converter(store, layout, format=format, platforms=wanted, reuse=reuse, threads=threads,
-                                   layer_jobs=layer_jobs, progress=progress, layer_progress=layer_progress,
-                                   layer_options=layer_options)
+            converter = (_RemoteConverter if source_ref else _Converter)(
+                store, layout, format=format, platforms=wanted, reuse=reuse, threads=threads, layer_jobs=layer_jobs,
+                progress=progress, layer_progress=layer_progress, layer_options=layer_options)
             index, roots = converter.load()
             if wanted is not None and (missing := [p for p in wanted if p not in converter.matched]):
                 raise NotFoundError("no manifest for platform " + ", ".join("/".join(filter(None, p)) for p in missing))
@@ -1180,6 +1180,53 @@ def convert_image(
     return ImageResult(target, format, tuple(manifests), layers, tuple(toc_images), tuple(converter.skipped))
 
 
+class _RemoteConverter(_Converter):
+    """For a registry source: with ``reuse``, a layer already in the target format is recognised
+    by range reads (footer and TOC, the TOC checked against the annotation of its digest-checked
+    manifest) and not downloaded; it is not written to the layout either (see
+    :func:`_place_reused`)."""
+
+    store: _RegistryStore
+
+    def convert_layer(self, number: int, layer: _Layer, tracker: _Progress, size: int) -> _Outcome:
+        if self.reuse and layer.digest is not None and self.reusable_remotely(layer):
+            tracker.update(layer.name, size, 1.0)
+            return _Outcome(layer.digest, None, layer)
+        return super().convert_layer(number, layer, tracker, size)
+
+    def reusable_remotely(self, layer: _Layer) -> bool:
+        target = GZIP_LAYER_MEDIA_TYPE if self.format == FORMAT_ESTARGZ else ZSTD_LAYER_MEDIA_TYPE
+        if self.external_toc or layer.media_type != target or \
+                not any(key in layer.annotations for key in _REUSE_ANNOTATIONS[self.format]):
+            return False
+        try:
+            with self.store.client.blob(self.store.ref.repository, layer.digest or "", layer.size) as source, \
+                    open_blob(source, annotations=layer.annotations) as reader:
+                return reader.format == self.format
+        except EStargzError:
+            return False
+
+
+def _place_reused(build: str, result: ImageResult, source: Reference, destination: Reference,
+                  registry_options: Mapping[str, Any]) -> None:
+    """Layers reused without a download: fine when the destination has them or mounts them from
+    the source repository (same registry); otherwise they are downloaded into the layout."""
+    reused = [d for d, outcome in result.layers.items() if outcome == REUSED
+              and not os.path.exists(os.path.join(build, _blob_name(d)))]
+    if not reused:
+        return
+    same = source.registry == destination.registry
+    with RegistryClient(destination.registry, **{"scheme": destination.scheme, **registry_options}) as client:
+        for digest in reused:
+            if client.has_blob(destination.repository, digest) or (
+                    same and client.mount_blob(destination.repository, digest, source.repository) is None):
+                continue
+            with RegistryClient(source.registry, **{"scheme": source.scheme, **registry_options}) as origin, \
+                    origin.blob(source.repository, digest) as blob, \
+                    atomic_output(os.path.join(build, _blob_name(digest))) as out:
+                blob.download(out)
+
+
 def _convert_to_registry(source: PathLike, destination: Reference, source_ref: Reference | None,
                          registry_options: Mapping[str, Any], sign_with: EllipticCurvePrivateKey | None,
                          **options: Any) -> ImageResult:
@@ -1190,6 +1237,8 @@ def _convert_to_registry(source: PathLike, destination: Reference, source_ref: R
     with temp_dir(os.path.join(tempfile.gettempdir(), "estargz-push")) as build:
         result = convert_image(source, build, overwrite=True, archive=False, registry_options=registry_options,
                                **options)
+        if source_ref is not None:
+            _place_reused(build, result, source_ref, destination, registry_options)
         mount_from = source_ref.repository if source_ref is not None and source_ref.registry == destination.registry \
             and source_ref.repository != destination.repository else None
         pushed = push_layout(build, destination, mount_from=mount_from,

@@ -37,7 +37,7 @@ from estargz.errors import (
 )
 from estargz.image import convert_image
 from estargz.push import push_layout
-from estargz.registry import RegistryClient
+from estargz.registry import BlobSource, RegistryClient
 
 pytestmark = pytest.mark.interop
 
@@ -98,7 +98,8 @@ def test_converted_image_pushed_matches_local_conversion(source: Path, docker_re
     assert blobs_of(tmp_path / "pulled") == blobs_of(local)
 
 
-def test_registry_to_registry_conversion(source: Path, docker_registry: Any, skopeo: Path, tmp_path: Path) -> None:
+def test_registry_to_registry_conversion(source: Path, docker_registry: Any, skopeo: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     plain = f"{docker_registry.host}/push/r2r-source:{TAG}"
     push_layout(source, plain)
     local = tmp_path / "local"
@@ -109,13 +110,18 @@ def test_registry_to_registry_conversion(source: Path, docker_registry: Any, sko
     pull(skopeo, converted, tmp_path / "pulled")
     assert blobs_of(tmp_path / "pulled") == blobs_of(local)
 
-    # Already eStargz: with reuse nothing is converted, and every blob is mounted, none uploaded.
+    # Already eStargz: with reuse nothing is converted, the layers are recognised from their TOCs
+    # without being downloaded, and every blob is mounted, none uploaded.
+    downloaded: list[str] = []
+    download = BlobSource.download
+    monkeypatch.setattr(BlobSource, "download", lambda self, out: (downloaded.append(self.digest), download(self, out)))
     copy = f"{docker_registry.host}/push/r2r-copy:{TAG}"
     again = convert_image(f"docker://{converted}", copy, reuse=True)
     assert set(again.layers.values()) == {estargz.REUSED}
     assert again.pushed is not None and again.pushed.digest == result.pushed.digest
-    assert again.pushed.uploaded == []
-    assert sorted(again.pushed.mounted) == sorted(set(blobs_of(local)) - {result.pushed.digest})
+    assert again.pushed.uploaded == [] and again.pushed.mounted
+    assert sorted(again.pushed.mounted + again.pushed.existing) == sorted(set(blobs_of(local)) - {result.pushed.digest})
+    assert not set(downloaded) & set(again.layers)
 
 
 def test_layout_with_two_images_is_refused(source: Path, docker_registry: Any, tmp_path: Path) -> None:
@@ -340,3 +346,25 @@ def test_cli_image_push(source: Path, docker_registry: Any, tmp_path: Path) -> N
     missing = cli("image", "push", str(tmp_path / "nothing"), ref)
     assert missing.returncode == 1 and missing.stderr.startswith("estargz: error:")
     assert missing.stderr.strip().count("\n") == 0
+
+
+def test_reused_layers_go_to_another_registry(source: Path, docker_registry: Any, tmp_path: Path) -> None:
+    """Reused without conversion, but the destination (another registry name) has none of the
+    blobs: they are downloaded, checked and uploaded."""
+    converted = f"{docker_registry.host}/push/other-src:{TAG}"
+    first = convert_image(source, converted)
+    other = DroppingProxy(docker_registry.host, after=1 << 40)
+    try:
+        result = convert_image(converted, f"{other.host}/push/other-dst:{TAG}", reuse=True)
+    finally:
+        other.close()
+    assert set(result.layers.values()) == {estargz.REUSED}
+    assert result.pushed is not None and result.pushed.digest == first.pushed.digest
+    assert sorted(result.pushed.uploaded) == sorted(set(blobs_of_registry(docker_registry.host, "push/other-dst")))
+
+
+def blobs_of_registry(host: str, repository: str) -> list[str]:
+    """The config and layer digests of the tagged image in a repository."""
+    with RegistryClient(host) as client:
+        manifest = client.get_manifest(repository, TAG).content
+    return [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
