@@ -1218,9 +1218,13 @@ def _place_reused(build: str, result: ImageResult, source: Reference, destinatio
     same = source.registry == destination.registry
     with RegistryClient(destination.registry, **{"scheme": destination.scheme, **registry_options}) as client:
         for digest in reused:
-            if client.has_blob(destination.repository, digest) or (
-                    same and client.mount_blob(destination.repository, digest, source.repository) is None):
+            if client.has_blob(destination.repository, digest):
                 continue
+            if same:
+                location = client.mount_blob(destination.repository, digest, source.repository)
+                if location is None:
+                    continue
+                client.cancel_upload(destination.repository, location)
             with RegistryClient(source.registry, **{"scheme": source.scheme, **registry_options}) as origin, \
                     origin.blob(source.repository, digest) as blob, \
                     atomic_output(os.path.join(build, _blob_name(digest))) as out:

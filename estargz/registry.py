@@ -827,6 +827,16 @@ class RegistryClient:
         query = urlencode([("mount", digest), ("from", source_repository)])
         return self._start_upload(repository, digest, query)
 
+    def cancel_upload(self, repository: str, location: str) -> None:
+        """Drop an upload the registry opened (``DELETE``); a registry that refuses is left be."""
+        def handle(resp: Response) -> None:
+            return None
+
+        try:
+            self.request("DELETE", location, handle=handle, scope=_push_scope(repository))
+        except EStargzError:
+            pass
+
     def _start_upload(self, repository: str, digest: str, query: str = "") -> str | None:
         _check_repository(repository)
         _check_digest(digest)

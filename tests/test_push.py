@@ -282,6 +282,10 @@ class ResumingRegistry(http.server.BaseHTTPRequestHandler):
         upload = self.uploads[self.upload_id()]
         self.reply(204, {"Location": self.path, "Range": f"0-{len(upload) - 1}"})
 
+    def do_DELETE(self) -> None:
+        self.uploads.pop(self.upload_id())
+        self.reply(204)
+
     def do_PUT(self) -> None:
         digest = self.path.split("digest=")[1].replace("%3A", ":")
         data = bytes(self.uploads.pop(self.upload_id()))
@@ -368,3 +372,18 @@ def blobs_of_registry(host: str, repository: str) -> list[str]:
     with RegistryClient(host) as client:
         manifest = client.get_manifest(repository, TAG).content
     return [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+
+
+def test_an_unused_upload_is_cancelled() -> None:
+    handler = type("Handler", (ResumingRegistry,), {"uploads": {}, "blobs": {}, "counts": Counter()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with RegistryClient(f"127.0.0.1:{server.server_address[1]}") as client:
+            location = client.mount_blob("r", sha256(b"x"), "elsewhere")
+            assert location is not None and handler.uploads
+            client.cancel_upload("r", location)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert handler.uploads == {}
