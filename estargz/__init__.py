@@ -41,6 +41,7 @@ from .framing import (
 )
 from .image import REUSED, ConvertedManifest, ImageResult, convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .push import PushResult, push_layout
 from .reader import Chunk, Entry, EntryFile, Reader, VerifyReport
 from .reader import open_blob as open
 from .registry import BlobSource, RegistryClient, open_layer, parse_reference
@@ -89,6 +90,8 @@ __all__ = [
     "open_layer",
     "parse_reference",
     "PREFETCH_LANDMARK",
+    "push_layout",
+    "PushResult",
     "read_workload_record",
     "Reader",
     "RegistryClient",

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .errors import EStargzError
@@ -30,8 +31,9 @@ from .framing import (
 from .image import convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .output import atomic_output, refuse_same_file, remove_leftovers
+from .push import DOCKER_PREFIX, parse_destination, push_layout
 from .reader import Reader, open_blob
-from .registry import Anchor, open_layer
+from .registry import Anchor, RegistryClient, open_layer
 from .source import BytesSource, FileSource, Source
 from .tocimage import write_toc_image
 from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
@@ -51,6 +53,7 @@ Typical use:
   python -m estargz ls -l layer.esgz
   python -m estargz cat layer.esgz etc/os-release
   python -m estargz image convert oci-layout/ converted-layout/
+  python -m estargz image convert docker://registry.example.com/app:1.0 registry.example.com/app:1.0-esgz
   python -m estargz cat registry.example.com/app:1.0 --layer 0 etc/os-release
 """
 
@@ -164,8 +167,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_image_convert(args: argparse.Namespace) -> int:
     layer_format = _convert_format(args)
     bars = _LayerBars() if not args.quiet and sys.stderr.isatty() else None
+    if args.sign and not _is_registry_reference(args.destination.removeprefix(DOCKER_PREFIX)):
+        raise _UsageError("--sign needs a registry DESTINATION (the signature is stored there)")
     result = convert_image(
         args.source, args.destination,
+        sign_with=_private_key(args.sign) if args.sign else None,
         format=layer_format,
         platforms=args.platform or None,
         reuse=args.reuse,
@@ -178,6 +184,73 @@ def _cmd_image_convert(args: argparse.Namespace) -> int:
     if bars is not None:
         bars.draw()
     print(json.dumps(result.to_json(), indent=2))
+    return 0
+
+
+_PRIVATE_KEY_MODE = 0o600
+
+
+def _private_key(path: str) -> Any:
+    """The signing key at ``path`` (sign.py, and its PyNaCl, imported only when signing)."""
+    from .sign import load_private_key
+
+    return load_private_key(path)
+
+
+def _public_key(path: str) -> Any:
+    from .sign import load_public_key
+
+    return load_public_key(path)
+
+
+def _cmd_image_push(args: argparse.Namespace) -> int:
+    result = push_layout(args.layout, args.destination, jobs=args.jobs,
+                         sign_with=_private_key(args.sign) if args.sign else None)
+    print(json.dumps(result.to_json(), indent=2))
+    return 0
+
+
+def _keygen_password() -> bytes:
+    from .sign import PASSWORD_ENVIRONMENT
+
+    if PASSWORD_ENVIRONMENT in os.environ:
+        return os.environ[PASSWORD_ENVIRONMENT].encode()
+    if not sys.stdin.isatty():
+        raise _UsageError(f"set {PASSWORD_ENVIRONMENT} (standard input is not a terminal to ask on)")
+    import getpass
+
+    password = getpass.getpass("Password for the private key: ")
+    if getpass.getpass("Again: ") != password:
+        raise _UsageError("the passwords differ")
+    return password.encode()
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .sign import generate_key_pair
+
+    private_path, public_path = f"{args.output_prefix}.key", f"{args.output_prefix}.pub"
+    for path in (private_path, public_path):
+        if os.path.lexists(path) and not args.overwrite:
+            raise FileExistsError(f"{path} exists (pass --overwrite)")
+    private, public = generate_key_pair(_keygen_password())
+    with atomic_output(private_path) as out:
+        os.fchmod(out.fileno(), _PRIVATE_KEY_MODE)
+        out.write(private)
+    with atomic_output(public_path) as out:
+        out.write(public)
+    print(json.dumps({"privateKey": private_path, "publicKey": public_path}, indent=2))
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from .sign import sign_image
+
+    key = _private_key(args.key)
+    ref = parse_destination(args.reference)
+    with RegistryClient(ref.registry, scheme=ref.scheme) as client:
+        digest = client.get_manifest(ref.repository, ref.reference).digest
+        signature = sign_image(client, ref, digest, key)
+    print(json.dumps({"reference": str(ref), "manifestDigest": digest, "signatureManifest": signature}, indent=2))
     return 0
 
 
@@ -237,12 +310,15 @@ def _open(args: argparse.Namespace, *, whole: bool = False) -> Reader:
             raise _UsageError(f"--annotation {pair!r} is not KEY=VALUE")
         annotations[key] = value
     if os.path.exists(args.blob) or not _is_registry_reference(args.blob):
+        if args.key:
+            raise _UsageError("--key applies to registry references (a signature is kept in the registry)")
         return open_blob(args.blob, toc_digest=args.toc_digest, toc=args.toc, annotations=annotations or None)
     layer: int | str | None = args.layer
     if isinstance(layer, str) and layer.lstrip("-").isdigit():
         layer = int(layer)
+    verify_with = _public_key(args.key) if args.key else None
     source, descriptor = open_layer(args.blob, layer, platform=args.platform, username=args.username,
-                                    password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"))
+                                    password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"), verify_with=verify_with)
     anchored = {**annotations, **descriptor.get("annotations", {})}  # the checked manifest's win
     local: Source = source
     try:
@@ -509,8 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "or zstd:chunked, and write the image (manifests, configs, index, tags) as an OCI "
                     "layout directory or archive (DESTINATION ending in .tar). No daemon needed.")
     i.set_defaults(handler=_cmd_image_convert)
-    i.add_argument("source", help="OCI layout directory, OCI archive, or docker save archive")
-    i.add_argument("destination", help="OCI layout directory (new or empty), or an OCI archive .tar")
+    i.add_argument("source", help="OCI layout directory, OCI archive, docker save archive, or registry "
+                                  "reference HOST/REPO:TAG, HOST/REPO@DIGEST (docker:// prefix accepted)")
+    i.add_argument("destination", help="OCI layout directory (new or empty), an OCI archive .tar, or a "
+                                       "registry reference HOST/REPO:TAG (the image is pushed, tag last)")
+    i.add_argument("--sign", metavar="KEY",
+                   help="sign the pushed image with this private key (password from COSIGN_PASSWORD)")
     _add_format_options(i)
     i.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
                    help="convert only this platform of a multi-platform image; repeatable (default: all)")
@@ -519,6 +599,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing destination (only once the conversion succeeded)")
     i.add_argument("--layer-jobs", type=_at_least_one, default=2, metavar="N",
                    help="layers converted at once (default 2)")
+
+    p = image_commands.add_parser(
+        "push", help="Push the image of an OCI layout to a registry.",
+        description="Push the image of an OCI layout (and its -esgztoc TOC image, if any) to a registry: "
+                    "blobs in chunks with resume, blobs already there skipped, manifests and the tag last.")
+    p.set_defaults(handler=_cmd_image_push)
+    p.add_argument("layout", help="OCI layout directory holding one image")
+    p.add_argument("destination", help="registry reference HOST/REPO:TAG (docker:// prefix accepted)")
+    p.add_argument("--sign", metavar="KEY",
+                   help="sign the pushed image with this private key (password from COSIGN_PASSWORD)")
+    p.add_argument("--jobs", type=_at_least_one, default=4, metavar="N", help="blobs sent at once (default 4)")
+
+    k = command("keygen", _cmd_keygen,
+                "Write an ECDSA P-256 key pair for signing: PREFIX.key (encrypted as cosign does, "
+                "password from COSIGN_PASSWORD or asked) and PREFIX.pub.")
+    k.add_argument("--output-prefix", default="cosign", metavar="PREFIX", help="file name prefix (default cosign)")
+    k.add_argument("--overwrite", action="store_true", help="replace existing key files")
+
+    g = command("sign", _cmd_sign,
+                "Sign the manifest a registry reference names (sigstore simple signing, stored as "
+                "the sha256-<hex>.sig tag as cosign does).")
+    g.add_argument("reference", help="HOST/REPO:TAG or HOST/REPO@DIGEST (docker:// prefix accepted)")
+    g.add_argument("--key", required=True, metavar="KEY",
+                   help="private key (encrypted sigstore/cosign PEM, password from COSIGN_PASSWORD; or PKCS#8 PEM)")
 
     for name, handler, text in (
         ("info", _cmd_info, "Show the footer, TOC digest and entry counts of a blob as JSON."),
@@ -547,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
         remote.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                             help="platform of a multi-platform image (default: this machine's)")
         remote.add_argument("--username", help="registry user; the password comes from ESTARGZ_REGISTRY_PASSWORD")
+        remote.add_argument("--key", metavar="PUB",
+                            help="public key: require the image's signature by it, and read the layer "
+                                 "anchored on the signed manifest")
         if name == "ls":
             sub.add_argument("-l", "--long", action="store_true", help="show type, mode, owner, size, time")
         elif name == "cat":

@@ -19,11 +19,12 @@ import posixpath
 import re
 import stat
 import tarfile
+import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Union
 
 import zstandard
 from isal import igzip
@@ -58,7 +59,9 @@ from .formats import (
     ZSTD_LAYER_MEDIA_TYPE,
 )
 from .output import atomic_output, refuse_overlap, remove_path, temp_dir
+from .push import DOCKER_PREFIX, PushResult, parse_destination, push_layout
 from .reader import open_blob
+from .registry import Manifest, Reference, RegistryClient, parse_reference
 from .source import RangeFile
 from .tocimage import (
     REF_NAME_ANNOTATION,
@@ -67,6 +70,10 @@ from .tocimage import (
     toc_image_manifest,
 )
 from .writer import BuildResult, convert
+
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 
 __all__ = [
     "convert_image", "ImageResult", "ConvertedManifest", "REUSED", "LAYER_OPTIONS",
@@ -152,6 +159,8 @@ class ImageResult:
     skipped: tuple[str, ...] = ()
     """Digests of index entries left out: attestation manifests, and with ``platforms=None``
     manifests whose blob is not in the source (partial multi-platform exports)."""
+    pushed: PushResult | None = None
+    """With a registry destination: what was pushed."""
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready summary."""
@@ -165,6 +174,7 @@ class ImageResult:
             "layers": {k: v if isinstance(v, str) else v.to_json() for k, v in self.layers.items()},
             "tocImages": [manifest(m) for m in self.toc_images],
             "skipped": list(self.skipped),
+            **({"pushed": self.pushed.to_json()} if self.pushed is not None else {}),
         }
 
 
@@ -237,6 +247,11 @@ class _Store:
     def resolve(self, name: str) -> str:
         """The canonical name of ``name`` (symlinks followed); NotFoundError if it is absent."""
         raise NotImplementedError
+
+    def size(self, name: str) -> int:
+        """The size of a blob (without reading it where the store can tell)."""
+        with self.open(name) as blob:
+            return blob.size
 
     def exists(self, name: str) -> bool:
         try:
@@ -321,6 +336,99 @@ class _TarStore(_Store):
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class _RegistryStore(_Store):
+    """An image in a registry seen as an OCI layout: ``index.json`` names the referenced manifest
+    (tagged with the reference's tag), manifests are fetched up front and checked against their
+    digests, and every other blob is downloaded, digest-checked, to an anonymous temporary file
+    when it is opened."""
+
+    def __init__(self, ref: Reference, client_options: Mapping[str, Any]) -> None:
+        self.ref = ref
+        self.client = RegistryClient(ref.registry, **{"scheme": ref.scheme, **client_options})
+        try:
+            top = self.client.get_manifest(ref.repository, ref.reference)
+            self._files: dict[str, bytes] = {}
+            self._absent: set[str] = set()
+            self._add_manifest(top, 0)
+            entry: dict[str, Any] = {"mediaType": top.media_type, "digest": top.digest, "size": len(top.data)}
+            if ref.tag and not ref.digest:
+                entry["annotations"] = {REF_NAME_ANNOTATION: ref.tag}
+            self._files["index.json"] = _dumps({"schemaVersion": 2, "manifests": [entry]})
+        except BaseException:
+            self.client.close()
+            raise
+
+    def _add_manifest(self, manifest: Manifest, depth: int) -> None:
+        self._files[_blob_name(manifest.digest)] = manifest.data
+        if not manifest.is_index:
+            return
+        if depth >= _MAX_DEPTH:
+            raise LimitError(f"indexes nested more than {_MAX_DEPTH} deep")
+        children = manifest.content.get("manifests")
+        if not isinstance(children, list):
+            raise FormatError(f"index {manifest.digest} has no manifests list")
+        for number, value in enumerate(children):
+            digest = _descriptor(value, f"entry {number} of index {manifest.digest}")["digest"]
+            if _blob_name(digest) in self._files:
+                continue
+            try:
+                child = self.client.get_manifest(self.ref.repository, digest)
+            except NotFoundError:
+                self._absent.add(_blob_name(digest))
+                continue
+            self._add_manifest(child, depth + 1)
+
+    def resolve(self, name: str) -> str:
+        name = _clean(name)
+        if name in self._files or (name.startswith("blobs/") and name not in self._absent):
+            return name
+        raise NotFoundError(f"{name} is not in {self.ref}")
+
+    def size(self, name: str) -> int:
+        name = self.resolve(name)
+        if name in self._files:
+            return len(self._files[name])
+        return int(self.client.stat_blob(self.ref.repository, _name_digest(name))["size"])
+
+    def open(self, name: str) -> _Blob:
+        name = self.resolve(name)
+        with tempfile.TemporaryFile() as spool:
+            if name in self._files:
+                spool.write(self._files[name])
+            else:
+                with self.client.blob(self.ref.repository, _name_digest(name)) as source:
+                    source.download(spool)
+            spool.flush()
+            fd = os.dup(spool.fileno())
+        return _Blob(fd, 0, os.fstat(fd).st_size, owns_fd=True)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _name_digest(name: str) -> str:
+    """The digest of a ``blobs/<algorithm>/<hex>`` name."""
+    _, algorithm, encoded = name.split("/")
+    return f"{algorithm}:{encoded}"
+
+
+def _registry_reference(value: object) -> Reference | None:
+    """The registry reference ``value`` names (``docker://…``, or ``host/repo…`` that is not a
+    local path), or None for a local path."""
+    if not isinstance(value, str):
+        return None
+    if value.startswith(DOCKER_PREFIX):
+        return parse_destination(value)
+    host, slash, _ = value.partition("/")
+    if not slash or os.path.lexists(value) or os.path.lexists(host) \
+            or not ("." in host or ":" in host or host == "localhost"):
+        return None
+    try:
+        return parse_reference(value)
+    except ValueError:
+        return None
 
 
 def _open_store(source: str) -> _Store:
@@ -730,10 +838,7 @@ class _Converter:
 
     # -- layers --------------------------------------------------------------------------
     def convert_layers(self) -> None:
-        sizes = {}
-        for name in self.layers:
-            with self.store.open(name) as blob:
-                sizes[name] = blob.size
+        sizes = {name: self.store.size(name) for name in self.layers}
         tracker = _Progress(self.progress_callback, sum(sizes.values()), self.layer_progress)
         pool = ThreadPoolExecutor(self.layer_jobs, thread_name_prefix="estargz-layer")
         futures: list[Future[_Outcome]] = []
@@ -984,9 +1089,12 @@ def convert_image(
     layer_progress: LayerProgress | None = None,
     archive: bool | None = None,
     overwrite: bool = False,
+    registry_options: Mapping[str, Any] | None = None,
+    sign_with: EllipticCurvePrivateKey | None = None,
     **layer_options: Any,
 ) -> ImageResult:
-    """Convert every layer of an image to ``format`` and write the image as an OCI layout.
+    """Convert every layer of an image to ``format`` and write the image as an OCI layout, or
+    push it to a registry.
 
     ``source`` is an OCI image layout directory, an OCI archive (an uncompressed tar of a layout),
     or a ``docker save`` archive (legacy, or the newer layout with manifest.json), as a tar or a
@@ -1003,6 +1111,12 @@ def convert_image(
     compression threads (default: the CPUs shared among the jobs). ``layer_progress(digest, done,
     total)`` follows each layer (from worker threads, one call at a time). ``progress(done, total)``
     counts source layer bytes; it is called from worker threads.
+
+    ``source`` may be a registry reference (``host/repo:tag``, ``host/repo@sha256:…``, or with
+    ``docker://``) and ``destination`` a registry reference ``host/repo:tag``: blobs are
+    downloaded (digest-checked), the image is built in a temporary layout and pushed with
+    :func:`estargz.push.push_layout` (``ImageResult.pushed``), signed with ``sign_with`` (an ECDSA
+    private key) if given. ``registry_options`` go to :class:`~estargz.RegistryClient`.
 
     ``layer_options`` go to :func:`estargz.convert` for every layer: ``chunk_size``,
     ``compression_level``, ``min_chunk_size``, ``external_toc``, ``keep_diff_id``. With
@@ -1022,22 +1136,32 @@ def convert_image(
     wanted = _parse_platforms(platforms)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // layer_jobs)
+    source_ref = _registry_reference(source)
+    destination_ref = _registry_reference(destination)
+    if sign_with is not None and destination_ref is None:
+        raise ValueError("sign_with needs a registry destination")
+    if destination_ref is not None:
+        return _convert_to_registry(source, destination_ref, source_ref, registry_options or {}, sign_with,
+                                    format=format,
+                                    platforms=platforms, reuse=reuse, threads=threads, layer_jobs=layer_jobs,
+                                    progress=progress, layer_progress=layer_progress, **layer_options)
     target = os.path.abspath(os.fspath(destination))
     if archive is None:
         archive = target.endswith(".tar")
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"no such directory: {parent}")
-    refuse_overlap(source, target)
+    if source_ref is None:
+        refuse_overlap(source, target)
     if not overwrite and _occupied(target):
         raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
-    store = _open_store(os.fspath(source))
+    store = _RegistryStore(source_ref, registry_options or {}) if source_ref else _open_store(os.fspath(source))
     try:
         with temp_dir(target) as build:
             layout = os.path.join(build, "layout") if archive else build
-            converter = _Converter(store, layout, format=format, platforms=wanted, reuse=reuse, threads=threads,
-                                   layer_jobs=layer_jobs, progress=progress, layer_progress=layer_progress,
-                                   layer_options=layer_options)
+            converter = (_RemoteConverter if source_ref else _Converter)(
+                store, layout, format=format, platforms=wanted, reuse=reuse, threads=threads, layer_jobs=layer_jobs,
+                progress=progress, layer_progress=layer_progress, layer_options=layer_options)
             index, roots = converter.load()
             if wanted is not None and (missing := [p for p in wanted if p not in converter.matched]):
                 raise NotFoundError("no manifest for platform " + ", ".join("/".join(filter(None, p)) for p in missing))
@@ -1054,3 +1178,73 @@ def convert_image(
         store.close()
     layers = {o.source_digest: (o.result if o.result is not None else REUSED) for o in converter.outcomes.values()}
     return ImageResult(target, format, tuple(manifests), layers, tuple(toc_images), tuple(converter.skipped))
+
+
+class _RemoteConverter(_Converter):
+    """For a registry source: with ``reuse``, a layer already in the target format is recognised
+    by range reads (footer and TOC, the TOC checked against the annotation of its digest-checked
+    manifest) and not downloaded; it is not written to the layout either (see
+    :func:`_place_reused`)."""
+
+    store: _RegistryStore
+
+    def convert_layer(self, number: int, layer: _Layer, tracker: _Progress, size: int) -> _Outcome:
+        if self.reuse and layer.digest is not None and self.reusable_remotely(layer):
+            tracker.update(layer.name, size, 1.0)
+            return _Outcome(layer.digest, None, layer)
+        return super().convert_layer(number, layer, tracker, size)
+
+    def reusable_remotely(self, layer: _Layer) -> bool:
+        target = GZIP_LAYER_MEDIA_TYPE if self.format == FORMAT_ESTARGZ else ZSTD_LAYER_MEDIA_TYPE
+        if self.external_toc or layer.media_type != target or \
+                not any(key in layer.annotations for key in _REUSE_ANNOTATIONS[self.format]):
+            return False
+        try:
+            with self.store.client.blob(self.store.ref.repository, layer.digest or "", layer.size) as source, \
+                    open_blob(source, annotations=layer.annotations) as reader:
+                return reader.format == self.format
+        except EStargzError:
+            return False
+
+
+def _place_reused(build: str, result: ImageResult, source: Reference, destination: Reference,
+                  registry_options: Mapping[str, Any]) -> None:
+    """Layers reused without a download: fine when the destination has them or mounts them from
+    the source repository (same registry); otherwise they are downloaded into the layout."""
+    reused = [d for d, outcome in result.layers.items() if outcome == REUSED
+              and not os.path.exists(os.path.join(build, _blob_name(d)))]
+    if not reused:
+        return
+    same = source.registry == destination.registry
+    with RegistryClient(destination.registry, **{"scheme": destination.scheme, **registry_options}) as client:
+        for digest in reused:
+            if client.has_blob(destination.repository, digest):
+                continue
+            if same:
+                location = client.mount_blob(destination.repository, digest, source.repository)
+                if location is None:
+                    continue
+                client.cancel_upload(destination.repository, location)
+            with RegistryClient(source.registry, **{"scheme": source.scheme, **registry_options}) as origin, \
+                    origin.blob(source.repository, digest) as blob, \
+                    atomic_output(os.path.join(build, _blob_name(digest))) as out:
+                blob.download(out)
+
+
+def _convert_to_registry(source: PathLike, destination: Reference, source_ref: Reference | None,
+                         registry_options: Mapping[str, Any], sign_with: EllipticCurvePrivateKey | None,
+                         **options: Any) -> ImageResult:
+    """Convert into a temporary layout, then push it; blobs of a source on the same registry
+    are mounted rather than uploaded when the conversion kept them."""
+    if destination.digest:
+        raise ValueError(f"a converted image gets a new digest: name a tag, not {destination.digest}")
+    with temp_dir(os.path.join(tempfile.gettempdir(), "estargz-push")) as build:
+        result = convert_image(source, build, overwrite=True, archive=False, registry_options=registry_options,
+                               **options)
+        if source_ref is not None:
+            _place_reused(build, result, source_ref, destination, registry_options)
+        mount_from = source_ref.repository if source_ref is not None and source_ref.registry == destination.registry \
+            and source_ref.repository != destination.repository else None
+        pushed = push_layout(build, destination, mount_from=mount_from,
+                             sign_with=sign_with, **{"scheme": destination.scheme, **registry_options})
+    return replace(result, destination=pushed.reference, pushed=pushed)

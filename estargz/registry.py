@@ -27,7 +27,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from .annotations import (
@@ -47,10 +47,15 @@ from .errors import (
 from .formats import OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
 from .transport import TRANSIENT_ERRORS, TRANSPORT_ERRORS, DeadlineExceeded, Response, Transport
 
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+
 __all__ = [
     "Reference", "parse_reference", "RegistryClient", "Manifest", "BlobSource", "Anchor", "open_layer",
     "default_platform", "OCI_MANIFEST", "OCI_INDEX", "DOCKER_MANIFEST", "DOCKER_MANIFEST_LIST",
     "MANIFEST_MEDIA_TYPES", "INDEX_MEDIA_TYPES", "MAX_MANIFEST_SIZE", "MAX_WHOLE_BLOB", "DEFAULT_DEADLINE",
+    "DEFAULT_UPLOAD_CHUNK",
 ]
 
 OCI_MANIFEST = OCI_MANIFEST_MEDIA_TYPE
@@ -91,6 +96,10 @@ _DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_UPLOAD_RANGE_RE = re.compile(r"(?:bytes=)?(\d+)-(-1|\d+)")
+_UPLOAD_RESTARTS = 3
+#: Bytes sent per PATCH request of a chunked blob upload.
+DEFAULT_UPLOAD_CHUNK = 8 << 20
 _PARAM_RE = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 T = TypeVar("T")
@@ -265,7 +274,9 @@ TOC_ANCHOR_ANNOTATIONS = (TOC_DIGEST_ANNOTATION, MANIFEST_CHECKSUM_ANNOTATION, L
 class Anchor:
     """What a lazily read layer's TOC is checked against, and how far that is trusted.
 
-    ``kind``: ``manifest-digest`` (the TOC digest comes from a manifest named by digest),
+    ``kind``: ``signature`` (the TOC digest comes from a manifest whose digest, or whose index's
+    digest, ``manifest``, carries a signature checked with the key given), ``manifest-digest``
+    (the TOC digest comes from a manifest named by digest),
     ``tag`` (from the manifest a tag named, as the registry served it) or ``none`` (no TOC digest
     from a checked manifest: a bare blob, or a layer descriptor without the annotation).
     """
@@ -798,9 +809,209 @@ class RegistryClient:
 
         return self.request("HEAD", path, handle=handle, scope=f"repository:{repository}:pull", stats=stats)
 
+    # -- pushing -------------------------------------------------------------------------
+    def has_blob(self, repository: str, digest: str) -> bool:
+        """Whether the repository holds the blob (``HEAD``)."""
+        try:
+            self.stat_blob(repository, digest)
+        except NotFoundError:
+            return False
+        return True
+
+    def mount_blob(self, repository: str, digest: str, source_repository: str) -> str | None:
+        """Ask for a cross-repository mount of a blob from ``source_repository`` of this registry.
+
+        Returns None once mounted; otherwise the registry opened an upload instead, and its
+        URL is returned for :meth:`upload_blob`."""
+        _check_repository(source_repository)
+        query = urlencode([("mount", digest), ("from", source_repository)])
+        return self._start_upload(repository, digest, query)
+
+    def cancel_upload(self, repository: str, location: str) -> None:
+        """Drop an upload the registry opened (``DELETE``); a registry that refuses is left be."""
+        def handle(resp: Response) -> None:
+            return None
+
+        try:
+            self.request("DELETE", location, handle=handle, scope=_push_scope(repository))
+        except EStargzError:
+            pass
+
+    def _start_upload(self, repository: str, digest: str, query: str = "") -> str | None:
+        _check_repository(repository)
+        _check_digest(digest)
+        path = f"/v2/{repository}/blobs/uploads/" + (f"?{query}" if query else "")
+
+        def handle(resp: Response) -> str | None:
+            if resp.status == 201:
+                return None
+            if resp.status != 202:
+                raise self._status_error("POST", path, resp, self.stats)
+            return self._upload_location(resp, path)
+
+        return self.request("POST", path, handle=handle, scope=_push_scope(repository), body=b"",
+                            headers={"Content-Length": "0"})
+
+    def _upload_location(self, resp: Response, path: str) -> str:
+        location = resp.getheader("Location")
+        if not location:
+            raise FormatError(f"{path}: HTTP {resp.status} without a Location")
+        target = self._redirect(path if "://" in path else self._url(path), location)
+        if _origin_of(target) != self._origin:
+            raise FormatError(f"{path}: the upload location {_one_line(location)[:200]!r} is on another origin")
+        return target
+
+    def upload_blob(self, repository: str, digest: str, fileobj: BinaryIO, size: int, *,
+                    chunk_size: int = DEFAULT_UPLOAD_CHUNK, location: str | None = None) -> None:
+        """Upload ``size`` bytes of ``fileobj`` (read from offset 0, seekable) as blob ``digest``.
+
+        A chunked upload (``PATCH`` pieces of ``chunk_size`` bytes, then ``PUT ?digest=``): after
+        a dropped connection the upload asks the registry how far it got and goes on from there,
+        or starts over when the registry lost the session. The bytes are hashed as they are sent
+        and the upload is not completed unless they match ``digest`` (VerificationError).
+        ``location`` continues an upload the registry already opened (see :meth:`mount_blob`)."""
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        algorithm = digest.partition(":")[0]
+        for _ in range(_UPLOAD_RESTARTS):
+            url = location or self._start_upload(repository, digest)
+            location = None
+            if url is None:
+                return
+            hasher = hashlib.new(algorithm)
+            url = self._send_chunks(repository, url, fileobj, size, chunk_size, hasher)
+            if url is None:
+                continue
+            if f"{algorithm}:{hasher.hexdigest()}" != digest:
+                raise VerificationError(f"blob {digest}: the bytes uploaded have digest "
+                                        f"{algorithm}:{hasher.hexdigest()}")
+            self._finish_upload(repository, url, digest)
+            return
+        raise RegistryError(f"upload of {digest} to {self.registry}/{repository} failed "
+                            f"{_UPLOAD_RESTARTS} times")
+
+    def _send_chunks(self, repository: str, url: str, fileobj: BinaryIO, size: int, chunk_size: int,
+                     hasher: Any) -> str | None:
+        """PATCH the bytes from offset 0 to ``size``; the URL to complete the upload, or None when
+        the registry lost the session (start over)."""
+        offset = 0
+        resumes = 0
+        while offset < size:
+            fileobj.seek(offset)
+            data = fileobj.read(min(chunk_size, size - offset))
+            if not data:
+                raise VerificationError(f"the blob ended at {offset} bytes, expected {size}")
+            try:
+                url = self._patch(repository, url, offset, data)
+            except NotFoundError:
+                return None
+            except (RegistryError, _UploadOutOfStep) as exc:
+                if isinstance(exc, RegistryError) and exc.status not in (None, *_RETRY_STATUSES):
+                    raise
+                resumes += 1
+                if resumes > self.retries:
+                    raise
+                state = self._upload_status(repository, url)
+                if state is None or state[1] > offset + len(data) or state[1] < offset:
+                    return None
+                url, reached = state
+                if reached > offset:
+                    hasher.update(data[:reached - offset])
+                    offset = reached
+                continue
+            hasher.update(data)
+            offset += len(data)
+        return url
+
+    def _patch(self, repository: str, url: str, offset: int, data: bytes) -> str:
+        end = offset + len(data) - 1
+
+        def handle(resp: Response) -> str:
+            if resp.status == 416:
+                raise _UploadOutOfStep()
+            if resp.status != 202:
+                raise self._status_error("PATCH", url, resp, self.stats)
+            reached = _upload_range(resp.getheader("Range"))
+            if reached is not None and reached != end + 1:
+                raise _UploadOutOfStep()
+            return self._upload_location(resp, url)
+
+        return self.request("PATCH", url, handle=handle, scope=_push_scope(repository), body=data,
+                            expect=len(data), headers={"Content-Type": "application/octet-stream",
+                                     "Content-Range": f"{offset}-{end}", "Content-Length": str(len(data))})
+
+    def _upload_status(self, repository: str, url: str) -> tuple[str, int] | None:
+        """The upload's URL and the bytes the registry holds, or None if it lost the upload."""
+        def handle(resp: Response) -> tuple[str, int] | None:
+            if resp.status in (400, 404, 416) or resp.status >= 500:
+                return None
+            if resp.status != 204:
+                raise self._status_error("GET", url, resp, self.stats)
+            reached = _upload_range(resp.getheader("Range"))
+            return (self._upload_location(resp, url), reached) if reached is not None else None
+
+        try:
+            return self.request("GET", url, handle=handle, scope=_push_scope(repository))
+        except RegistryError:
+            return None
+
+    def _finish_upload(self, repository: str, url: str, digest: str) -> None:
+        target = url + ("&" if urlsplit(url).query else "?") + urlencode([("digest", digest)])
+
+        def handle(resp: Response) -> None:
+            if resp.status not in (201, 204):
+                raise self._status_error("PUT", url, resp, self.stats)
+            said = resp.getheader("Docker-Content-Digest")
+            if said and said != digest:
+                raise VerificationError(f"the registry stored blob {said}, expected {digest}")
+
+        self.request("PUT", target, handle=handle, scope=_push_scope(repository), body=b"",
+                     headers={"Content-Length": "0", "Content-Type": "application/octet-stream"})
+
+    def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> str:
+        """``PUT`` a manifest or index under a tag or its digest; returns its digest."""
+        _check_repository(repository)
+        digest = _digest_of(data)
+        if _DIGEST_RE.fullmatch(reference):
+            if reference != _digest_of(data, reference.partition(":")[0]):
+                raise VerificationError(f"manifest pushed as {reference} has digest {digest}")
+        elif not _TAG_RE.fullmatch(reference):
+            raise ValueError(f"invalid tag or digest {reference!r}")
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise LimitError(f"manifest {digest} is {len(data)} bytes, over the {MAX_MANIFEST_SIZE}-byte limit")
+        path = f"/v2/{repository}/manifests/{reference}"
+
+        def handle(resp: Response) -> None:
+            if resp.status not in (200, 201, 202):
+                raise self._status_error("PUT", path, resp, self.stats)
+            said = resp.getheader("Docker-Content-Digest")
+            if said and said != digest and said.partition(":")[0] == "sha256":
+                raise VerificationError(f"the registry stored manifest {said}, expected {digest}")
+
+        self.request("PUT", path, handle=handle, scope=_push_scope(repository), body=data,
+                     headers={"Content-Type": media_type})
+        return digest
+
     def blob(self, repository: str, digest: str, size: int | None = None) -> "BlobSource":
         """A :class:`BlobSource` over a blob of this registry."""
         return BlobSource(self, repository, digest, size)
+
+
+class _UploadOutOfStep(Exception):
+    """The registry holds a different number of bytes of an upload than was sent."""
+
+
+def _push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+def _upload_range(value: str | None) -> int | None:
+    """Bytes an upload holds, from its ``Range: 0-<last>`` header (distribution says ``0--1``
+    for none); None when absent or malformed."""
+    match = _UPLOAD_RANGE_RE.fullmatch((value or "").strip())
+    if not match or int(match.group(1)) != 0:
+        return None
+    return int(match.group(2)) + 1
 
 
 def _parse_token(body: bytes, origin: tuple[str, str]) -> tuple[str, float]:
@@ -1026,7 +1237,8 @@ class BlobSource:
 
 # -- layers ----------------------------------------------------------------------------------
 def open_layer(reference: str | Reference, layer_index: int | str | None = None, *,
-               platform: str | None = None, **client_options: Any) -> tuple[BlobSource, dict[str, Any]]:
+               platform: str | None = None, verify_with: EllipticCurvePublicKey | None = None,
+               **client_options: Any) -> tuple[BlobSource, dict[str, Any]]:
     """A layer of a remote image as a :class:`BlobSource` and its descriptor.
 
     ``reference`` names a tag or manifest digest (indexes are resolved by ``platform``,
@@ -1038,11 +1250,18 @@ def open_layer(reference: str | Reference, layer_index: int | str | None = None,
     the TOC digest annotation of a manifest whose digest was checked anchors the TOC (the
     reader refuses a TOC that does not match it); ``source.anchor`` tells which :class:`Anchor`
     the layer has.
+
+    ``verify_with`` (an ECDSA public key, see :func:`estargz.sign.load_public_key`) first checks
+    a sigstore signature of the manifest the reference names (VerificationError if there is
+    none by that key for this image), and then requires the layer's TOC digest annotation: the
+    anchor is then ``signature``.
     """
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     client_options.setdefault("scheme", ref.scheme)
     client = RegistryClient(ref.registry, **client_options)
     try:
+        if verify_with is not None:
+            return _open_signed_layer(client, ref, layer_index, platform, verify_with)
         if ref.digest and layer_index is None and platform is None:
             try:
                 descriptor = client.stat_blob(ref.repository, ref.digest)
@@ -1060,3 +1279,21 @@ def open_layer(reference: str | Reference, layer_index: int | str | None = None,
     except BaseException:
         client.close()
         raise
+
+
+def _open_signed_layer(client: RegistryClient, ref: Reference, layer_index: int | str | None,
+                       platform: str | None, key: EllipticCurvePublicKey) -> tuple[BlobSource, dict[str, Any]]:
+    """The layer of a signed image: signature, then manifest digest, then TOC digest annotation."""
+    from .sign import verify_image
+
+    top = client.get_manifest(ref.repository, ref.reference)
+    verify_image(client, ref, top.digest, key)
+    manifest = client.resolve_manifest(ref.repository, top, platform=platform)
+    descriptor = _select_layer(manifest, layer_index)
+    anchor = Anchor.of(manifest, descriptor, True)
+    if anchor.toc_digest is None:
+        raise VerificationError(f"layer {descriptor['digest']} of the signed image {top.digest} has no TOC "
+                                "digest annotation to anchor a lazy read")
+    source = BlobSource(client, ref.repository, descriptor["digest"], descriptor["size"], owns_client=True)
+    source.anchor = Anchor("signature", top.digest, anchor.toc_digest, anchor.annotation)
+    return source, descriptor
