@@ -18,8 +18,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .digests import is_digest
 from .errors import FormatError, LimitError
-from .gojson import quote
+from .gojson import Time, format_rfc3339nano, parse_rfc3339, quote
 from .toc import MAX_TOC_SIZE
 
 __all__ = [
@@ -33,9 +34,6 @@ CHUNK_TYPE_ZEROS = "zeros"
 #: Go's zero ``time.Time`` (0001-01-01T00:00:00Z), which containers/storage <= 1.54 wrote for a
 #: missing atime/ctime; newer writers omit the key.
 GO_ZERO_TIME = (-62135596800, 0)
-
-Time = tuple[int, int]
-"""A point in time as (seconds since the Unix epoch, nanoseconds in [0, 1e9))."""
 
 # JSON key, attribute, kind (s: string, i: integer, n: non-negative integer, t: time, x: xattrs),
 # in Go struct order, which is the serialization order.
@@ -63,9 +61,6 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
 )
 _BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in FIELDS}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}")
-_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
-                   r"(?:[.,]([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_SPACE = " \t\r\n"
 
@@ -98,76 +93,6 @@ class CSTOCEntry:
     chunk_offset: int = 0
     chunk_digest: str = ""
     chunk_type: str = ""
-
-
-# --- times -----------------------------------------------------------------------------------
-
-
-def _civil_from_days(days: int) -> tuple[int, int, int]:
-    """(year, month, day) of a day count since 1970-01-01, proleptic Gregorian (H. Hinnant)."""
-    days += 719468
-    era, doe = divmod(days, 146097)
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    return yoe + era * 400 + (month <= 2), month, day
-
-
-def _days_from_civil(year: int, month: int, day: int) -> int:
-    year -= month <= 2
-    era, yoe = divmod(year, 400)
-    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-def _days_in_month(year: int, month: int) -> int:
-    if month == 2:
-        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
-    return 30 if month in (4, 6, 9, 11) else 31
-
-
-def format_rfc3339nano(seconds: int, nanos: int = 0) -> str:
-    """Go ``t.UTC().Format(time.RFC3339Nano)`` (also its JSON form, without quotes).
-
-    The fraction appears only when ``nanos`` is not 0, trailing zeros trimmed. Years outside
-    0..9999 raise :class:`LimitError`, as Go's MarshalJSON fails on them.
-    """
-    extra, nanos = divmod(nanos, 1_000_000_000)
-    days, clock = divmod(seconds + extra, 86400)
-    year, month, day = _civil_from_days(days)
-    if not 0 <= year <= 9999:
-        raise LimitError(f"time {seconds}s is outside years 0..9999")
-    hour, rest = divmod(clock, 3600)
-    fraction = "." + f"{nanos:09d}".rstrip("0") if nanos else ""
-    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{rest // 60:02d}:{rest % 60:02d}{fraction}Z"
-
-
-def parse_rfc3339(text: str) -> Time:
-    """Parse a time as Go's ``time.Parse(time.RFC3339, text)`` does, into UTC (seconds, nanos).
-
-    Fractional seconds of any length are accepted (truncated to nanoseconds), zones ``Z`` or
-    ``+hh:mm``/``-hh:mm``. Raises :class:`FormatError` otherwise.
-    """
-    match = _TIME.fullmatch(text)
-    if not match:
-        raise FormatError(f"invalid RFC 3339 time {text!r}")
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    if not (1 <= month <= 12 and 1 <= day <= _days_in_month(year, month)
-            and hour < 24 and minute < 60 and second < 60):
-        raise FormatError(f"RFC 3339 time {text!r} out of range")
-    nanos = int((match.group(7) or "")[:9].ljust(9, "0"))
-    zone = match.group(8)
-    offset = 0
-    if zone != "Z":
-        zone_hours, zone_minutes = int(zone[1:3]), int(zone[4:6])
-        if zone_hours > 24 or zone_minutes > 59:  # Go accepts up to +24:00
-            raise FormatError(f"RFC 3339 time {text!r}: bad zone offset")
-        offset = (zone_hours * 3600 + zone_minutes * 60) * (-1 if zone[0] == "-" else 1)
-    days = _days_from_civil(year, month, day)
-    return days * 86400 + hour * 3600 + minute * 60 + second - offset, nanos
 
 
 # --- encoding --------------------------------------------------------------------------------
@@ -304,7 +229,7 @@ def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
         raise FormatError(f"TOC entry {index}: unknown chunk type {entry.chunk_type!r}")
     for attr in ("digest", "chunk_digest"):
         digest = getattr(entry, attr)
-        if digest and not _DIGEST.fullmatch(digest):
+        if digest and not is_digest(digest):
             raise FormatError(f"TOC entry {index}: invalid {attr} {digest!r}")
     return entry
 
@@ -341,7 +266,7 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
                 raise FormatError("TOC entries must be an array")
             raw_entries = value
         elif lowered == "tarsplitdigest":
-            if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+            if not is_digest(value):
                 raise FormatError(f"invalid tarSplitDigest {value!r}")
             tar_split_digest = value
     raw_entries = raw_entries or []

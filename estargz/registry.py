@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import ipaddress
 import json
-import platform as _platform
 import random
 import re
 import ssl
@@ -36,6 +34,7 @@ from .annotations import (
     TOC_DIGEST_ANNOTATION,
 )
 from .auth import Auth, Credentials
+from .digests import algorithm_of, digest_of, hash_digest, is_digest, new_hash
 from .errors import (
     EStargzError,
     FormatError,
@@ -44,7 +43,18 @@ from .errors import (
     RegistryError,
     VerificationError,
 )
-from .formats import OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
+from .oci import (
+    DOCKER_MANIFEST_LIST_MEDIA_TYPE,
+    DOCKER_MANIFEST_MEDIA_TYPE,
+    IMAGE_MANIFEST_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
+    OCI_INDEX_MEDIA_TYPE,
+    OCI_MANIFEST_MEDIA_TYPE,
+    default_platform,
+    parse_platform,
+    platform_matches,
+    platform_text,
+)
 from .transport import TRANSIENT_ERRORS, TRANSPORT_ERRORS, DeadlineExceeded, Response, Transport
 
 __all__ = [
@@ -55,10 +65,10 @@ __all__ = [
 
 OCI_MANIFEST = OCI_MANIFEST_MEDIA_TYPE
 OCI_INDEX = OCI_INDEX_MEDIA_TYPE
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-INDEX_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
-MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST, *INDEX_MEDIA_TYPES)
+DOCKER_MANIFEST = DOCKER_MANIFEST_MEDIA_TYPE
+DOCKER_MANIFEST_LIST = DOCKER_MANIFEST_LIST_MEDIA_TYPE
+#: The media types a manifest fetch accepts: image manifests and indexes.
+MANIFEST_MEDIA_TYPES = (*IMAGE_MANIFEST_MEDIA_TYPES, *INDEX_MEDIA_TYPES)
 
 #: Largest manifest accepted (distribution's own limit).
 MAX_MANIFEST_SIZE = 4 << 20
@@ -87,7 +97,6 @@ _ENDPOINTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -145,8 +154,8 @@ def _check_repository(repository: str) -> None:
 
 
 def _check_digest(digest: str) -> None:
-    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-        raise ValueError(f"invalid digest {digest!r} (expected sha256:<64 hex> or sha512:<128 hex>)")
+    if not is_digest(digest):
+        raise ValueError(f"invalid digest {digest!r} (expected sha256:<64 hex>, sha384:<96 hex> or sha512:<128 hex>)")
 
 
 def parse_reference(text: str) -> Reference:
@@ -187,36 +196,6 @@ def parse_reference(text: str) -> Reference:
     return Reference(registry, repository, tag, digest or None, scheme or _default_scheme(registry))
 
 
-# -- platforms -------------------------------------------------------------------------------
-_ARCHITECTURES = {
-    "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm/v7",
-    "armv6l": "arm/v6", "i386": "386", "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x",
-    "riscv64": "riscv64",
-}
-
-
-def default_platform() -> str:
-    """``linux/<this machine's architecture>`` in OCI spelling, e.g. ``linux/amd64``."""
-    machine = _platform.machine().lower()
-    return "linux/" + _ARCHITECTURES.get(machine, machine)
-
-
-def _parse_platform(text: str) -> tuple[str, str, str | None]:
-    parts = text.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ValueError(f"invalid platform {text!r} (expected os/arch[/variant])")
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
-
-
-def _variant(architecture: str, variant: str | None) -> str | None:
-    return None if architecture == "arm64" and variant == "v8" else variant or None
-
-
-def _platform_text(platform: Mapping[str, Any]) -> str:
-    parts = [str(platform.get("os", "?")), str(platform.get("architecture", "?"))]
-    return "/".join(parts + ([str(platform["variant"])] if platform.get("variant") else []))
-
-
 # -- manifests -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Manifest:
@@ -244,7 +223,7 @@ def _check_descriptor(descriptor: Any, what: str) -> dict[str, Any]:
     if not isinstance(descriptor, dict):
         raise FormatError(f"{what} is not a descriptor object")
     digest, size = descriptor.get("digest"), descriptor.get("size")
-    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+    if not is_digest(digest):
         raise FormatError(f"{what} has an invalid digest {digest!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise FormatError(f"{what} has an invalid size {size!r}")
@@ -289,10 +268,6 @@ class Anchor:
         return {k: v for k, v in found.items() if v is not None}
 
 
-def _digest_of(data: bytes, algorithm: str = "sha256") -> str:
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-
-
 def _media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip().lower()
 
@@ -316,7 +291,7 @@ def _parse_manifest(data: bytes, content_type: str | None, digest: str) -> Manif
 
 
 def _select_platform(index: Manifest, platform: str | None) -> dict[str, Any]:
-    want_os, want_arch, want_variant = _parse_platform(platform or default_platform())
+    wanted = parse_platform(platform or default_platform())
     entries = index.content.get("manifests")
     if not isinstance(entries, list):
         raise FormatError(f"index {index.digest} has no list of manifests")
@@ -324,10 +299,8 @@ def _select_platform(index: Manifest, platform: str | None) -> dict[str, Any]:
     for position, entry in enumerate(entries):
         entry = _check_descriptor(entry, f"manifest {position} of index {index.digest}")
         found: dict[str, Any] = entry["platform"] if isinstance(entry.get("platform"), dict) else {}
-        seen.append(_platform_text(found))
-        if found.get("os") != want_os or found.get("architecture") != want_arch:
-            continue
-        if want_variant is None or _variant(want_arch, found.get("variant")) == _variant(want_arch, want_variant):
+        seen.append(platform_text(found))
+        if platform_matches(found, wanted):
             return entry
     raise NotFoundError(f"index {index.digest} has no manifest for {platform or default_platform()} "
                         f"(it has {', '.join(seen) or 'none'})")
@@ -743,7 +716,7 @@ class RegistryClient:
         """The manifest or index named by a tag or digest, checked against the digest (the one
         asked for, else the registry's ``Docker-Content-Digest``)."""
         _check_repository(repository)
-        by_digest = bool(_DIGEST_RE.fullmatch(reference))
+        by_digest = is_digest(reference)
         if not by_digest and not _TAG_RE.fullmatch(reference):
             raise ValueError(f"invalid tag or digest {reference!r}")
         path = f"/v2/{repository}/manifests/{reference}"
@@ -758,8 +731,7 @@ class RegistryClient:
             "GET", path, handle=handle, scope=f"repository:{repository}:pull",
             headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)})
         expected = reference if by_digest else header_digest
-        algorithm = expected.partition(":")[0] if expected and _DIGEST_RE.fullmatch(expected) else "sha256"
-        digest = _digest_of(data, algorithm)
+        digest = digest_of(data, algorithm_of(expected))
         if expected and digest != expected:
             raise VerificationError(f"manifest {repository}:{reference} has digest {digest}, expected {expected}")
         return _parse_manifest(data, content_type, digest)
@@ -915,7 +887,7 @@ class BlobSource:
                 if resp.length is not None and resp.length != self._size:
                     raise VerificationError(f"blob {self.digest} is {resp.length} bytes, expected {self._size}")
                 data = _read_exact(resp, self._size, self._stats)
-                digest = _digest_of(data, self.digest.partition(":")[0])
+                digest = digest_of(data, algorithm_of(self.digest))
                 if digest != self.digest:
                     raise VerificationError(f"blob has digest {digest}, expected {self.digest}")
                 self._whole = data
@@ -930,7 +902,7 @@ class BlobSource:
                 raise VerificationError(f"blob {self.digest} is {resp.length} bytes, expected {self._size}")
             out.seek(0)
             out.truncate()
-            hasher = hashlib.new(self.digest.partition(":")[0])
+            hasher = new_hash(algorithm_of(self.digest))
             remaining = self._size
             while piece := resp.read(min(remaining + 1, _DOWNLOAD_PIECE)):
                 if len(piece) > remaining:
@@ -941,7 +913,7 @@ class BlobSource:
                 remaining -= len(piece)
             if remaining:
                 raise VerificationError(f"blob {self.digest} is {self._size - remaining} bytes, expected {self._size}")
-            digest = f"{self.digest.partition(':')[0]}:{hasher.hexdigest()}"
+            digest = hash_digest(hasher)
             if digest != self.digest:
                 raise VerificationError(f"blob has digest {digest}, expected {self.digest}")
 
