@@ -32,7 +32,7 @@ from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .output import atomic_output, refuse_same_file, remove_leftovers
 from .reader import Reader, open_blob
 from .registry import Anchor, open_layer
-from .source import BytesSource, FileSource, Source
+from .source import BLOCK_SIZE, BytesSource, FileSource, Source
 from .tocimage import write_toc_image
 from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
 
@@ -363,7 +363,7 @@ def _cmd_cat(args: argparse.Namespace) -> int:
     with _open(args) as blob:
         for name in args.names:
             with blob.open(name) as f:
-                while block := f.read(1 << 20):
+                while block := f.read(BLOCK_SIZE):
                     out.write(block)
     out.flush()
     return 0

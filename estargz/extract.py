@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from .errors import FormatError, LimitError
 from .output import open_temp_at
+from .source import BLOCK_SIZE
 
 if TYPE_CHECKING:
     from .reader import Entry, Reader
 
 __all__ = ["extract", "ExtractReport"]
 
-_COPY_BLOCK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 #: Directory descriptors kept open at most (besides the root), whatever the number of directories.
 MAX_OPEN_DIRECTORIES = 64
@@ -222,7 +222,7 @@ def _write_file(reader: Reader, entry: Entry, parent_fd: int, base: str, as_root
     try:
         try:
             with reader.open(entry.name) as src:
-                while block := src.read(_COPY_BLOCK):
+                while block := src.read(BLOCK_SIZE):
                     os.write(fd, block)
                     written += len(block)
             _set_attributes(entry, fd, as_root)

@@ -55,6 +55,7 @@ from .oci import (
     platform_matches,
     platform_text,
 )
+from .source import BLOCK_SIZE
 from .transport import TRANSIENT_ERRORS, TRANSPORT_ERRORS, DeadlineExceeded, Response, Transport
 
 __all__ = [
@@ -82,7 +83,6 @@ _MAX_REDIRECTS = 5
 _MAX_INDEX_DEPTH = 4
 _MAX_WAIT = 10.0  # longest single back-off, Retry-After included
 _MAX_RANGES = 64  # ranges per multi-range request
-_DOWNLOAD_PIECE = 1 << 20
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_TOKEN_LIFETIME = 60.0
@@ -350,7 +350,7 @@ def _read_exact(resp: Response, count: int, stats: _Stats) -> bytes:
     parts: list[bytes] = []
     remaining = count
     while remaining:
-        piece = resp.read(min(remaining, 1 << 20))
+        piece = resp.read(min(remaining, BLOCK_SIZE))
         if not piece:
             raise ConnectionError(f"the connection closed {remaining} bytes before the end of the body")
         stats.received(len(piece))
@@ -367,7 +367,7 @@ def _read_body(resp: Response, limit: int, stats: _Stats, what: str) -> bytes:
         return _read_exact(resp, resp.length, stats)
     data = b""
     while len(data) <= limit:
-        piece = resp.read(min(1 << 20, limit + 1 - len(data)))
+        piece = resp.read(min(BLOCK_SIZE, limit + 1 - len(data)))
         if not piece:
             return data
         stats.received(len(piece))
@@ -514,7 +514,7 @@ class RegistryClient:
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after and retry_after.strip().isdigit():
             return min(float(retry_after.strip()), _MAX_WAIT)
-        return min(self.backoff * 2 ** attempt, _MAX_WAIT) * (0.5 + random.random() / 2)
+        return min(self.backoff * 2.0 ** attempt, _MAX_WAIT) * (0.5 + random.random() / 2)
 
     def _status_error(self, method: str, url: str, resp: Response, stats: _Stats,
                       attempts: int = 1) -> EStargzError:
@@ -904,7 +904,7 @@ class BlobSource:
             out.truncate()
             hasher = new_hash(algorithm_of(self.digest))
             remaining = self._size
-            while piece := resp.read(min(remaining + 1, _DOWNLOAD_PIECE)):
+            while piece := resp.read(min(remaining + 1, BLOCK_SIZE)):
                 if len(piece) > remaining:
                     raise VerificationError(f"blob {self.digest} is over the {self._size} bytes expected")
                 self._stats.received(len(piece))

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .source import BLOCK_SIZE
+
 __all__ = [
     "WINDOW_SIZE", "CHAR_OFFSET", "ROLLSUM_BITS", "HOLE_THRESHOLD",
     "Chunk", "chunk_file", "chunk_files", "chunk_stream", "split_positions", "find_holes",
@@ -251,7 +253,9 @@ def chunk_files(files: Sequence[Buffer]) -> list[list[Chunk]]:
     each file the all-zero window of a fresh rolling state; holes are found file by file.
     """
     gap = bytes(WINDOW_SIZE)
-    starts, parts, position = [], [], 0
+    starts: list[int] = []
+    parts: list[Buffer] = []
+    position = 0
     for data in files:
         parts += (gap, data)
         position += WINDOW_SIZE
@@ -307,7 +311,7 @@ def _bounded_ranges(holes: list[tuple[int, int]], start: int, end: int) -> list[
 
 
 def chunk_stream(read: Callable[[int, int], Buffer], size: int, *,
-                 window: int = 1 << 20) -> Iterator[Chunk]:
+                 window: int = BLOCK_SIZE) -> Iterator[Chunk]:
     """:func:`chunk_file` for a file too large for memory, read ``window`` bytes at a time.
 
     ``read(offset, length)`` must return exactly ``length`` bytes of the file at ``offset``; it is
