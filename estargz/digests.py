@@ -55,7 +55,7 @@ def is_digest(value: object) -> bool:
 
 def algorithm_of(digest: str | None) -> str:
     """The algorithm a digest names; sha256 when there is no well-formed digest to follow."""
-    return digest.partition(":")[0] if is_digest(digest) else SHA256
+    return digest.partition(":")[0] if digest is not None and is_digest(digest) else SHA256
 
 
 def split_digest(value: object) -> tuple[str, str]:

@@ -51,7 +51,7 @@ def crc64_iso(data: Buffer, crc: int = 0) -> int:
     view = memoryview(data)
     if view.ndim != 1 or view.format != "B":
         view = view.cast("B")
-    return _CRC64_ISO.calc(view, crc)
+    return int(_CRC64_ISO.calc(view, crc))
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,13 +32,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 __all__ = [
-    "FORMATS",
+    "TAR_FORMATS",
     "KINDS",
     "RESERVED_NAMES",
     "ExpectedEntry",
@@ -56,13 +56,14 @@ __all__ = [
 ]
 
 KINDS = ("reg", "dir", "symlink", "hardlink", "char", "block", "fifo")
-FORMATS = ("ustar", "pax", "gnu")
+#: The tar formats a generated :class:`Layer` comes in (not the layer formats of ``estargz.FORMATS``).
+TAR_FORMATS = ("ustar", "pax", "gnu")
 #: Root-level names an eStargz writer drops from its input (it writes its own landmark and TOC).
 RESERVED_NAMES = frozenset({".prefetch.landmark", ".no.prefetch.landmark", "stargz.index.json"})
 #: The default total of file contents in one generated layer (hypothesis-friendly).
 MAX_CONTENT = 64 << 10
 
-_TAR_FORMATS = {"ustar": tarfile.USTAR_FORMAT, "pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT}
+_TARFILE_FORMATS = {"ustar": tarfile.USTAR_FORMAT, "pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT}
 _TAR_TYPES = {
     "reg": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
     "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
@@ -117,7 +118,7 @@ class Layer:
     format: str = "pax"
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
+        if self.format not in TAR_FORMATS:
             raise ValueError(f"unknown tar format {self.format!r}")
 
     @property
@@ -223,7 +224,7 @@ def tar_bytes(layer: Layer, format: str | None = None) -> bytes:
     """
     format = format or layer.format
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=_TAR_FORMATS[format],
+    with tarfile.open(fileobj=buf, mode="w", format=_TARFILE_FORMATS[format],
                       encoding="utf-8", errors="surrogateescape") as tar:
         for entry in layer.entries:
             problem = unrepresentable(entry, format)
@@ -429,7 +430,8 @@ class _Builder:
     # -- small draws ---------------------------------------------------------------------
     def chance(self, n: int) -> bool:
         """True about once in ``n`` draws (shrinks to False)."""
-        return self.draw(self.st.integers(0, n - 1)) == n - 1
+        drawn: int = self.draw(self.st.integers(0, n - 1))
+        return drawn == n - 1
 
     def _owners(self) -> list[tuple[int, tuple[str, ...]]]:
         st = self.st
@@ -462,7 +464,7 @@ class _Builder:
         st, draw, unit = self.st, self.draw, self.unit
         shape = draw(st.sampled_from(("small", "empty", "chunks", "large", "zeros")))
         if shape == "small":
-            data = draw(st.binary(max_size=min(64, self.budget)))
+            data: bytes = draw(st.binary(max_size=min(64, self.budget)))
             self.budget -= len(data)
             return data
         if shape == "empty":
@@ -515,7 +517,7 @@ class _Builder:
         return next(p for p in candidates if p not in self.taken and self._fits(p, kind))
 
     def _parent(self) -> str:
-        parent = self.draw(self.st.sampled_from(self.dirs))
+        parent: str = self.draw(self.st.sampled_from(self.dirs))
         if self.implicit_dirs and self.chance(6):
             for _ in range(self.draw(self.st.integers(1, 2))):
                 path = self._fresh(parent, self.draw(self.components), "dir")
@@ -606,14 +608,14 @@ class _Builder:
 
 def _check(formats: Sequence[str], max_content: int) -> tuple[str, ...]:
     formats = tuple(formats)
-    if not formats or any(f not in FORMATS for f in formats):
-        raise ValueError(f"formats must be a non-empty subset of {FORMATS}")
+    if not formats or any(f not in TAR_FORMATS for f in formats):
+        raise ValueError(f"formats must be a non-empty subset of {TAR_FORMATS}")
     if max_content < 0:
         raise ValueError("max_content must not be negative")
     return formats
 
 
-def layers(*, min_entries: int = 0, max_entries: int = 20, formats: Sequence[str] = FORMATS,
+def layers(*, min_entries: int = 0, max_entries: int = 20, formats: Sequence[str] = TAR_FORMATS,
            chunk_size: int | None = None, max_content: int = MAX_CONTENT,
            implicit_dirs: bool = True, reserved_names: bool = False) -> SearchStrategy[Layer]:
     """Consistent layers whose cleaned names are unique.
@@ -629,18 +631,17 @@ def layers(*, min_entries: int = 0, max_entries: int = 20, formats: Sequence[str
     st = _hypothesis()
     formats = _check(formats, max_content)
 
-    @st.composite
-    def strategy(draw: Callable[[Any], Any]) -> Layer:
+    def draw_layer(draw: Callable[[Any], Any]) -> Layer:
         return _build(draw, draw(st.sampled_from(formats)), min_entries, max_entries, 0, 0,
                       chunk_size=chunk_size, max_content=max_content,
                       implicit_dirs=implicit_dirs, reserved_names=reserved_names)
 
-    return strategy()
+    return cast("SearchStrategy[Layer]", st.composite(draw_layer)())
 
 
 def layers_with_duplicates(*, min_duplicates: int = 1, max_duplicates: int = 4,
                            min_entries: int = 1, max_entries: int = 16,
-                           formats: Sequence[str] = FORMATS, chunk_size: int | None = None,
+                           formats: Sequence[str] = TAR_FORMATS, chunk_size: int | None = None,
                            max_content: int = MAX_CONTENT, implicit_dirs: bool = True,
                            reserved_names: bool = False) -> SearchStrategy[Layer]:
     """Like :func:`layers`, then some paths are declared again later (same kind, maybe spelled
@@ -648,14 +649,13 @@ def layers_with_duplicates(*, min_duplicates: int = 1, max_duplicates: int = 4,
     st = _hypothesis()
     formats = _check(formats, max_content)
 
-    @st.composite
-    def strategy(draw: Callable[[Any], Any]) -> Layer:
+    def draw_layer(draw: Callable[[Any], Any]) -> Layer:
         return _build(draw, draw(st.sampled_from(formats)), max(1, min_entries), max_entries,
                       min_duplicates, max_duplicates, chunk_size=chunk_size,
                       max_content=max_content, implicit_dirs=implicit_dirs,
                       reserved_names=reserved_names)
 
-    return strategy()
+    return cast("SearchStrategy[Layer]", st.composite(draw_layer)())
 
 
 def _build(draw: Callable[[Any], Any], format: str, min_entries: int, max_entries: int,
@@ -682,11 +682,10 @@ def layer_entries(*, format: str = "pax", kinds: Sequence[str] = ("reg", "dir", 
     if not kinds or any(k not in KINDS for k in kinds):
         raise ValueError(f"kinds must be a non-empty subset of {KINDS}")
 
-    @st.composite
-    def strategy(draw: Callable[[Any], Any]) -> LayerEntry:
+    def draw_entry(draw: Callable[[Any], Any]) -> LayerEntry:
         builder = _Builder(draw, format, chunk_size=chunk_size, max_content=max_content,
                            implicit_dirs=True, reserved_names=False, kinds=kinds)
         builder.add_one()
         return builder.entries[-1]
 
-    return strategy()
+    return cast("SearchStrategy[LayerEntry]", st.composite(draw_entry)())
