@@ -6,9 +6,10 @@
 
 Over urllib3 (:mod:`estargz.transport`): Bearer-token and Basic authentication with credentials
 looked up as docker and podman do (:mod:`estargz.auth`), a deadline per request, retries with
-backoff on transient failures, OCI and Docker manifests and indexes, platform selection. Errors: :class:`NotFoundError` (404, no such
-platform or layer), :class:`VerificationError` (digest or size mismatch), :class:`LimitError`
-(manifest too large, or a blob too large to read whole when the registry ignores ranges),
+backoff on transient failures, OCI and Docker manifests and indexes, platform selection. Errors:
+:class:`NotFoundError` (404, no such platform or layer), :class:`VerificationError` (digest or size
+mismatch), :class:`LimitError` (manifest too large, or a blob too large to read whole when the
+registry ignores ranges),
 :class:`FormatError` (malformed or unexpected answers), and :class:`RegistryError` when the
 registry cannot be reached, refuses access, fails or misses a deadline.
 """
@@ -25,7 +26,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Mapping, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, Mapping, NamedTuple, Sequence, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from .annotations import (
@@ -437,6 +438,39 @@ def _token_lifetime(expires_in: Any) -> float:
     return float(min(max(expires_in, 1), _MAX_TOKEN_LIFETIME))
 
 
+@dataclass
+class _Call:
+    """One request's state across redirects, challenges and retries."""
+
+    method: str
+    url: str
+    first_origin: tuple[str, str]
+    seconds: float
+    retry_deadline: float
+    headers: dict[str, str]
+    scope: str | None
+    stats: _Stats
+    authenticate: bool
+    body: bytes | None
+    attempt: int = 0
+    redirects: int = 0
+    challenged: bool = False
+
+
+class _Retry(NamedTuple):
+    """Try a request again after ``delay`` seconds; ``failure`` is why."""
+
+    failure: BaseException | str
+    delay: float
+
+
+class _Again:
+    """Send a request again at once: it was redirected or challenged."""
+
+
+_AGAIN = _Again()
+
+
 class RegistryClient:
     """A client for one registry (``host[:port]``; ``docker.io`` means Docker Hub): GET and HEAD
     with authentication, retries, manifests and blobs. Thread-safe.
@@ -524,15 +558,15 @@ class RegistryClient:
         except _BODY_ERRORS:
             body = b""
         detail = _error_detail(body)
-        where = f"{method} {url}: HTTP {resp.status} {_one_line(resp.reason)[:100]}" + (f" ({detail})" if detail else "")
+        where = f"{method} {url}: HTTP {resp.status} {_one_line(resp.reason)[:100]}"
+        where += f" ({detail})" if detail else ""
         if attempts > 1:
             where += f", after {attempts} attempts"
         if resp.status == 404:
             return NotFoundError(where)
         if resp.status in (401, 403):
-            return RegistryError(f"{where}: access denied"
-                                 + (" with the credentials given" if self._credentials() else " (no credentials given)"),
-                                 resp.status)
+            given = " with the credentials given" if self._credentials() else " (no credentials given)"
+            return RegistryError(f"{where}: access denied{given}", resp.status)
         if resp.status in _RETRY_STATUSES or resp.status >= 500:
             return RegistryError(where, resp.status)
         return FormatError(where)
@@ -548,64 +582,81 @@ class RegistryClient:
         called for redirects, challenges and retried statuses; it may be called again when
         reading the body fails on a transient error.
         """
-        stats = stats or self.stats
         url = path if "://" in path else self._url(path)
-        first_origin = _origin_of(url)
-        seconds = self.deadline + expect / _DEADLINE_BYTES_PER_SECOND
-        retry_deadline = time.monotonic() + self.max_retry_time
-        attempt = redirects = 0
-        challenged = False
+        call = _Call(method, url, _origin_of(url), self.deadline + expect / _DEADLINE_BYTES_PER_SECOND,
+                     time.monotonic() + self.max_retry_time, dict(headers or {}), scope, stats or self.stats,
+                     authenticate, body)
         while True:
-            origin = _origin_of(url)
-            send = {"User-Agent": _USER_AGENT, **(headers or {})}
-            own = origin == self._origin
-            if authenticate and own:
-                self._authorize(send, scope, stats)
-            elif origin != first_origin:  # redirected elsewhere: no credentials
-                send = {k: v for k, v in send.items() if k.lower() != "authorization"}
-            failure: BaseException | str
-            try:
-                resp = self._transport.send(method, url, send, seconds, body)
-                stats.request()
-            except DeadlineExceeded as exc:
-                raise self._late(method, url, seconds) from exc
-            except TRANSIENT_ERRORS as exc:
-                failure, delay = exc, self._delay(attempt, None)
-            except TRANSPORT_ERRORS as exc:
-                raise RegistryError(f"{method} {url}: {_one_line(exc)}") from exc
-            else:
-                try:
-                    status = resp.status
-                    location = resp.getheader("Location")
-                    if status in _REDIRECT_STATUSES and location:
-                        if redirects >= _MAX_REDIRECTS:
-                            raise FormatError(f"{method} {url}: more than {_MAX_REDIRECTS} redirects")
-                        url, redirects = self._redirect(url, location), redirects + 1
-                        continue
-                    if status == 401 and authenticate and own and not challenged:
-                        challenged = True
-                        resp.release(_MAX_DRAIN)  # the token realm may be on this very connection
-                        self._on_challenge(resp.getheaders("WWW-Authenticate"), scope, stats,
-                                           send.get("Authorization"), url)
-                        continue
-                    if status not in _RETRY_STATUSES:
-                        return handle(resp)
-                    failure, delay = f"HTTP {status}", self._delay(attempt, resp.getheader("Retry-After"))
-                    if attempt >= self.retries or time.monotonic() + delay > retry_deadline:
-                        raise self._status_error(method, url, resp, stats, attempt + 1)
-                except DeadlineExceeded as exc:
-                    raise self._late(method, url, seconds) from exc
-                except TRANSIENT_ERRORS as exc:
-                    failure, delay = exc, self._delay(attempt, None)
-                except TRANSPORT_ERRORS as exc:
-                    raise RegistryError(f"{method} {url}: {_one_line(exc)}") from exc
-                finally:
-                    resp.release(_MAX_DRAIN)
-            if attempt >= self.retries or time.monotonic() + delay > retry_deadline:
-                raise RegistryError(f"{method} {url}: {_one_line(failure)} (gave up after {attempt + 1} attempts)") from (
-                    failure if isinstance(failure, BaseException) else None)
-            time.sleep(delay)
-            attempt += 1
+            outcome = self._attempt(call, handle)
+            if isinstance(outcome, _Again):
+                continue
+            if not isinstance(outcome, _Retry):
+                return outcome
+            if call.attempt >= self.retries or time.monotonic() + outcome.delay > call.retry_deadline:
+                cause = outcome.failure if isinstance(outcome.failure, BaseException) else None
+                raise RegistryError(f"{method} {call.url}: {_one_line(outcome.failure)} "
+                                    f"(gave up after {call.attempt + 1} attempts)") from cause
+            time.sleep(outcome.delay)
+            call.attempt += 1
+
+    def _attempt(self, call: _Call, handle: Callable[[Response], T]) -> T | _Retry | _Again:
+        """Send ``call`` once: the handled answer, or whether and when to try again."""
+        send = self._headers(call)
+        try:
+            resp = self._transport.send(call.method, call.url, send, call.seconds, call.body)
+            call.stats.request()
+        except TRANSPORT_ERRORS as exc:
+            return self._failed(call, exc)
+        try:
+            return self._answer(call, resp, handle, send.get("Authorization"))
+        except TRANSPORT_ERRORS as exc:
+            return self._failed(call, exc)
+        finally:
+            resp.release(_MAX_DRAIN)
+
+    def _headers(self, call: _Call) -> dict[str, str]:
+        """The headers of the next attempt: credentials for this registry, none for another origin
+        a redirect led to."""
+        origin = _origin_of(call.url)
+        send = {"User-Agent": _USER_AGENT, **call.headers}
+        if call.authenticate and origin == self._origin:
+            self._authorize(send, call.scope, call.stats)
+        elif origin != call.first_origin:
+            send = {k: v for k, v in send.items() if k.lower() != "authorization"}
+        return send
+
+    def _failed(self, call: _Call, exc: BaseException) -> _Retry:
+        """A retry after a transient transport failure; the typed error for any other."""
+        if isinstance(exc, DeadlineExceeded):
+            raise self._late(call.method, call.url, call.seconds) from exc
+        if isinstance(exc, TRANSIENT_ERRORS):
+            return _Retry(exc, self._delay(call.attempt, None))
+        raise RegistryError(f"{call.method} {call.url}: {_one_line(exc)}") from exc
+
+    def _answer(self, call: _Call, resp: Response, handle: Callable[[Response], T],
+                authorization: str | None) -> T | _Retry | _Again:
+        """``handle(resp)``, or follow a redirect, answer a challenge, or retry a status."""
+        status = resp.status
+        location = resp.getheader("Location")
+        if status in _REDIRECT_STATUSES and location:
+            self._follow(call, location)
+            return _AGAIN
+        if status == 401 and call.authenticate and _origin_of(call.url) == self._origin and not call.challenged:
+            call.challenged = True
+            resp.release(_MAX_DRAIN)  # the token realm may be on this very connection
+            self._on_challenge(resp.getheaders("WWW-Authenticate"), call.scope, call.stats, authorization, call.url)
+            return _AGAIN
+        if status not in _RETRY_STATUSES:
+            return handle(resp)
+        retry = _Retry(f"HTTP {status}", self._delay(call.attempt, resp.getheader("Retry-After")))
+        if call.attempt >= self.retries or time.monotonic() + retry.delay > call.retry_deadline:
+            raise self._status_error(call.method, call.url, resp, call.stats, call.attempt + 1)
+        return retry
+
+    def _follow(self, call: _Call, location: str) -> None:
+        if call.redirects >= _MAX_REDIRECTS:
+            raise FormatError(f"{call.method} {call.url}: more than {_MAX_REDIRECTS} redirects")
+        call.url, call.redirects = self._redirect(call.url, location), call.redirects + 1
 
     @staticmethod
     def _late(method: str, url: str, seconds: float) -> RegistryError:
