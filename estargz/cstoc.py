@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from .digests import is_digest
 from .errors import FormatError, LimitError
-from .gojson import Time, format_rfc3339nano, parse_rfc3339, quote
+from .gojson import Time, decode_value, format_rfc3339nano, parse_rfc3339, quote
 from .toc import MAX_TOC_SIZE
 
 __all__ = [
@@ -62,7 +62,6 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
 _BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in FIELDS}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_JSON_SPACE = " \t\r\n"
 
 
 @dataclass(slots=True, eq=True)
@@ -169,33 +168,35 @@ def encode_cs_toc(entries: list[CSTOCEntry], tar_split_digest: str = "", *,
 # --- decoding --------------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
+def _string(where: str, value: Any) -> str:
+    if value is None:  # json-iterator reads null as ""
+        return ""
+    if not isinstance(value, str):
+        raise FormatError(f"{where} must be a string")
+    return value
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _integer(where: str, value: Any) -> int:
+    if type(value) is not int:
+        raise FormatError(f"{where} must be an integer")
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise LimitError(f"{where} does not fit in 64 bits")
+    return value
 
 
-def _value(index: int, key: str, kind: str, value: Any) -> Any:
-    where = f"TOC entry {index}: {key}"
-    if kind == "s":
-        if value is None:  # json-iterator reads null as ""
-            return ""
-        if not isinstance(value, str):
-            raise FormatError(f"{where} must be a string")
-        return value
-    if kind in ("i", "n"):
-        if type(value) is not int:
-            raise FormatError(f"{where} must be an integer")
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise LimitError(f"{where} does not fit in 64 bits")
-        if kind == "n" and value < 0:
-            raise FormatError(f"{where} must not be negative")
-        return value
-    if kind == "t":
-        if not isinstance(value, str):
-            raise FormatError(f"{where} must be an RFC 3339 string")
-        return parse_rfc3339(value)
+def _non_negative(where: str, value: Any) -> int:
+    if _integer(where, value) < 0:
+        raise FormatError(f"{where} must not be negative")
+    return int(value)
+
+
+def _time(where: str, value: Any) -> Time:
+    if not isinstance(value, str):
+        raise FormatError(f"{where} must be an RFC 3339 string")
+    return parse_rfc3339(value)
+
+
+def _xattrs(where: str, value: Any) -> dict[str, bytes]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -213,6 +214,12 @@ def _value(index: int, key: str, kind: str, value: Any) -> Any:
     return xattrs
 
 
+#: The decoder of each field kind of :data:`FIELDS`.
+_DECODERS: dict[str, Callable[[str, Any], Any]] = {
+    "s": _string, "i": _integer, "n": _non_negative, "t": _time, "x": _xattrs,
+}
+
+
 def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
     if not isinstance(raw, dict):
         raise FormatError(f"TOC entry {index} is not an object")
@@ -221,7 +228,7 @@ def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
         known = _BY_KEY.get(key.lower())
         if known is not None:
             json_key, attr, kind = known
-            values[attr] = _value(index, json_key, kind, value)
+            values[attr] = _DECODERS[kind](f"TOC entry {index}: {json_key}", value)
     entry = CSTOCEntry(**values)
     if entry.type not in ENTRY_TYPES:
         raise FormatError(f"TOC entry {index}: unknown type {entry.type!r}")
@@ -246,14 +253,24 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     text = bytes(data).decode("utf-8", "surrogateescape")
     try:
-        start = len(text) - len(text.lstrip(_JSON_SPACE))
-        document, end = _DECODER.raw_decode(text, start)
+        document, rest = decode_value(text)
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"TOC is not valid JSON: {exc}") from None
-    if text[end:].strip(_JSON_SPACE):
+    if rest:
         raise FormatError("unexpected data after the TOC")
     if not isinstance(document, dict):
         raise FormatError("TOC is not a JSON object")
+    version, raw_entries, tar_split_digest = _document_fields(document)
+    entries = []
+    for index, raw in enumerate(raw_entries):
+        raw_entries[index] = None  # each parsed object is freed once converted
+        entries.append(_decode_entry(index, raw))
+    _check_chunk_order(entries)
+    return version, entries, tar_split_digest
+
+
+def _document_fields(document: dict[str, Any]) -> tuple[int, list[Any], str]:
+    """``version``, ``entries`` and ``tarSplitDigest`` of a TOC object, checked."""
     version, raw_entries, tar_split_digest = 0, None, ""
     for key, value in document.items():
         lowered = key.lower()
@@ -269,14 +286,12 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
             if not is_digest(value):
                 raise FormatError(f"invalid tarSplitDigest {value!r}")
             tar_split_digest = value
-    raw_entries = raw_entries or []
-    entries = []
-    for index, raw in enumerate(raw_entries):
-        raw_entries[index] = None  # each parsed object is freed once converted
-        entries.append(_decode_entry(index, raw))
+    return version, raw_entries or [], tar_split_digest
+
+
+def _check_chunk_order(entries: list[CSTOCEntry]) -> None:
     previous = ""
     for index, entry in enumerate(entries):
         if entry.type == "chunk" and previous not in ("reg", "chunk"):
             raise FormatError(f"TOC entry {index}: chunk type without a regular file")
         previous = entry.type
-    return version, entries, tar_split_digest

@@ -13,12 +13,14 @@ Strings decoded with ``surrogateescape`` carry invalid bytes as lone surrogates;
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 from .errors import FormatError, LimitError
 
-__all__ = ["quote", "go_escape_dumped", "Time", "format_rfc3339nano", "parse_rfc3339"]
+__all__ = ["quote", "go_escape_dumped", "decode_value", "Time", "format_rfc3339nano", "parse_rfc3339"]
 
 _SPECIAL = re.compile('["\\\\\x00-\x1f<>&\u2028\u2029\ud800-\udfff]')
 #: What Go escapes and Python's ``json.dumps(..., ensure_ascii=False)`` writes raw.
@@ -27,6 +29,8 @@ _HTML_AND_SEPARATORS = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
 _RAW_AFTER_DUMPS = re.compile("[<>&\u2028\u2029\ud800-\udfff]")
 #: Go writes each byte of invalid UTF-8 (a lone surrogate here) as this escape.
 _INVALID = "\\ufffd"
+#: The whitespace JSON allows around values.
+_JSON_SPACE = " \t\r\n"
 _TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
                    r"(?:[.,]([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})")
 
@@ -70,6 +74,23 @@ def go_escape_dumped(text: str) -> str:
     ``\\b``/``\\f`` short, as Go >= 1.22 and Python do): HTML characters and U+2028/U+2029
     escaped, each lone surrogate as ``\\ufffd``."""
     return _RAW_AFTER_DUMPS.sub(_REPLACE_DUMPED, text)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def decode_value(text: str) -> tuple[Any, str]:
+    """The JSON value ``text`` starts with (after whitespace), decoded as strictly as Go does
+    (``NaN`` and ``Infinity`` refused), and the rest of ``text`` without whitespace, which a
+    caller wanting one value alone requires to be empty. ValueError or RecursionError when
+    there is no valid JSON value."""
+    start = len(text) - len(text.lstrip(_JSON_SPACE))
+    value, end = _DECODER.raw_decode(text, start)
+    return value, text[end:].strip(_JSON_SPACE)
 
 
 # --- RFC 3339 times ------------------------------------------------------------------------------
