@@ -182,6 +182,10 @@ def _field_value(entry_index: int, key: str, kind: type, value: Any) -> Any:
         if not isinstance(value, str):
             raise FormatError(f"TOC entry {entry_index}: {key} must be a string")
         return _LONE_SURROGATE.sub("\ufffd", value)
+    return _xattrs(entry_index, value)
+
+
+def _xattrs(entry_index: int, value: Any) -> dict[str, bytes]:
     if not isinstance(value, dict):
         raise FormatError(f"TOC entry {entry_index}: xattrs must be an object")
     xattrs = {}
@@ -217,14 +221,18 @@ def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
     entries = []
     for index, raw in enumerate(raw_entries):
         raw_entries[index] = None  # each parsed object is freed once converted
-        if not isinstance(raw, dict):
-            raise FormatError(f"TOC entry {index} is not an object")
-        values: dict[str, Any] = {"name": "", "type": ""}
-        for key, value in raw.items():
-            known = _BY_KEY.get(key.lower())
-            if known is None or value is None:
-                continue
-            json_key, attr, kind = known
-            values[attr] = _field_value(index, json_key, kind, value)
-        entries.append(TOCEntry(**values))
+        entries.append(_decode_entry(index, raw))
     return version, entries
+
+
+def _decode_entry(index: int, raw: Any) -> TOCEntry:
+    if not isinstance(raw, dict):
+        raise FormatError(f"TOC entry {index} is not an object")
+    values: dict[str, Any] = {"name": "", "type": ""}
+    for key, value in raw.items():
+        known = _BY_KEY.get(key.lower())
+        if known is None or value is None:
+            continue
+        json_key, attr, kind = known
+        values[attr] = _field_value(index, json_key, kind, value)
+    return TOCEntry(**values)
