@@ -548,15 +548,8 @@ class _Converter:
         digest = descriptor["digest"]
         if depth > _MAX_DEPTH:
             raise LimitError(f"indexes nested more than {_MAX_DEPTH} deep")
-        if (descriptor.get("annotations") or {}).get(_ATTESTATION_ANNOTATION):
-            self.skipped.append(digest)
-            return None
-        if not top and self.platforms is not None and "platform" in descriptor \
-                and not self.wanted(descriptor.get("platform")):
-            return None
         name = _blob_name(digest)
-        if not top and self.platforms is None and not self.store.exists(name):
-            self.skipped.append(digest)
+        if self.left_out(descriptor, name, top):
             return None
         if digest in self.nodes:
             return self.nodes[digest]
@@ -569,15 +562,7 @@ class _Converter:
             OCI_INDEX_MEDIA_TYPE if "manifests" in document else OCI_MANIFEST_MEDIA_TYPE)
         node: _Image | _Index | None
         if media_type in INDEX_MEDIA_TYPES:
-            if not isinstance(document.get("manifests"), list):
-                raise FormatError(f"index {digest} has no manifests list")
-            children = []
-            for number, value in enumerate(document["manifests"]):
-                child_descriptor = _descriptor(value, f"entry {number} of index {digest}")
-                child = self.load_node(child_descriptor, depth + 1)
-                if child is not None:
-                    children.append((child_descriptor, child))
-            node = _Index(digest, raw, document, children) if children else None
+            node = self.load_index(digest, raw, document, depth)
         elif media_type in IMAGE_MANIFEST_MEDIA_TYPES:
             node = self.load_image(digest, raw, document, descriptor.get("platform"))
         else:
@@ -587,6 +572,32 @@ class _Converter:
         else:
             self.nodes[digest] = node
         return node
+
+    def left_out(self, descriptor: dict[str, Any], name: str, top: bool) -> bool:
+        """Whether an index entry is left out: an attestation, another platform than the ones
+        wanted, or (converting every platform) a manifest the source does not hold."""
+        if (descriptor.get("annotations") or {}).get(_ATTESTATION_ANNOTATION):
+            self.skipped.append(descriptor["digest"])
+            return True
+        if top:
+            return False
+        if self.platforms is not None:
+            return "platform" in descriptor and not self.wanted(descriptor.get("platform"))
+        if not self.store.exists(name):
+            self.skipped.append(descriptor["digest"])
+            return True
+        return False
+
+    def load_index(self, digest: str, raw: bytes, document: dict[str, Any], depth: int) -> _Index | None:
+        if not isinstance(document.get("manifests"), list):
+            raise FormatError(f"index {digest} has no manifests list")
+        children = []
+        for number, value in enumerate(document["manifests"]):
+            child_descriptor = _descriptor(value, f"entry {number} of index {digest}")
+            child = self.load_node(child_descriptor, depth + 1)
+            if child is not None:
+                children.append((child_descriptor, child))
+        return _Index(digest, raw, document, children) if children else None
 
     def wanted(self, platform: dict[str, Any] | None) -> bool:
         if self.platforms is None:
@@ -920,6 +931,18 @@ def _write_archive(layout: str, path: str) -> None:
                     tar.addfile(info, f)
 
 
+def _target(source: PathLike, destination: PathLike, overwrite: bool) -> str:
+    """The absolute destination path, once it is known to be a place the conversion may write."""
+    target = os.path.abspath(os.fspath(destination))
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"no such directory: {parent}")
+    refuse_overlap(source, target)
+    if not overwrite and _occupied(target):
+        raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
+    return target
+
+
 def convert_image(
     source: PathLike,
     destination: PathLike,
@@ -971,15 +994,9 @@ def convert_image(
     wanted = _parse_platforms(platforms)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // layer_jobs)
-    target = os.path.abspath(os.fspath(destination))
+    target = _target(source, destination, overwrite)
     if archive is None:
         archive = target.endswith(".tar")
-    parent = os.path.dirname(target)
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"no such directory: {parent}")
-    refuse_overlap(source, target)
-    if not overwrite and _occupied(target):
-        raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
     store = _open_store(os.fspath(source))
     try:
         with temp_dir(target) as build:
