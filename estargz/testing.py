@@ -185,22 +185,27 @@ def _split_ustar(raw: bytes) -> bool:
                for i in range(1, len(parts)))
 
 
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _pax_unrepresentable(entry: LayerEntry) -> str | None:
+    if not 0 <= entry.devmajor < 8 ** 7 or not 0 <= entry.devminor < 8 ** 7:
+        return "device numbers too large"
+    if entry.uid < 0 or entry.gid < 0:
+        return "negative owner"
+    return None
+
+
 def unrepresentable(entry: LayerEntry, format: str) -> str | None:
     """Why ``entry`` cannot be written in ``format`` by :func:`tar_bytes`, or None if it can."""
-    def enc(text: str) -> bytes:
-        return text.encode("utf-8", "surrogateescape")
-
-    name = enc(entry.name + ("/" if entry.kind == "dir" and not entry.name.endswith("/") else ""))
-    octal7, base256_7 = 8 ** 7, 256 ** 7
     if format == "pax":
-        if not 0 <= entry.devmajor < octal7 or not 0 <= entry.devminor < octal7:
-            return "device numbers too large"
-        if entry.uid < 0 or entry.gid < 0:
-            return "negative owner"
-        return None
+        return _pax_unrepresentable(entry)
+    name = _raw(entry.name + ("/" if entry.kind == "dir" and not entry.name.endswith("/") else ""))
+    octal7, base256_7 = 8 ** 7, 256 ** 7
     if entry.xattrs:
         return "xattrs need PAX"
-    if len(enc(entry.uname)) > 32 or len(enc(entry.gname)) > 32:
+    if len(_raw(entry.uname)) > 32 or len(_raw(entry.gname)) > 32:
         return "owner name longer than 32 bytes"
     if format == "gnu":
         limit, mtime_ok = base256_7, -(256 ** 11) <= math.floor(entry.mtime) < 256 ** 11
@@ -208,7 +213,7 @@ def unrepresentable(entry: LayerEntry, format: str) -> str | None:
         limit, mtime_ok = octal7, 0 <= math.floor(entry.mtime) < 8 ** 11
         if len(name) > 100 and not _split_ustar(name):
             return "name does not fit USTAR"
-        if len(enc(entry.linkname)) > 100:
+        if len(_raw(entry.linkname)) > 100:
             return "linkname longer than 100 bytes"
     if not mtime_ok:
         return "mtime out of range"
@@ -264,21 +269,9 @@ def expected_entries(layer: Layer, format: str | None = None) -> dict[str, Expec
             continue
         last.pop(path, None)
         last[path] = entry
-
-    def resolve(path: str) -> str:
-        seen = {path}
-        while last[path].kind == "hardlink":
-            path = clean_name(last[path].linkname)
-            if path not in last:
-                raise ValueError(f"hardlink to missing {path!r}")
-            if path in seen:
-                raise ValueError(f"hardlink cycle through {path!r}")
-            seen.add(path)
-        return path
-
     out: dict[str, ExpectedEntry] = {}
     for path, e in last.items():
-        target = resolve(path) if e.kind == "hardlink" else None
+        target = _link_target(last, path) if e.kind == "hardlink" else None
         content = None
         if e.kind == "reg":
             content = e.content
@@ -293,6 +286,25 @@ def expected_entries(layer: Layer, format: str | None = None) -> dict[str, Expec
             dev_minor=e.devminor if e.kind in ("char", "block") else 0,
             xattrs=dict(e.xattrs), content=content, target=target,
             resolved_type=last[target].kind if target is not None else e.kind, raw_name=e.name)
+    _add_parents(out)
+    return out
+
+
+def _link_target(last: dict[str, LayerEntry], path: str) -> str:
+    """The path a hardlink resolves to, through other hardlinks."""
+    seen = {path}
+    while last[path].kind == "hardlink":
+        path = clean_name(last[path].linkname)
+        if path not in last:
+            raise ValueError(f"hardlink to missing {path!r}")
+        if path in seen:
+            raise ValueError(f"hardlink cycle through {path!r}")
+        seen.add(path)
+    return path
+
+
+def _add_parents(out: dict[str, ExpectedEntry]) -> None:
+    """Add the missing ancestors as implicit directories; refuse a non-directory parent."""
     for path in list(out):
         parent = path
         while parent:
@@ -302,7 +314,6 @@ def expected_entries(layer: Layer, format: str | None = None) -> dict[str, Expec
                 out[parent] = ExpectedEntry(name=parent, type="dir", implicit=True)
             elif known.resolved_type != "dir":
                 raise ValueError(f"{parent!r} is a {known.type} but has entries below it")
-    return out
 
 
 # -- strategies ------------------------------------------------------------------------------
@@ -539,19 +550,32 @@ class _Builder:
         kind = draw(st.sampled_from(self.kinds))
         if kind == "hardlink" and not any(self._fits(t.name, "fifo", t.name) for t in self.link_targets):
             kind = "reg"
-        parent = self._parent()
+        kind, path = self._new_path(kind, self._parent())
+        self.taken.add(path)
+        extra = self._kind_fields(kind, path)
+        entry = LayerEntry(name=self._raw(path, kind), kind=kind, **self._meta(kind), **extra)
+        self.entries.append(entry)
+        if kind in ("reg", "hardlink") and path not in RESERVED_NAMES:
+            self.link_targets.append(entry)
+
+    def _new_path(self, kind: str, parent: str) -> tuple[str, str]:
+        """The tar kind and path of a new entry of ``kind`` (whiteouts and opaque markers are
+        regular files)."""
+        st, draw = self.st, self.draw
         if kind == "opaque":
             path = posixpath.join(parent, ".wh..wh..opq")
-            kind = "reg"
             if not parent or path in self.taken or not self._fits(path, "reg"):
                 path = self._fresh(parent, ".wh." + draw(self.components), "reg")
-        elif kind == "whiteout":
-            kind, path = "reg", self._fresh(parent, ".wh." + draw(self.components), "reg")
-        elif kind == "dir" and self.implicit and self.chance(3):
-            path = self.implicit.pop(draw(st.integers(0, len(self.implicit) - 1)))
-        else:
-            path = self._fresh(parent, draw(self.components), kind)
-        self.taken.add(path)
+            return "reg", path
+        if kind == "whiteout":
+            return "reg", self._fresh(parent, ".wh." + draw(self.components), "reg")
+        if kind == "dir" and self.implicit and self.chance(3):
+            return kind, self.implicit.pop(draw(st.integers(0, len(self.implicit) - 1)))
+        return kind, self._fresh(parent, draw(self.components), kind)
+
+    def _kind_fields(self, kind: str, path: str) -> dict[str, Any]:
+        """The fields particular to the kind of a new entry: content, link target, devices."""
+        st, draw = self.st, self.draw
         extra: dict[str, Any] = {}
         if kind == "reg" and not posixpath.basename(path).startswith(".wh."):
             extra["content"] = self._content()
@@ -569,10 +593,7 @@ class _Builder:
             limit = 2 ** 32 if self.format == "gnu" else 8 ** 7
             devs = st.one_of(st.sampled_from((0, 1, 5, 8, 259, 4095)), st.integers(0, limit - 1))
             extra["devmajor"], extra["devminor"] = draw(devs), draw(devs)
-        entry = LayerEntry(name=self._raw(path, kind), kind=kind, **self._meta(kind), **extra)
-        self.entries.append(entry)
-        if kind in ("reg", "hardlink") and path not in RESERVED_NAMES:
-            self.link_targets.append(entry)
+        return extra
 
     def _symlink_target(self, path: str) -> str:
         st, draw = self.st, self.draw
