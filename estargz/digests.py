@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Protocol
 
 from .errors import FormatError, UnsupportedInputError
 
 __all__ = [
-    "SHA256", "HEX_LENGTHS", "DIGEST_RE", "EMPTY_DIGEST", "new_hash", "hash_digest", "sha256_digest",
+    "SHA256", "HEX_LENGTHS", "Hasher", "DIGEST_RE", "EMPTY_DIGEST", "new_hash", "hash_digest", "sha256_digest",
     "digest_of", "is_digest", "algorithm_of", "split_digest",
 ]
 
@@ -28,12 +29,23 @@ Buffer = bytes | bytearray | memoryview
 _GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 
 
-def new_hash(algorithm: str = SHA256) -> hashlib._Hash:
+class Hasher(Protocol):
+    """A running hash, as :mod:`hashlib` makes them."""
+
+    @property
+    def name(self) -> str: ...
+
+    def update(self, data: Buffer, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def new_hash(algorithm: str = SHA256) -> Hasher:
     """A fresh hash object of ``algorithm``; feed it with ``update`` and finish with :func:`hash_digest`."""
     return hashlib.new(algorithm)
 
 
-def hash_digest(hasher: hashlib._Hash) -> str:
+def hash_digest(hasher: Hasher) -> str:
     """The ``algorithm:hex`` digest of what ``hasher`` has seen."""
     return f"{hasher.name}:{hasher.hexdigest()}"
 

@@ -63,6 +63,7 @@ __all__ = [
     "Reference", "parse_reference", "RegistryClient", "Manifest", "BlobSource", "Anchor", "open_layer",
     "default_platform", "OCI_MANIFEST", "OCI_INDEX", "DOCKER_MANIFEST", "DOCKER_MANIFEST_LIST",
     "MANIFEST_MEDIA_TYPES", "INDEX_MEDIA_TYPES", "MAX_MANIFEST_SIZE", "MAX_WHOLE_BLOB", "DEFAULT_DEADLINE",
+    "RequestStats",
 ]
 
 OCI_MANIFEST = OCI_MANIFEST_MEDIA_TYPE
@@ -325,10 +326,10 @@ def _select_layer(manifest: Manifest, layer: int | str | None) -> dict[str, Any]
 
 
 # -- HTTP ------------------------------------------------------------------------------------
-class _Stats:
-    """Thread-safe request and byte counters, also added to a parent's."""
+class RequestStats:
+    """Thread-safe counters of requests sent and body bytes received, also added to a parent's."""
 
-    def __init__(self, parent: "_Stats | None" = None) -> None:
+    def __init__(self, parent: "RequestStats | None" = None) -> None:
         self.requests = 0
         self.bytes = 0
         self._parent = parent
@@ -347,7 +348,7 @@ class _Stats:
             self._parent.received(count)
 
 
-def _read_exact(resp: Response, count: int, stats: _Stats) -> bytes:
+def _read_exact(resp: Response, count: int, stats: RequestStats) -> bytes:
     parts: list[bytes] = []
     remaining = count
     while remaining:
@@ -360,7 +361,7 @@ def _read_exact(resp: Response, count: int, stats: _Stats) -> bytes:
     return b"".join(parts)
 
 
-def _read_body(resp: Response, limit: int, stats: _Stats, what: str) -> bytes:
+def _read_body(resp: Response, limit: int, stats: RequestStats, what: str) -> bytes:
     """The whole body, refusing more than ``limit`` bytes."""
     if resp.length is not None:
         if resp.length > limit:
@@ -449,7 +450,7 @@ class _Call:
     retry_deadline: float
     headers: dict[str, str]
     scope: str | None
-    stats: _Stats
+    stats: RequestStats
     authenticate: bool
     body: bytes | None
     attempt: int = 0
@@ -516,7 +517,7 @@ class RegistryClient:
         self._bearer: dict[str, str] | None = None
         self._basic = False
         self._tokens: dict[str, tuple[str, float]] = {}
-        self.stats = _Stats()
+        self.stats = RequestStats()
 
     @property
     def requests(self) -> int:
@@ -550,7 +551,7 @@ class RegistryClient:
             return min(float(retry_after.strip()), _MAX_WAIT)
         return min(self.backoff * 2.0 ** attempt, _MAX_WAIT) * (0.5 + random.random() / 2)
 
-    def _status_error(self, method: str, url: str, resp: Response, stats: _Stats,
+    def _status_error(self, method: str, url: str, resp: Response, stats: RequestStats,
                       attempts: int = 1) -> EStargzError:
         """The typed error for an unexpected status (reads a little of the body)."""
         try:
@@ -573,7 +574,7 @@ class RegistryClient:
 
     def request(self, method: str, path: str, *, handle: Callable[[Response], T],
                 headers: Mapping[str, str] | None = None, scope: str | None = None,
-                stats: _Stats | None = None, authenticate: bool = True, body: bytes | None = None,
+                stats: RequestStats | None = None, authenticate: bool = True, body: bytes | None = None,
                 expect: int = 0) -> T:
         """Send a request (a path on this registry, or an absolute URL) and return
         ``handle(response)``, which must read what it needs and raise on unwanted statuses.
@@ -686,7 +687,7 @@ class RegistryClient:
             cached = self._tokens.get(scope or "")
         return cached[0] if cached and cached[1] > time.monotonic() else None
 
-    def _authorize(self, headers: dict[str, str], scope: str | None, stats: _Stats) -> None:
+    def _authorize(self, headers: dict[str, str], scope: str | None, stats: RequestStats) -> None:
         """Add the credentials that the registry asked for before, fetching a token if needed."""
         if self._bearer is not None:
             headers["Authorization"] = "Bearer " + (self._cached_token(scope) or self._fetch_token(scope, stats))
@@ -695,7 +696,7 @@ class RegistryClient:
             if credentials is not None:
                 headers["Authorization"] = self._basic_header(credentials)
 
-    def _on_challenge(self, values: Sequence[str], scope: str | None, stats: _Stats, sent: str | None,
+    def _on_challenge(self, values: Sequence[str], scope: str | None, stats: RequestStats, sent: str | None,
                       url: str) -> None:
         """Act on a 401's ``WWW-Authenticate`` values: get a token, or send Basic credentials."""
         challenges = _parse_challenges(values)
@@ -715,7 +716,7 @@ class RegistryClient:
                                 + ("" if credentials else "; no credentials given")
                                 + ("; the credentials sent were refused" if sent else ""), 401)
 
-    def _fetch_token(self, scope: str | None, stats: _Stats, challenge_scope: str | None = None) -> str:
+    def _fetch_token(self, scope: str | None, stats: RequestStats, challenge_scope: str | None = None) -> str:
         """A Bearer token for ``scope`` from the challenge's realm, cached until it expires."""
         with self._auth_lock:
             cached = self._cached_token(scope)
@@ -802,7 +803,7 @@ class RegistryClient:
                                         f"the index says {descriptor['size']}")
         raise LimitError(f"indexes nested more than {_MAX_INDEX_DEPTH} deep in {repository}")
 
-    def stat_blob(self, repository: str, digest: str, *, stats: _Stats | None = None) -> dict[str, Any]:
+    def stat_blob(self, repository: str, digest: str, *, stats: RequestStats | None = None) -> dict[str, Any]:
         """``HEAD`` a blob: its descriptor (``mediaType``, ``digest``, ``size``)."""
         _check_repository(repository)
         _check_digest(digest)
@@ -858,7 +859,7 @@ class BlobSource:
         self.client, self.repository, self.digest = client, repository, digest
         self.max_whole_blob = max_whole_blob
         self._owns_client = owns_client
-        self._stats = _Stats(client.stats)
+        self._stats = RequestStats(client.stats)
         self._path = f"/v2/{repository}/blobs/{digest}"
         self._scope = f"repository:{repository}:pull"
         self._whole: bytes | None = None
