@@ -168,7 +168,8 @@ def _run_helper(name: str, server: str, environ: Mapping[str, str]) -> Credentia
         message = done.stdout.decode("utf-8", "replace").strip() or done.stderr.decode("utf-8", "replace").strip()
         if "credentials not found" in message.lower():
             return None
-        raise RegistryError(f"credential helper {program} failed: {message.splitlines()[0][:200] if message else done.returncode}")
+        reason = message.splitlines()[0][:200] if message else done.returncode
+        raise RegistryError(f"credential helper {program} failed: {reason}")
     try:
         answer = json.loads(done.stdout)
         user, secret = answer["Username"], answer["Secret"]

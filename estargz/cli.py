@@ -34,7 +34,7 @@ from .output import atomic_output, refuse_same_file, remove_leftovers
 from .push import DOCKER_PREFIX, parse_destination, push_layout
 from .reader import Reader, open_blob
 from .registry import Anchor, RegistryClient, open_layer
-from .source import BytesSource, FileSource, Source
+from .source import BLOCK_SIZE, BytesSource, FileSource, Source
 from .tocimage import write_toc_image
 from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
 
@@ -439,7 +439,7 @@ def _cmd_cat(args: argparse.Namespace) -> int:
     with _open(args) as blob:
         for name in args.names:
             with blob.open(name) as f:
-                while block := f.read(1 << 20):
+                while block := f.read(BLOCK_SIZE):
                     out.write(block)
     out.flush()
     return 0

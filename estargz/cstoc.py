@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
+from .digests import is_digest
 from .errors import FormatError, LimitError
-from .gojson import quote
+from .gojson import Time, decode_value, format_rfc3339nano, parse_rfc3339, quote
 from .toc import MAX_TOC_SIZE
 
 __all__ = [
@@ -33,9 +34,6 @@ CHUNK_TYPE_ZEROS = "zeros"
 #: Go's zero ``time.Time`` (0001-01-01T00:00:00Z), which containers/storage <= 1.54 wrote for a
 #: missing atime/ctime; newer writers omit the key.
 GO_ZERO_TIME = (-62135596800, 0)
-
-Time = tuple[int, int]
-"""A point in time as (seconds since the Unix epoch, nanoseconds in [0, 1e9))."""
 
 # JSON key, attribute, kind (s: string, i: integer, n: non-negative integer, t: time, x: xattrs),
 # in Go struct order, which is the serialization order.
@@ -63,11 +61,7 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
 )
 _BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in FIELDS}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}")
-_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
-                   r"(?:[.,]([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_JSON_SPACE = " \t\r\n"
 
 
 @dataclass(slots=True, eq=True)
@@ -98,76 +92,6 @@ class CSTOCEntry:
     chunk_offset: int = 0
     chunk_digest: str = ""
     chunk_type: str = ""
-
-
-# --- times -----------------------------------------------------------------------------------
-
-
-def _civil_from_days(days: int) -> tuple[int, int, int]:
-    """(year, month, day) of a day count since 1970-01-01, proleptic Gregorian (H. Hinnant)."""
-    days += 719468
-    era, doe = divmod(days, 146097)
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    return yoe + era * 400 + (month <= 2), month, day
-
-
-def _days_from_civil(year: int, month: int, day: int) -> int:
-    year -= month <= 2
-    era, yoe = divmod(year, 400)
-    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-def _days_in_month(year: int, month: int) -> int:
-    if month == 2:
-        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
-    return 30 if month in (4, 6, 9, 11) else 31
-
-
-def format_rfc3339nano(seconds: int, nanos: int = 0) -> str:
-    """Go ``t.UTC().Format(time.RFC3339Nano)`` (also its JSON form, without quotes).
-
-    The fraction appears only when ``nanos`` is not 0, trailing zeros trimmed. Years outside
-    0..9999 raise :class:`LimitError`, as Go's MarshalJSON fails on them.
-    """
-    extra, nanos = divmod(nanos, 1_000_000_000)
-    days, clock = divmod(seconds + extra, 86400)
-    year, month, day = _civil_from_days(days)
-    if not 0 <= year <= 9999:
-        raise LimitError(f"time {seconds}s is outside years 0..9999")
-    hour, rest = divmod(clock, 3600)
-    fraction = "." + f"{nanos:09d}".rstrip("0") if nanos else ""
-    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{rest // 60:02d}:{rest % 60:02d}{fraction}Z"
-
-
-def parse_rfc3339(text: str) -> Time:
-    """Parse a time as Go's ``time.Parse(time.RFC3339, text)`` does, into UTC (seconds, nanos).
-
-    Fractional seconds of any length are accepted (truncated to nanoseconds), zones ``Z`` or
-    ``+hh:mm``/``-hh:mm``. Raises :class:`FormatError` otherwise.
-    """
-    match = _TIME.fullmatch(text)
-    if not match:
-        raise FormatError(f"invalid RFC 3339 time {text!r}")
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    if not (1 <= month <= 12 and 1 <= day <= _days_in_month(year, month)
-            and hour < 24 and minute < 60 and second < 60):
-        raise FormatError(f"RFC 3339 time {text!r} out of range")
-    nanos = int((match.group(7) or "")[:9].ljust(9, "0"))
-    zone = match.group(8)
-    offset = 0
-    if zone != "Z":
-        zone_hours, zone_minutes = int(zone[1:3]), int(zone[4:6])
-        if zone_hours > 24 or zone_minutes > 59:  # Go accepts up to +24:00
-            raise FormatError(f"RFC 3339 time {text!r}: bad zone offset")
-        offset = (zone_hours * 3600 + zone_minutes * 60) * (-1 if zone[0] == "-" else 1)
-    days = _days_from_civil(year, month, day)
-    return days * 86400 + hour * 3600 + minute * 60 + second - offset, nanos
 
 
 # --- encoding --------------------------------------------------------------------------------
@@ -244,33 +168,35 @@ def encode_cs_toc(entries: list[CSTOCEntry], tar_split_digest: str = "", *,
 # --- decoding --------------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
+def _string(where: str, value: Any) -> str:
+    if value is None:  # json-iterator reads null as ""
+        return ""
+    if not isinstance(value, str):
+        raise FormatError(f"{where} must be a string")
+    return value
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _integer(where: str, value: Any) -> int:
+    if type(value) is not int:
+        raise FormatError(f"{where} must be an integer")
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise LimitError(f"{where} does not fit in 64 bits")
+    return value
 
 
-def _value(index: int, key: str, kind: str, value: Any) -> Any:
-    where = f"TOC entry {index}: {key}"
-    if kind == "s":
-        if value is None:  # json-iterator reads null as ""
-            return ""
-        if not isinstance(value, str):
-            raise FormatError(f"{where} must be a string")
-        return value
-    if kind in ("i", "n"):
-        if type(value) is not int:
-            raise FormatError(f"{where} must be an integer")
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise LimitError(f"{where} does not fit in 64 bits")
-        if kind == "n" and value < 0:
-            raise FormatError(f"{where} must not be negative")
-        return value
-    if kind == "t":
-        if not isinstance(value, str):
-            raise FormatError(f"{where} must be an RFC 3339 string")
-        return parse_rfc3339(value)
+def _non_negative(where: str, value: Any) -> int:
+    if _integer(where, value) < 0:
+        raise FormatError(f"{where} must not be negative")
+    return int(value)
+
+
+def _time(where: str, value: Any) -> Time:
+    if not isinstance(value, str):
+        raise FormatError(f"{where} must be an RFC 3339 string")
+    return parse_rfc3339(value)
+
+
+def _xattrs(where: str, value: Any) -> dict[str, bytes]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -288,6 +214,12 @@ def _value(index: int, key: str, kind: str, value: Any) -> Any:
     return xattrs
 
 
+#: The decoder of each field kind of :data:`FIELDS`.
+_DECODERS: dict[str, Callable[[str, Any], Any]] = {
+    "s": _string, "i": _integer, "n": _non_negative, "t": _time, "x": _xattrs,
+}
+
+
 def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
     if not isinstance(raw, dict):
         raise FormatError(f"TOC entry {index} is not an object")
@@ -296,7 +228,7 @@ def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
         known = _BY_KEY.get(key.lower())
         if known is not None:
             json_key, attr, kind = known
-            values[attr] = _value(index, json_key, kind, value)
+            values[attr] = _DECODERS[kind](f"TOC entry {index}: {json_key}", value)
     entry = CSTOCEntry(**values)
     if entry.type not in ENTRY_TYPES:
         raise FormatError(f"TOC entry {index}: unknown type {entry.type!r}")
@@ -304,7 +236,7 @@ def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
         raise FormatError(f"TOC entry {index}: unknown chunk type {entry.chunk_type!r}")
     for attr in ("digest", "chunk_digest"):
         digest = getattr(entry, attr)
-        if digest and not _DIGEST.fullmatch(digest):
+        if digest and not is_digest(digest):
             raise FormatError(f"TOC entry {index}: invalid {attr} {digest!r}")
     return entry
 
@@ -321,14 +253,24 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     text = bytes(data).decode("utf-8", "surrogateescape")
     try:
-        start = len(text) - len(text.lstrip(_JSON_SPACE))
-        document, end = _DECODER.raw_decode(text, start)
+        document, rest = decode_value(text)
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"TOC is not valid JSON: {exc}") from None
-    if text[end:].strip(_JSON_SPACE):
+    if rest:
         raise FormatError("unexpected data after the TOC")
     if not isinstance(document, dict):
         raise FormatError("TOC is not a JSON object")
+    version, raw_entries, tar_split_digest = _document_fields(document)
+    entries = []
+    for index, raw in enumerate(raw_entries):
+        raw_entries[index] = None  # each parsed object is freed once converted
+        entries.append(_decode_entry(index, raw))
+    _check_chunk_order(entries)
+    return version, entries, tar_split_digest
+
+
+def _document_fields(document: dict[str, Any]) -> tuple[int, list[Any], str]:
+    """``version``, ``entries`` and ``tarSplitDigest`` of a TOC object, checked."""
     version, raw_entries, tar_split_digest = 0, None, ""
     for key, value in document.items():
         lowered = key.lower()
@@ -341,17 +283,15 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
                 raise FormatError("TOC entries must be an array")
             raw_entries = value
         elif lowered == "tarsplitdigest":
-            if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+            if not is_digest(value):
                 raise FormatError(f"invalid tarSplitDigest {value!r}")
             tar_split_digest = value
-    raw_entries = raw_entries or []
-    entries = []
-    for index, raw in enumerate(raw_entries):
-        raw_entries[index] = None  # each parsed object is freed once converted
-        entries.append(_decode_entry(index, raw))
+    return version, raw_entries or [], tar_split_digest
+
+
+def _check_chunk_order(entries: list[CSTOCEntry]) -> None:
     previous = ""
     for index, entry in enumerate(entries):
         if entry.type == "chunk" and previous not in ("reg", "chunk"):
             raise FormatError(f"TOC entry {index}: chunk type without a regular file")
         previous = entry.type
-    return version, entries, tar_split_digest

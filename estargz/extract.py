@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from .errors import FormatError, LimitError
 from .output import open_temp_at
+from .source import BLOCK_SIZE
 
 if TYPE_CHECKING:
     from .reader import Entry, Reader
 
 __all__ = ["extract", "ExtractReport"]
 
-_COPY_BLOCK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 #: Directory descriptors kept open at most (besides the root), whatever the number of directories.
 MAX_OPEN_DIRECTORIES = 64
@@ -183,21 +183,26 @@ def _extract_entry(reader: Reader, entry: Entry, tree: _Tree, as_root: bool, rep
         os.mkfifo(base, entry.permissions, dir_fd=parent_fd)
         _set_owner_and_time(entry, base, parent_fd, as_root)
     elif entry.type in ("char", "block"):
-        kind = stat.S_IFCHR if entry.type == "char" else stat.S_IFBLK
-        try:
-            os.mknod(base, kind | entry.permissions, os.makedev(entry.dev_major, entry.dev_minor),
-                     dir_fd=parent_fd)
-        except PermissionError as exc:
-            return exc.strerror or "permission denied"
-        except OverflowError:
-            return _DEVICE_OUT_OF_RANGE
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            return _DEVICE_OUT_OF_RANGE
-        _set_owner_and_time(entry, base, parent_fd, as_root)
+        return _make_device(entry, parent_fd, base, as_root)
     else:
         return f"unknown entry type {entry.type!r}"
+    return None
+
+
+def _make_device(entry: Entry, parent_fd: int, base: str, as_root: bool) -> str | None:
+    """Create a character or block device; return why it was skipped, or None."""
+    kind = stat.S_IFCHR if entry.type == "char" else stat.S_IFBLK
+    try:
+        os.mknod(base, kind | entry.permissions, os.makedev(entry.dev_major, entry.dev_minor), dir_fd=parent_fd)
+    except PermissionError as exc:
+        return exc.strerror or "permission denied"
+    except OverflowError:
+        return _DEVICE_OUT_OF_RANGE
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return _DEVICE_OUT_OF_RANGE
+    _set_owner_and_time(entry, base, parent_fd, as_root)
     return None
 
 
@@ -222,7 +227,7 @@ def _write_file(reader: Reader, entry: Entry, parent_fd: int, base: str, as_root
     try:
         try:
             with reader.open(entry.name) as src:
-                while block := src.read(_COPY_BLOCK):
+                while block := src.read(BLOCK_SIZE):
                     os.write(fd, block)
                     written += len(block)
             _set_attributes(entry, fd, as_root)

@@ -12,7 +12,7 @@ __all__ = [
     "Footer", "ESTARGZ", "ESTARGZ_LEGACY", "ESTARGZ_EXTERNAL_TOC", "ZSTD_CHUNKED_40",
     "ZSTD_CHUNKED_56", "ZSTD_CHUNKED_64", "gzip_footer", "legacy_gzip_footer",
     "external_toc_footer", "skippable_frame", "zstd_chunked_footer_40", "zstd_chunked_footer_64",
-    "parse_footer", "FOOTER_SIZES", "MAX_FOOTER_SIZE",
+    "parse_footer", "FOOTER_SIZES", "MAX_FOOTER_SIZE", "SKIPPABLE_HEADER_SIZE", "MANIFEST_TYPE_CRFS",
 ]
 
 ESTARGZ = "estargz"
@@ -26,9 +26,12 @@ ZSTD_CHUNKED_56 = "zstd:chunked-56"
 ZSTD_CHUNKED_64 = "zstd:chunked-64"
 
 _SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
+#: A skippable frame's magic and payload size, before the payload.
+SKIPPABLE_HEADER_SIZE = len(_SKIPPABLE_MAGIC) + 4
 _MAGIC_40 = b"GnUlInUx"
 _MAGIC_64 = b"GNUlInUx"
-_MANIFEST_TYPE_CRFS = 1
+#: The zstd:chunked footer's manifest type: a TOC of the CRFS (eStargz) kind, the only one defined.
+MANIFEST_TYPE_CRFS = 1
 
 _GZIP_FEXTRA_HEADER = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"
 _EMPTY_STORED_BLOCK = b"\x01\x00\x00\xff\xff"
@@ -83,14 +86,14 @@ def skippable_frame(payload: bytes) -> bytes:
 def zstd_chunked_footer_40(toc_offset: int, toc_length: int, toc_uncompressed_length: int) -> bytes:
     """The 48-byte skippable frame holding the 40-byte footer (``GnUlInUx``)."""
     return skippable_frame(struct.pack("<4Q", toc_offset, toc_length, toc_uncompressed_length,
-                                       _MANIFEST_TYPE_CRFS) + _MAGIC_40)
+                                       MANIFEST_TYPE_CRFS) + _MAGIC_40)
 
 
 def zstd_chunked_footer_64(toc_offset: int, toc_length: int, toc_uncompressed_length: int,
                            tar_split: tuple[int, int, int]) -> bytes:
     """The 72-byte skippable frame holding the 64-byte footer (``GNUlInUx``) of containers/storage."""
     return skippable_frame(struct.pack("<7Q", toc_offset, toc_length, toc_uncompressed_length,
-                                       _MANIFEST_TYPE_CRFS, *tar_split) + _MAGIC_64)
+                                       MANIFEST_TYPE_CRFS, *tar_split) + _MAGIC_64)
 
 
 _GZIP_FOOTER_SIZE = len(gzip_footer(0))
@@ -98,7 +101,7 @@ _LEGACY_FOOTER_SIZE = len(legacy_gzip_footer(0))
 _EXTERNAL_FOOTER_SIZE = len(external_toc_footer())
 FOOTER_SIZES = (_GZIP_FOOTER_SIZE, _LEGACY_FOOTER_SIZE, _EXTERNAL_FOOTER_SIZE)
 #: Enough trailing bytes to find any footer.
-MAX_FOOTER_SIZE = 8 + 64
+MAX_FOOTER_SIZE = SKIPPABLE_HEADER_SIZE + 64
 
 
 def _extra_field(buf: bytes) -> bytes | None:
@@ -133,17 +136,18 @@ def _parse_one(size: int, buf: bytes) -> Footer | None:
 def _parse_zstd(tail: bytes) -> Footer | None:
     for kind, payload_size, magic_at in ((ZSTD_CHUNKED_64, 64, 56), (ZSTD_CHUNKED_40, 40, 32),
                                          (ZSTD_CHUNKED_56, 56, 32)):
-        frame = tail[-(8 + payload_size):]
-        if len(frame) != 8 + payload_size or frame[:8] != _SKIPPABLE_MAGIC + struct.pack("<I", payload_size):
+        frame = tail[-(SKIPPABLE_HEADER_SIZE + payload_size):]
+        if len(frame) != SKIPPABLE_HEADER_SIZE + payload_size \
+                or frame[:SKIPPABLE_HEADER_SIZE] != _SKIPPABLE_MAGIC + struct.pack("<I", payload_size):
             continue
-        payload = frame[8:]
+        payload = frame[SKIPPABLE_HEADER_SIZE:]
         if payload[magic_at:magic_at + 8] != (_MAGIC_64 if kind == ZSTD_CHUNKED_64 else _MAGIC_40):
             continue
         offset, length, uncompressed, manifest_type = struct.unpack_from("<4Q", payload)
-        if manifest_type != _MANIFEST_TYPE_CRFS:
-            raise FormatError(f"zstd:chunked footer has manifest type {manifest_type}, expected 1")
+        if manifest_type != MANIFEST_TYPE_CRFS:
+            raise FormatError(f"zstd:chunked footer has manifest type {manifest_type}, expected {MANIFEST_TYPE_CRFS}")
         tar_split = struct.unpack_from("<3Q", payload, 32) if kind == ZSTD_CHUNKED_64 else None
-        return Footer(kind, 8 + payload_size, offset, length, uncompressed, tar_split)
+        return Footer(kind, SKIPPABLE_HEADER_SIZE + payload_size, offset, length, uncompressed, tar_split)
     return None
 
 

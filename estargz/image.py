@@ -11,7 +11,6 @@ directory next to the destination and renamed into place only when everything su
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import os
@@ -26,9 +25,6 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Union
 
-import zstandard
-from isal import igzip
-
 from .annotations import (
     LAYER_DIGEST_ANNOTATION,
     LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
@@ -39,6 +35,8 @@ from .annotations import (
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
 )
+from .compression import DECOMPRESS_ERRORS, MAGIC_SIZE, decompressed, is_compressed_archive
+from .digests import SHA256, algorithm_of, digest_of, hash_digest, new_hash, sha256_digest, split_digest
 from .errors import (
     EStargzError,
     FormatError,
@@ -52,17 +50,27 @@ from .formats import (
     FORMAT_ZSTD_CHUNKED,
     FORMAT_ZSTD_CHUNKED_STARGZ,
     FORMATS,
+)
+from .oci import (
+    CONFIG_MEDIA_TYPES,
     GZIP_LAYER_MEDIA_TYPE,
+    IMAGE_MANIFEST_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
+    LAYER_MEDIA_TYPES,
     OCI_CONFIG_MEDIA_TYPE,
     OCI_INDEX_MEDIA_TYPE,
     OCI_MANIFEST_MEDIA_TYPE,
     ZSTD_LAYER_MEDIA_TYPE,
+    Platform,
+    parse_platform,
+    platform_matches,
+    platform_text,
 )
 from .output import atomic_output, refuse_overlap, remove_path, temp_dir
 from .push import DOCKER_PREFIX, PushResult, parse_destination, push_layout
 from .reader import open_blob
 from .registry import Manifest, Reference, RegistryClient, parse_reference
-from .source import RangeFile
+from .source import BLOCK_SIZE, RangeFile
 from .tocimage import (
     REF_NAME_ANNOTATION,
     TOC_IMAGE_CONFIG,
@@ -80,21 +88,6 @@ __all__ = [
     "OCI_MANIFEST_MEDIA_TYPE", "OCI_INDEX_MEDIA_TYPE", "OCI_CONFIG_MEDIA_TYPE",
     "REF_NAME_ANNOTATION", "IMAGE_NAME_ANNOTATION",
 ]
-
-_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-_MANIFEST_TYPES = {OCI_MANIFEST_MEDIA_TYPE, _DOCKER_MANIFEST}
-_INDEX_TYPES = {OCI_INDEX_MEDIA_TYPE, _DOCKER_LIST}
-_CONFIG_TYPES = {OCI_CONFIG_MEDIA_TYPE, _DOCKER_CONFIG}
-#: Source layer media types, and the OCI type each stands for.
-_LAYER_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar": "application/vnd.oci.image.layer.v1.tar",
-    GZIP_LAYER_MEDIA_TYPE: GZIP_LAYER_MEDIA_TYPE,
-    ZSTD_LAYER_MEDIA_TYPE: ZSTD_LAYER_MEDIA_TYPE,
-    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": GZIP_LAYER_MEDIA_TYPE,
-}
 
 #: ``io.containerd.image.name``: the full image name containerd and docker put next to the tag.
 IMAGE_NAME_ANNOTATION = "io.containerd.image.name"
@@ -120,9 +113,6 @@ REUSED = "reused"
 _MAX_JSON = 16 << 20
 _MAX_DEPTH = 8
 _MAX_LINKS = 16
-_COPY_BLOCK = 1 << 20
-_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-_HASHES = {"sha256": 64, "sha512": 128}
 
 PathLike = Union[str, "os.PathLike[str]"]
 Progress = Callable[[int, int], None]
@@ -228,13 +218,7 @@ def _clean(name: str) -> str:
 
 def _blob_name(digest: object) -> str:
     """``blobs/<algorithm>/<hex>`` for a digest; FormatError for anything that is not a digest."""
-    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        raise FormatError(f"invalid digest {digest!r}")
-    algorithm, encoded = digest.split(":", 1)
-    if algorithm not in _HASHES:
-        raise UnsupportedInputError(f"unsupported digest algorithm {algorithm!r}")
-    if len(encoded) != _HASHES[algorithm] or not re.fullmatch(r"[0-9a-f]+", encoded):
-        raise FormatError(f"invalid {algorithm} digest {digest!r}")
+    algorithm, encoded = split_digest(digest)
     return f"blobs/{algorithm}/{encoded}"
 
 
@@ -291,9 +275,7 @@ class _TarStore(_Store):
 
     def __init__(self, path: str) -> None:
         with open(path, "rb") as f:
-            magic = f.read(6)
-            if magic[:2] == b"\x1f\x8b" or magic[:4] == b"\x28\xb5\x2f\xfd" or magic[:3] == b"BZh" \
-                    or magic == b"\xfd7zXZ\x00":
+            if is_compressed_archive(f.read(MAGIC_SIZE)):
                 raise UnsupportedInputError(f"{path} is a compressed archive: decompress it first")
             f.seek(0)
             self._members: dict[str, tarfile.TarInfo] = {}
@@ -439,18 +421,18 @@ def _open_store(source: str) -> _Store:
     raise FileNotFoundError(f"no such image layout or archive: {source}")
 
 
-def _hash_blob(blob: _Blob, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
-    for offset in range(0, blob.size, _COPY_BLOCK):
-        digest.update(blob.read_at(offset, min(_COPY_BLOCK, blob.size - offset)))
-    return f"{algorithm}:{digest.hexdigest()}"
+def _hash_blob(blob: _Blob, algorithm: str = SHA256) -> str:
+    hasher = new_hash(algorithm)
+    for offset in range(0, blob.size, BLOCK_SIZE):
+        hasher.update(blob.read_at(offset, min(BLOCK_SIZE, blob.size - offset)))
+    return hash_digest(hasher)
 
 
 def _check(blob: _Blob, name: str, digest: str | None, size: int | None) -> str:
     """Hash ``blob`` (with ``digest``'s algorithm) and compare; return its digest."""
     if size is not None and blob.size != size:
         raise VerificationError(f"{name}: {blob.size} bytes, the descriptor says {size}")
-    actual = _hash_blob(blob, digest.split(":", 1)[0] if digest else "sha256")
+    actual = _hash_blob(blob, algorithm_of(digest))
     if digest is not None and actual != digest:
         raise VerificationError(f"{name}: digest is {actual}, expected {digest}")
     return actual
@@ -458,19 +440,15 @@ def _check(blob: _Blob, name: str, digest: str | None, size: int | None) -> str:
 
 def _diff_id(blob: _Blob) -> str:
     """sha256 of the decompressed layer (gzip, zstd or plain)."""
-    magic = blob.read_at(0, min(4, blob.size))
-    stream: Any = io.BufferedReader(blob.view(), _COPY_BLOCK)
+    head = blob.read_at(0, min(MAGIC_SIZE, blob.size))
+    stream = decompressed(io.BufferedReader(blob.view(), BLOCK_SIZE), head)
+    hasher = new_hash()
     try:
-        if magic[:3] == b"\x1f\x8b\x08":
-            stream = igzip.IGzipFile(fileobj=stream, mode="rb")
-        elif magic == b"\x28\xb5\x2f\xfd":
-            stream = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
-        digest = hashlib.sha256()
-        while block := stream.read(_COPY_BLOCK):
-            digest.update(block)
-    except (OSError, EOFError, zstandard.ZstdError) as exc:
+        while block := stream.read(BLOCK_SIZE):
+            hasher.update(block)
+    except DECOMPRESS_ERRORS as exc:
         raise FormatError(f"cannot decompress the layer: {exc}") from None
-    return "sha256:" + digest.hexdigest()
+    return hash_digest(hasher)
 
 
 def _loads(data: bytes, what: str) -> Any:
@@ -482,10 +460,6 @@ def _loads(data: bytes, what: str) -> Any:
 
 def _dumps(document: object) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # -- the source model ---------------------------------------------------------------------------
@@ -542,36 +516,13 @@ class _Outcome:
 def _platform_string(platform: dict[str, Any] | None) -> str | None:
     if not platform or not platform.get("os") or not platform.get("architecture"):
         return None
-    parts = [platform["os"], platform["architecture"]]
-    if platform.get("variant"):
-        parts.append(platform["variant"])
-    return "/".join(str(p) for p in parts)
+    return platform_text(platform)
 
 
-def _parse_platforms(platforms: Sequence[str] | None) -> list[tuple[str, str, str]] | None:
+def _parse_platforms(platforms: Sequence[str] | None) -> list[Platform] | None:
     if platforms is None:
         return None
-    if isinstance(platforms, str):
-        platforms = [platforms]
-    parsed = []
-    for spec in platforms:
-        parts = spec.split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ValueError(f"platform {spec!r} is not os/architecture[/variant]")
-        parsed.append((parts[0], parts[1], parts[2] if len(parts) == 3 else ""))
-    return parsed
-
-
-def _matches(platform: dict[str, Any] | None, wanted: tuple[str, str, str]) -> bool:
-    if not platform:
-        return False
-    os_name, arch, variant = wanted
-    if platform.get("os") != os_name or platform.get("architecture") != arch:
-        return False
-    if not variant:
-        return True
-    have = platform.get("variant") or ("v8" if arch == "arm64" else "")
-    return have == variant
+    return [parse_platform(spec) for spec in ([platforms] if isinstance(platforms, str) else platforms)]
 
 
 def _config_platform(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -642,7 +593,7 @@ class _Cancelled(Exception):
 # -- conversion ---------------------------------------------------------------------------------
 
 class _Converter:
-    def __init__(self, store: _Store, build: str, *, format: str, platforms: list[tuple[str, str, str]] | None,
+    def __init__(self, store: _Store, build: str, *, format: str, platforms: list[Platform] | None,
                  reuse: bool, threads: int, layer_jobs: int, progress: Progress | None,
                  layer_progress: LayerProgress | None, layer_options: dict[str, Any]) -> None:
         self.store, self.build, self.format = store, build, format
@@ -658,7 +609,7 @@ class _Converter:
         """Digests of manifests and indexes that were read and left out (nothing kept below)."""
         self.tagged: set[tuple[int, tuple[str, ...]]] = set()
         self.skipped: list[str] = []
-        self.matched: set[tuple[str, str, str]] = set()
+        self.matched: set[Platform] = set()
         self.outcomes: dict[str, _Outcome] = {}
         self.emitted: dict[int, dict[str, Any]] = {}
         self.manifests: dict[str, ConvertedManifest] = {}
@@ -673,8 +624,7 @@ class _Converter:
         if size is not None and len(data) != size:
             raise VerificationError(f"{name}: {len(data)} bytes, the descriptor says {size}")
         if digest is not None:
-            algorithm = digest.split(":", 1)[0]
-            if f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}" != digest:
+            if digest_of(data, algorithm_of(digest)) != digest:
                 raise VerificationError(f"{name}: digest is not {digest}")
         return data, _loads(data, name)
 
@@ -706,15 +656,8 @@ class _Converter:
         digest = descriptor["digest"]
         if depth > _MAX_DEPTH:
             raise LimitError(f"indexes nested more than {_MAX_DEPTH} deep")
-        if (descriptor.get("annotations") or {}).get(_ATTESTATION_ANNOTATION):
-            self.skipped.append(digest)
-            return None
-        if not top and self.platforms is not None and "platform" in descriptor \
-                and not self.wanted(descriptor.get("platform")):
-            return None
         name = _blob_name(digest)
-        if not top and self.platforms is None and not self.store.exists(name):
-            self.skipped.append(digest)
+        if self.left_out(descriptor, name, top):
             return None
         if digest in self.nodes:
             return self.nodes[digest]
@@ -726,17 +669,9 @@ class _Converter:
         media_type = descriptor.get("mediaType") or _media_type(document, digest) or (
             OCI_INDEX_MEDIA_TYPE if "manifests" in document else OCI_MANIFEST_MEDIA_TYPE)
         node: _Image | _Index | None
-        if media_type in _INDEX_TYPES:
-            if not isinstance(document.get("manifests"), list):
-                raise FormatError(f"index {digest} has no manifests list")
-            children = []
-            for number, value in enumerate(document["manifests"]):
-                child_descriptor = _descriptor(value, f"entry {number} of index {digest}")
-                child = self.load_node(child_descriptor, depth + 1)
-                if child is not None:
-                    children.append((child_descriptor, child))
-            node = _Index(digest, raw, document, children) if children else None
-        elif media_type in _MANIFEST_TYPES:
+        if media_type in INDEX_MEDIA_TYPES:
+            node = self.load_index(digest, raw, document, depth)
+        elif media_type in IMAGE_MANIFEST_MEDIA_TYPES:
             node = self.load_image(digest, raw, document, descriptor.get("platform"))
         else:
             raise UnsupportedInputError(f"{digest}: unsupported manifest media type {media_type!r}")
@@ -746,10 +681,36 @@ class _Converter:
             self.nodes[digest] = node
         return node
 
+    def left_out(self, descriptor: dict[str, Any], name: str, top: bool) -> bool:
+        """Whether an index entry is left out: an attestation, another platform than the ones
+        wanted, or (converting every platform) a manifest the source does not hold."""
+        if (descriptor.get("annotations") or {}).get(_ATTESTATION_ANNOTATION):
+            self.skipped.append(descriptor["digest"])
+            return True
+        if top:
+            return False
+        if self.platforms is not None:
+            return "platform" in descriptor and not self.wanted(descriptor.get("platform"))
+        if not self.store.exists(name):
+            self.skipped.append(descriptor["digest"])
+            return True
+        return False
+
+    def load_index(self, digest: str, raw: bytes, document: dict[str, Any], depth: int) -> _Index | None:
+        if not isinstance(document.get("manifests"), list):
+            raise FormatError(f"index {digest} has no manifests list")
+        children = []
+        for number, value in enumerate(document["manifests"]):
+            child_descriptor = _descriptor(value, f"entry {number} of index {digest}")
+            child = self.load_node(child_descriptor, depth + 1)
+            if child is not None:
+                children.append((child_descriptor, child))
+        return _Index(digest, raw, document, children) if children else None
+
     def wanted(self, platform: dict[str, Any] | None) -> bool:
         if self.platforms is None:
             return True
-        hits = {p for p in self.platforms if _matches(platform, p)}
+        hits = {p for p in self.platforms if platform_matches(platform, p)}
         self.matched |= hits
         return bool(hits)
 
@@ -759,7 +720,7 @@ class _Converter:
             raise UnsupportedInputError(f"manifest {digest}: only schema version 2 manifests are supported")
         config_descriptor = _descriptor(manifest.get("config"), f"config of manifest {digest}")
         config_type = _media_type(config_descriptor, f"config of manifest {digest}") or OCI_CONFIG_MEDIA_TYPE
-        if config_type not in _CONFIG_TYPES:
+        if config_type not in CONFIG_MEDIA_TYPES:
             raise UnsupportedInputError(f"manifest {digest}: config media type {config_type!r} is not an image's")
         config_raw, config = self.read_json(_blob_name(config_descriptor["digest"]), config_descriptor["digest"],
                                             config_descriptor["size"])
@@ -771,12 +732,12 @@ class _Converter:
         layers = []
         for number, descriptor in enumerate(descriptors):
             media_type = _media_type(descriptor, f"layer {number} of manifest {digest}")
-            if media_type not in _LAYER_TYPES:
+            if media_type not in LAYER_MEDIA_TYPES:
                 raise UnsupportedInputError(f"layer {number} of manifest {digest}: unsupported media type "
                                             f"{media_type!r}")
             name = self.store.resolve(_blob_name(descriptor["digest"]))
             layers.append(self.layers.setdefault(name, _Layer(
-                name, descriptor["digest"], descriptor["size"], _LAYER_TYPES[media_type],
+                name, descriptor["digest"], descriptor["size"], LAYER_MEDIA_TYPES[media_type],
                 dict(descriptor.get("annotations") or {}))))
         return _Image(digest, raw, manifest, config_raw, self.checked_config(config, len(layers), digest),
                       layers, descriptors, platform or _config_platform(config))
@@ -803,7 +764,7 @@ class _Converter:
             config_name = _clean(entry["Config"])
             named = re.fullmatch(r"(?:.*/)?(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?", config_name)
             config_raw, config = self.read_json(config_name, f"sha256:{named.group(1)}" if named else None)
-            config_digest = _digest(config_raw)
+            config_digest = sha256_digest(config_raw)
             config = self.checked_config(config, len(entry["Layers"]), f"manifest.json entry {number}")
             if config_digest in self.nodes or not self.wanted(_config_platform(config)):
                 image = self.nodes.get(config_digest)
@@ -869,7 +830,7 @@ class _Converter:
                 tracker.update(layer.name, size, 1.0)
                 return _Outcome(digest, None, layer)
             temp = os.path.join(self.build, "blobs", "sha256", f".layer-{number}")
-            result = convert(io.BufferedReader(blob.view(), _COPY_BLOCK), temp, format=self.format,
+            result = convert(io.BufferedReader(blob.view(), BLOCK_SIZE), temp, format=self.format,
                              threads=self.threads, progress=tracker.for_layer(layer.name, size), **self.options)
         os.replace(temp, os.path.join(self.build, _blob_name(result.blob_digest)))
         tracker.update(layer.name, size, 1.0)
@@ -889,20 +850,19 @@ class _Converter:
 
     def copy_blob(self, blob: _Blob, digest: str) -> None:
         path = os.path.join(self.build, _blob_name(digest))
-        algorithm = digest.split(":", 1)[0]
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        hasher = hashlib.new(algorithm)
+        hasher = new_hash(algorithm_of(digest))
         with atomic_output(path) as out:
-            for offset in range(0, blob.size, _COPY_BLOCK):
-                data = blob.read_at(offset, min(_COPY_BLOCK, blob.size - offset))
+            for offset in range(0, blob.size, BLOCK_SIZE):
+                data = blob.read_at(offset, min(BLOCK_SIZE, blob.size - offset))
                 hasher.update(data)
                 out.write(data)
-            if f"{algorithm}:{hasher.hexdigest()}" != digest:
+            if hash_digest(hasher) != digest:
                 raise VerificationError(f"blob {digest} changed while it was copied")
 
     # -- writing -------------------------------------------------------------------------
     def put(self, data: bytes) -> str:
-        digest = _digest(data)
+        digest = sha256_digest(data)
         with open(os.path.join(self.build, _blob_name(digest)), "wb") as f:
             f.write(data)
         return digest
@@ -1076,6 +1036,20 @@ def _write_archive(layout: str, path: str) -> None:
                     tar.addfile(info, f)
 
 
+def _target(source: PathLike | None, destination: PathLike, overwrite: bool) -> str:
+    """The absolute destination path, once it is known to be a place the conversion may write
+    (and, for a local ``source``, not one that holds it)."""
+    target = os.path.abspath(os.fspath(destination))
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"no such directory: {parent}")
+    if source is not None:
+        refuse_overlap(source, target)
+    if not overwrite and _occupied(target):
+        raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
+    return target
+
+
 def convert_image(
     source: PathLike,
     destination: PathLike,
@@ -1145,16 +1119,9 @@ def convert_image(
                                     format=format,
                                     platforms=platforms, reuse=reuse, threads=threads, layer_jobs=layer_jobs,
                                     progress=progress, layer_progress=layer_progress, **layer_options)
-    target = os.path.abspath(os.fspath(destination))
+    target = _target(None if source_ref else source, destination, overwrite)
     if archive is None:
         archive = target.endswith(".tar")
-    parent = os.path.dirname(target)
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"no such directory: {parent}")
-    if source_ref is None:
-        refuse_overlap(source, target)
-    if not overwrite and _occupied(target):
-        raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
     store = _RegistryStore(source_ref, registry_options or {}) if source_ref else _open_store(os.fspath(source))
     try:
         with temp_dir(target) as build:

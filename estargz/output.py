@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, Union
+from typing import BinaryIO, Union, cast
 
 __all__ = ["atomic_output", "open_temp_at", "refuse_overlap", "refuse_same_file", "remove_leftovers", "remove_path",
            "temp_dir"]
@@ -145,7 +145,8 @@ def refuse_same_file(source: object, output: PathLike) -> None:
     """ValueError if ``output`` is the file ``source`` names (same device and inode)."""
     identity = _identity(source)
     if identity is not None and identity == _identity(output):
-        raise ValueError(f"{os.fspath(output)} is the input {os.fspath(source)}: refusing to overwrite it")  # type: ignore[arg-type]
+        named = os.fspath(cast(PathLike, source))
+        raise ValueError(f"{os.fspath(output)} is the input {named}: refusing to overwrite it")
 
 
 def refuse_overlap(source: PathLike, output: PathLike) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import io
 import os
 import re
@@ -22,20 +21,21 @@ from .annotations import (
     TOC_DIGEST_ANNOTATION,
 )
 from .blobcheck import Coverage, check_blob_structure
-from .cstoc import CSTOCEntry, decode_cs_toc, format_rfc3339nano, parse_rfc3339
+from .cstoc import CSTOCEntry, decode_cs_toc
+from .digests import hash_digest, new_hash, sha256_digest
 from .errors import FormatError, LimitError, NotFoundError, VerificationError
 from .extract import ExtractReport, extract
-from .footer import MAX_FOOTER_SIZE, Footer, parse_footer
+from .footer import MAX_FOOTER_SIZE, SKIPPABLE_HEADER_SIZE, Footer, parse_footer
 from .formats import FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_STARGZ
 from .framing import inflate_frames, inflate_members
-from .source import RangeFile, Source, SourceLike, as_source
-from .tarsplit import TarSplitEntry, decode_entries, iter_tar
+from .gojson import format_rfc3339nano, parse_rfc3339
+from .source import BLOCK_SIZE, RangeFile, Source, SourceLike, as_source
+from .tarsplit import FILE_TYPE, SEGMENT_TYPE, TarSplitEntry, decode_entries, iter_tar
 from .tarstream import BLOCK, iter_entries, padding, toc_header_fields
 from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
 
 __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
 
-_SKIPPABLE_HEADER = 8
 #: Largest tar-split the reader inflates.
 _MAX_TAR_SPLIT = 1 << 30
 
@@ -44,7 +44,6 @@ _MAX_SYMLINKS = 40
 
 #: Largest chunk the reader inflates into memory.
 MAX_CHUNK_SIZE = 512 << 20
-_READ_PIECE = 1 << 20
 #: Most bytes one compressed byte inflates to (deflate's limit is 1032; zstd's is higher).
 _MAX_INFLATE_RATIO = 1 << 16
 #: Chunks larger than this are held in a temporary file, not in memory, while a file reads them.
@@ -185,10 +184,6 @@ def _check_entry(index: int, entry: TOCEntry) -> None:
         _modtime(entry.modtime)
 
 
-def _hex_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 class Reader:
     """An opened blob (eStargz, or either dialect of zstd:chunked). Use :func:`estargz.open`."""
 
@@ -208,11 +203,11 @@ class Reader:
         the TOC is kept outside the blob."""
         if self.footer.toc_length is not None:  # zstd:chunked: the TOC is a zstd frame
             self._inflate = inflate_frames
-            self.data_end = self.footer.toc_offset - _SKIPPABLE_HEADER  # type: ignore[operator]
+            self.data_end = self.footer.toc_offset - SKIPPABLE_HEADER_SIZE  # type: ignore[operator]
             compressed = source.read_at(self.footer.toc_offset, self.footer.toc_length)  # type: ignore[arg-type]
             toc_json = _read_zstd_toc(compressed, self.footer.toc_uncompressed_length)
             self.format = FORMAT_ZSTD_CHUNKED if _is_containers_storage_toc(toc_json) else FORMAT_ZSTD_CHUNKED_STARGZ
-            self.manifest_checksum: str | None = _hex_digest(compressed)
+            self.manifest_checksum: str | None = sha256_digest(compressed)
             """sha256 of the compressed TOC (zstd:chunked's manifest-checksum annotation)."""
         else:
             self._inflate = inflate_members
@@ -230,12 +225,12 @@ class Reader:
                 self.data_end = self.toc_offset
                 toc_json = _read_toc(source, self.toc_offset, size - self.footer.size)
         self.toc_digest: str = (self.manifest_checksum if self.format == FORMAT_ZSTD_CHUNKED  # type: ignore[assignment]
-                                else _hex_digest(toc_json))
+                                else sha256_digest(toc_json))
         """The digest a manifest annotation carries for this format: sha256 of the TOC JSON
         (eStargz, stargz zstd:chunked) or of the compressed TOC (containers/storage zstd:chunked)."""
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
-        _check_annotated_digests(annotations, self.manifest_checksum, _hex_digest(toc_json))
+        _check_annotated_digests(annotations, self.manifest_checksum, sha256_digest(toc_json))
         self.tar_split_digest = ""
         self._cs_entries: list[CSTOCEntry] = []
         if self.format == FORMAT_ZSTD_CHUNKED:
@@ -427,7 +422,7 @@ class Reader:
         inflated.skip(chunk.inner_offset)
         remaining = chunk.chunk_size
         while remaining:
-            piece = inflated.read(min(_READ_PIECE, remaining))
+            piece = inflated.read(min(BLOCK_SIZE, remaining))
             if not piece:
                 raise FormatError(f"chunk at offset {chunk.offset} of {name!r} holds fewer bytes than the TOC says")
             remaining -= len(piece)
@@ -438,11 +433,11 @@ class Reader:
         if not chunk.chunk_digest:
             raise VerificationError(f"chunk of {name!r} at file offset {chunk.chunk_offset} has no digest: "
                                     "read it through the file, which is checked whole")
-        chunk_hash = hashlib.sha256()
+        chunk_hash = new_hash()
         for piece in self._chunk_pieces(chunk, name):
             chunk_hash.update(piece)
             yield piece
-        if "sha256:" + chunk_hash.hexdigest() != chunk.chunk_digest:
+        if hash_digest(chunk_hash) != chunk.chunk_digest:
             raise VerificationError(f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
 
     def _derive_chunk_digests(self, entry: Entry) -> None:
@@ -450,15 +445,15 @@ class Reader:
         the digest of each of its chunks, so later reads of single chunks are checked too."""
         if not entry.digest:
             raise VerificationError(f"{entry.name!r} has no digest to verify its contents")
-        file_hash = hashlib.sha256()
+        file_hash = new_hash()
         derived = []
         for chunk in entry.chunks:
-            chunk_hash = hashlib.sha256()
+            chunk_hash = new_hash()
             for piece in self._chunk_pieces(chunk, entry.name):
                 chunk_hash.update(piece)
                 file_hash.update(piece)
-            derived.append("sha256:" + chunk_hash.hexdigest())
-        if "sha256:" + file_hash.hexdigest() != entry.digest:
+            derived.append(hash_digest(chunk_hash))
+        if hash_digest(file_hash) != entry.digest:
             raise VerificationError(f"digest mismatch for {entry.name!r}")
         for chunk, digest in zip(entry.chunks, derived, strict=True):
             if chunk.chunk_digest and chunk.chunk_digest != digest:
@@ -534,7 +529,7 @@ class Reader:
             raise FormatError("this blob has no tar-split (only containers/storage >= 1.50 writes it)")
         offset, length, uncompressed = self.footer.tar_split
         compressed = self._source.read_at(offset, length)
-        if self.tar_split_digest and _hex_digest(compressed) != self.tar_split_digest:
+        if self.tar_split_digest and sha256_digest(compressed) != self.tar_split_digest:
             raise VerificationError("tar-split digest differs from the TOC's tarSplitDigest")
         limit = min(_MAX_TAR_SPLIT, max(_MIN_TAR_SPLIT, _TAR_SPLIT_PER_TOC_BYTE * self._toc_size))
         if uncompressed > limit:
@@ -556,12 +551,12 @@ class Reader:
 
         def content(record: TarSplitEntry) -> Iterator[bytes]:
             entry = self.lookup(by_name[clean_name(record.name.decode("utf-8", "surrogateescape"))].name)
-            file_hash = hashlib.sha256()
+            file_hash = new_hash()
             with EntryFile(self, entry) as f:
-                while block := f.read(_READ_PIECE):
+                while block := f.read(BLOCK_SIZE):
                     file_hash.update(block)
                     yield block
-            if entry.digest and "sha256:" + file_hash.hexdigest() != entry.digest:
+            if entry.digest and hash_digest(file_hash) != entry.digest:
                 raise VerificationError(f"digest mismatch for {entry.name!r}")
 
         return iter_tar(records, content)
@@ -604,7 +599,7 @@ class Reader:
 
 def _pieces(source: Source, start: int, end: int) -> Iterator[bytes]:
     while start < end:
-        length = min(_READ_PIECE, end - start)
+        length = min(BLOCK_SIZE, end - start)
         yield source.read_at(start, length)
         start += length
 
@@ -631,7 +626,7 @@ def _footer_from_annotations(annotations: Mapping[str, str], blob_size: int) -> 
         raise FormatError(f"manifest-position annotation has type {manifest_type}, expected 1")
     tar_split = _position(annotations, (TARSPLIT_POSITION_ANNOTATION,), 3)
     for start, size in [(offset, length), *([tar_split[:2]] if tar_split else [])]:
-        if start < _SKIPPABLE_HEADER or start + size > blob_size:
+        if start < SKIPPABLE_HEADER_SIZE or start + size > blob_size:
             raise FormatError(f"annotation points at [{start}, {start + size}) outside the blob")
     return Footer("annotations", 0, offset, length, uncompressed, tar_split)  # type: ignore[arg-type]
 
@@ -651,7 +646,7 @@ def _check_annotated_digests(annotations: Mapping[str, str], manifest_checksum: 
 def _check_tar_split_headers(records: list[TarSplitEntry], toc: list[CSTOCEntry]) -> None:
     """Each file record of the tar-split must match the TOC entry at the same place, and so must
     the tar header in the segment before it (after the previous entry's padding)."""
-    files = [(index, record) for index, record in enumerate(records) if record.type == 1]
+    files = [(index, record) for index, record in enumerate(records) if record.type == FILE_TYPE]
     if len(files) != len(toc):
         raise VerificationError(f"tar-split has {len(files)} entries, the TOC {len(toc)}")
     previous_size = 0
@@ -659,7 +654,7 @@ def _check_tar_split_headers(records: list[TarSplitEntry], toc: list[CSTOCEntry]
         where = f"entry {entry.name!r}"
         if record.name != entry.name.encode("utf-8", "surrogateescape") or record.size != entry.size:
             raise VerificationError(f"tar-split and TOC disagree on {where}")
-        segment = records[index - 1].payload if index and records[index - 1].type == 2 else None
+        segment = records[index - 1].payload if index and records[index - 1].type == SEGMENT_TYPE else None
         if segment is None:
             raise VerificationError(f"tar-split has no header for {where}")
         headers = list(iter_entries(io.BytesIO(segment[padding(previous_size):])))
@@ -750,7 +745,7 @@ class _InflatedStream:
         return data[:size]
 
     def skip(self, size: int) -> None:
-        while size > 0 and (skipped := len(self.read(min(size, _READ_PIECE)))):
+        while size > 0 and (skipped := len(self.read(min(size, BLOCK_SIZE)))):
             size -= skipped
 
 

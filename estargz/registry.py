@@ -6,9 +6,10 @@
 
 Over urllib3 (:mod:`estargz.transport`): Bearer-token and Basic authentication with credentials
 looked up as docker and podman do (:mod:`estargz.auth`), a deadline per request, retries with
-backoff on transient failures, OCI and Docker manifests and indexes, platform selection. Errors: :class:`NotFoundError` (404, no such
-platform or layer), :class:`VerificationError` (digest or size mismatch), :class:`LimitError`
-(manifest too large, or a blob too large to read whole when the registry ignores ranges),
+backoff on transient failures, OCI and Docker manifests and indexes, platform selection. Errors:
+:class:`NotFoundError` (404, no such platform or layer), :class:`VerificationError` (digest or size
+mismatch), :class:`LimitError` (manifest too large, or a blob too large to read whole when the
+registry ignores ranges),
 :class:`FormatError` (malformed or unexpected answers), and :class:`RegistryError` when the
 registry cannot be reached, refuses access, fails or misses a deadline.
 """
@@ -17,17 +18,15 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import ipaddress
 import json
-import platform as _platform
 import random
 import re
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Mapping, NamedTuple, Sequence, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from .annotations import (
@@ -36,6 +35,7 @@ from .annotations import (
     TOC_DIGEST_ANNOTATION,
 )
 from .auth import Auth, Credentials
+from .digests import algorithm_of, digest_of, hash_digest, is_digest, new_hash
 from .errors import (
     EStargzError,
     FormatError,
@@ -44,7 +44,19 @@ from .errors import (
     RegistryError,
     VerificationError,
 )
-from .formats import OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
+from .oci import (
+    DOCKER_MANIFEST_LIST_MEDIA_TYPE,
+    DOCKER_MANIFEST_MEDIA_TYPE,
+    IMAGE_MANIFEST_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
+    OCI_INDEX_MEDIA_TYPE,
+    OCI_MANIFEST_MEDIA_TYPE,
+    default_platform,
+    parse_platform,
+    platform_matches,
+    platform_text,
+)
+from .source import BLOCK_SIZE
 from .transport import TRANSIENT_ERRORS, TRANSPORT_ERRORS, DeadlineExceeded, Response, Transport
 
 
@@ -56,14 +68,15 @@ __all__ = [
     "default_platform", "OCI_MANIFEST", "OCI_INDEX", "DOCKER_MANIFEST", "DOCKER_MANIFEST_LIST",
     "MANIFEST_MEDIA_TYPES", "INDEX_MEDIA_TYPES", "MAX_MANIFEST_SIZE", "MAX_WHOLE_BLOB", "DEFAULT_DEADLINE",
     "DEFAULT_UPLOAD_CHUNK",
+    "RequestStats",
 ]
 
 OCI_MANIFEST = OCI_MANIFEST_MEDIA_TYPE
 OCI_INDEX = OCI_INDEX_MEDIA_TYPE
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-INDEX_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
-MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST, *INDEX_MEDIA_TYPES)
+DOCKER_MANIFEST = DOCKER_MANIFEST_MEDIA_TYPE
+DOCKER_MANIFEST_LIST = DOCKER_MANIFEST_LIST_MEDIA_TYPE
+#: The media types a manifest fetch accepts: image manifests and indexes.
+MANIFEST_MEDIA_TYPES = (*IMAGE_MANIFEST_MEDIA_TYPES, *INDEX_MEDIA_TYPES)
 
 #: Largest manifest accepted (distribution's own limit).
 MAX_MANIFEST_SIZE = 4 << 20
@@ -77,7 +90,6 @@ _MAX_REDIRECTS = 5
 _MAX_INDEX_DEPTH = 4
 _MAX_WAIT = 10.0  # longest single back-off, Retry-After included
 _MAX_RANGES = 64  # ranges per multi-range request
-_DOWNLOAD_PIECE = 1 << 20
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_TOKEN_LIFETIME = 60.0
@@ -92,7 +104,6 @@ _ENDPOINTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -154,8 +165,8 @@ def _check_repository(repository: str) -> None:
 
 
 def _check_digest(digest: str) -> None:
-    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-        raise ValueError(f"invalid digest {digest!r} (expected sha256:<64 hex> or sha512:<128 hex>)")
+    if not is_digest(digest):
+        raise ValueError(f"invalid digest {digest!r} (expected sha256:<64 hex>, sha384:<96 hex> or sha512:<128 hex>)")
 
 
 def parse_reference(text: str) -> Reference:
@@ -196,36 +207,6 @@ def parse_reference(text: str) -> Reference:
     return Reference(registry, repository, tag, digest or None, scheme or _default_scheme(registry))
 
 
-# -- platforms -------------------------------------------------------------------------------
-_ARCHITECTURES = {
-    "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm/v7",
-    "armv6l": "arm/v6", "i386": "386", "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x",
-    "riscv64": "riscv64",
-}
-
-
-def default_platform() -> str:
-    """``linux/<this machine's architecture>`` in OCI spelling, e.g. ``linux/amd64``."""
-    machine = _platform.machine().lower()
-    return "linux/" + _ARCHITECTURES.get(machine, machine)
-
-
-def _parse_platform(text: str) -> tuple[str, str, str | None]:
-    parts = text.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ValueError(f"invalid platform {text!r} (expected os/arch[/variant])")
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
-
-
-def _variant(architecture: str, variant: str | None) -> str | None:
-    return None if architecture == "arm64" and variant == "v8" else variant or None
-
-
-def _platform_text(platform: Mapping[str, Any]) -> str:
-    parts = [str(platform.get("os", "?")), str(platform.get("architecture", "?"))]
-    return "/".join(parts + ([str(platform["variant"])] if platform.get("variant") else []))
-
-
 # -- manifests -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Manifest:
@@ -253,7 +234,7 @@ def _check_descriptor(descriptor: Any, what: str) -> dict[str, Any]:
     if not isinstance(descriptor, dict):
         raise FormatError(f"{what} is not a descriptor object")
     digest, size = descriptor.get("digest"), descriptor.get("size")
-    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+    if not is_digest(digest):
         raise FormatError(f"{what} has an invalid digest {digest!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise FormatError(f"{what} has an invalid size {size!r}")
@@ -300,10 +281,6 @@ class Anchor:
         return {k: v for k, v in found.items() if v is not None}
 
 
-def _digest_of(data: bytes, algorithm: str = "sha256") -> str:
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-
-
 def _media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip().lower()
 
@@ -327,7 +304,7 @@ def _parse_manifest(data: bytes, content_type: str | None, digest: str) -> Manif
 
 
 def _select_platform(index: Manifest, platform: str | None) -> dict[str, Any]:
-    want_os, want_arch, want_variant = _parse_platform(platform or default_platform())
+    wanted = parse_platform(platform or default_platform())
     entries = index.content.get("manifests")
     if not isinstance(entries, list):
         raise FormatError(f"index {index.digest} has no list of manifests")
@@ -335,10 +312,8 @@ def _select_platform(index: Manifest, platform: str | None) -> dict[str, Any]:
     for position, entry in enumerate(entries):
         entry = _check_descriptor(entry, f"manifest {position} of index {index.digest}")
         found: dict[str, Any] = entry["platform"] if isinstance(entry.get("platform"), dict) else {}
-        seen.append(_platform_text(found))
-        if found.get("os") != want_os or found.get("architecture") != want_arch:
-            continue
-        if want_variant is None or _variant(want_arch, found.get("variant")) == _variant(want_arch, want_variant):
+        seen.append(platform_text(found))
+        if platform_matches(found, wanted):
             return entry
     raise NotFoundError(f"index {index.digest} has no manifest for {platform or default_platform()} "
                         f"(it has {', '.join(seen) or 'none'})")
@@ -362,10 +337,10 @@ def _select_layer(manifest: Manifest, layer: int | str | None) -> dict[str, Any]
 
 
 # -- HTTP ------------------------------------------------------------------------------------
-class _Stats:
-    """Thread-safe request and byte counters, also added to a parent's."""
+class RequestStats:
+    """Thread-safe counters of requests sent and body bytes received, also added to a parent's."""
 
-    def __init__(self, parent: "_Stats | None" = None) -> None:
+    def __init__(self, parent: "RequestStats | None" = None) -> None:
         self.requests = 0
         self.bytes = 0
         self._parent = parent
@@ -384,11 +359,11 @@ class _Stats:
             self._parent.received(count)
 
 
-def _read_exact(resp: Response, count: int, stats: _Stats) -> bytes:
+def _read_exact(resp: Response, count: int, stats: RequestStats) -> bytes:
     parts: list[bytes] = []
     remaining = count
     while remaining:
-        piece = resp.read(min(remaining, 1 << 20))
+        piece = resp.read(min(remaining, BLOCK_SIZE))
         if not piece:
             raise ConnectionError(f"the connection closed {remaining} bytes before the end of the body")
         stats.received(len(piece))
@@ -397,7 +372,7 @@ def _read_exact(resp: Response, count: int, stats: _Stats) -> bytes:
     return b"".join(parts)
 
 
-def _read_body(resp: Response, limit: int, stats: _Stats, what: str) -> bytes:
+def _read_body(resp: Response, limit: int, stats: RequestStats, what: str) -> bytes:
     """The whole body, refusing more than ``limit`` bytes."""
     if resp.length is not None:
         if resp.length > limit:
@@ -405,7 +380,7 @@ def _read_body(resp: Response, limit: int, stats: _Stats, what: str) -> bytes:
         return _read_exact(resp, resp.length, stats)
     data = b""
     while len(data) <= limit:
-        piece = resp.read(min(1 << 20, limit + 1 - len(data)))
+        piece = resp.read(min(BLOCK_SIZE, limit + 1 - len(data)))
         if not piece:
             return data
         stats.received(len(piece))
@@ -475,6 +450,39 @@ def _token_lifetime(expires_in: Any) -> float:
     return float(min(max(expires_in, 1), _MAX_TOKEN_LIFETIME))
 
 
+@dataclass
+class _Call:
+    """One request's state across redirects, challenges and retries."""
+
+    method: str
+    url: str
+    first_origin: tuple[str, str]
+    seconds: float
+    retry_deadline: float
+    headers: dict[str, str]
+    scope: str | None
+    stats: RequestStats
+    authenticate: bool
+    body: bytes | None
+    attempt: int = 0
+    redirects: int = 0
+    challenged: bool = False
+
+
+class _Retry(NamedTuple):
+    """Try a request again after ``delay`` seconds; ``failure`` is why."""
+
+    failure: BaseException | str
+    delay: float
+
+
+class _Again:
+    """Send a request again at once: it was redirected or challenged."""
+
+
+_AGAIN = _Again()
+
+
 class RegistryClient:
     """A client for one registry (``host[:port]``; ``docker.io`` means Docker Hub): GET and HEAD
     with authentication, retries, manifests and blobs. Thread-safe.
@@ -520,7 +528,7 @@ class RegistryClient:
         self._bearer: dict[str, str] | None = None
         self._basic = False
         self._tokens: dict[str, tuple[str, float]] = {}
-        self.stats = _Stats()
+        self.stats = RequestStats()
 
     @property
     def requests(self) -> int:
@@ -552,9 +560,9 @@ class RegistryClient:
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after and retry_after.strip().isdigit():
             return min(float(retry_after.strip()), _MAX_WAIT)
-        return min(self.backoff * 2 ** attempt, _MAX_WAIT) * (0.5 + random.random() / 2)
+        return min(self.backoff * 2.0 ** attempt, _MAX_WAIT) * (0.5 + random.random() / 2)
 
-    def _status_error(self, method: str, url: str, resp: Response, stats: _Stats,
+    def _status_error(self, method: str, url: str, resp: Response, stats: RequestStats,
                       attempts: int = 1) -> EStargzError:
         """The typed error for an unexpected status (reads a little of the body)."""
         try:
@@ -562,22 +570,22 @@ class RegistryClient:
         except _BODY_ERRORS:
             body = b""
         detail = _error_detail(body)
-        where = f"{method} {url}: HTTP {resp.status} {_one_line(resp.reason)[:100]}" + (f" ({detail})" if detail else "")
+        where = f"{method} {url}: HTTP {resp.status} {_one_line(resp.reason)[:100]}"
+        where += f" ({detail})" if detail else ""
         if attempts > 1:
             where += f", after {attempts} attempts"
         if resp.status == 404:
             return NotFoundError(where)
         if resp.status in (401, 403):
-            return RegistryError(f"{where}: access denied"
-                                 + (" with the credentials given" if self._credentials() else " (no credentials given)"),
-                                 resp.status)
+            given = " with the credentials given" if self._credentials() else " (no credentials given)"
+            return RegistryError(f"{where}: access denied{given}", resp.status)
         if resp.status in _RETRY_STATUSES or resp.status >= 500:
             return RegistryError(where, resp.status)
         return FormatError(where)
 
     def request(self, method: str, path: str, *, handle: Callable[[Response], T],
                 headers: Mapping[str, str] | None = None, scope: str | None = None,
-                stats: _Stats | None = None, authenticate: bool = True, body: bytes | None = None,
+                stats: RequestStats | None = None, authenticate: bool = True, body: bytes | None = None,
                 expect: int = 0) -> T:
         """Send a request (a path on this registry, or an absolute URL) and return
         ``handle(response)``, which must read what it needs and raise on unwanted statuses.
@@ -586,64 +594,81 @@ class RegistryClient:
         called for redirects, challenges and retried statuses; it may be called again when
         reading the body fails on a transient error.
         """
-        stats = stats or self.stats
         url = path if "://" in path else self._url(path)
-        first_origin = _origin_of(url)
-        seconds = self.deadline + expect / _DEADLINE_BYTES_PER_SECOND
-        retry_deadline = time.monotonic() + self.max_retry_time
-        attempt = redirects = 0
-        challenged = False
+        call = _Call(method, url, _origin_of(url), self.deadline + expect / _DEADLINE_BYTES_PER_SECOND,
+                     time.monotonic() + self.max_retry_time, dict(headers or {}), scope, stats or self.stats,
+                     authenticate, body)
         while True:
-            origin = _origin_of(url)
-            send = {"User-Agent": _USER_AGENT, **(headers or {})}
-            own = origin == self._origin
-            if authenticate and own:
-                self._authorize(send, scope, stats)
-            elif origin != first_origin:  # redirected elsewhere: no credentials
-                send = {k: v for k, v in send.items() if k.lower() != "authorization"}
-            failure: BaseException | str
-            try:
-                resp = self._transport.send(method, url, send, seconds, body)
-                stats.request()
-            except DeadlineExceeded as exc:
-                raise self._late(method, url, seconds) from exc
-            except TRANSIENT_ERRORS as exc:
-                failure, delay = exc, self._delay(attempt, None)
-            except TRANSPORT_ERRORS as exc:
-                raise RegistryError(f"{method} {url}: {_one_line(exc)}") from exc
-            else:
-                try:
-                    status = resp.status
-                    location = resp.getheader("Location")
-                    if status in _REDIRECT_STATUSES and location:
-                        if redirects >= _MAX_REDIRECTS:
-                            raise FormatError(f"{method} {url}: more than {_MAX_REDIRECTS} redirects")
-                        url, redirects = self._redirect(url, location), redirects + 1
-                        continue
-                    if status == 401 and authenticate and own and not challenged:
-                        challenged = True
-                        resp.release(_MAX_DRAIN)  # the token realm may be on this very connection
-                        self._on_challenge(resp.getheaders("WWW-Authenticate"), scope, stats,
-                                           send.get("Authorization"), url)
-                        continue
-                    if status not in _RETRY_STATUSES:
-                        return handle(resp)
-                    failure, delay = f"HTTP {status}", self._delay(attempt, resp.getheader("Retry-After"))
-                    if attempt >= self.retries or time.monotonic() + delay > retry_deadline:
-                        raise self._status_error(method, url, resp, stats, attempt + 1)
-                except DeadlineExceeded as exc:
-                    raise self._late(method, url, seconds) from exc
-                except TRANSIENT_ERRORS as exc:
-                    failure, delay = exc, self._delay(attempt, None)
-                except TRANSPORT_ERRORS as exc:
-                    raise RegistryError(f"{method} {url}: {_one_line(exc)}") from exc
-                finally:
-                    resp.release(_MAX_DRAIN)
-            if attempt >= self.retries or time.monotonic() + delay > retry_deadline:
-                raise RegistryError(f"{method} {url}: {_one_line(failure)} (gave up after {attempt + 1} attempts)") from (
-                    failure if isinstance(failure, BaseException) else None)
-            time.sleep(delay)
-            attempt += 1
+            outcome = self._attempt(call, handle)
+            if isinstance(outcome, _Again):
+                continue
+            if not isinstance(outcome, _Retry):
+                return outcome
+            if call.attempt >= self.retries or time.monotonic() + outcome.delay > call.retry_deadline:
+                cause = outcome.failure if isinstance(outcome.failure, BaseException) else None
+                raise RegistryError(f"{method} {call.url}: {_one_line(outcome.failure)} "
+                                    f"(gave up after {call.attempt + 1} attempts)") from cause
+            time.sleep(outcome.delay)
+            call.attempt += 1
+
+    def _attempt(self, call: _Call, handle: Callable[[Response], T]) -> T | _Retry | _Again:
+        """Send ``call`` once: the handled answer, or whether and when to try again."""
+        send = self._headers(call)
+        try:
+            resp = self._transport.send(call.method, call.url, send, call.seconds, call.body)
+            call.stats.request()
+        except TRANSPORT_ERRORS as exc:
+            return self._failed(call, exc)
+        try:
+            return self._answer(call, resp, handle, send.get("Authorization"))
+        except TRANSPORT_ERRORS as exc:
+            return self._failed(call, exc)
+        finally:
+            resp.release(_MAX_DRAIN)
+
+    def _headers(self, call: _Call) -> dict[str, str]:
+        """The headers of the next attempt: credentials for this registry, none for another origin
+        a redirect led to."""
+        origin = _origin_of(call.url)
+        send = {"User-Agent": _USER_AGENT, **call.headers}
+        if call.authenticate and origin == self._origin:
+            self._authorize(send, call.scope, call.stats)
+        elif origin != call.first_origin:
+            send = {k: v for k, v in send.items() if k.lower() != "authorization"}
+        return send
+
+    def _failed(self, call: _Call, exc: BaseException) -> _Retry:
+        """A retry after a transient transport failure; the typed error for any other."""
+        if isinstance(exc, DeadlineExceeded):
+            raise self._late(call.method, call.url, call.seconds) from exc
+        if isinstance(exc, TRANSIENT_ERRORS):
+            return _Retry(exc, self._delay(call.attempt, None))
+        raise RegistryError(f"{call.method} {call.url}: {_one_line(exc)}") from exc
+
+    def _answer(self, call: _Call, resp: Response, handle: Callable[[Response], T],
+                authorization: str | None) -> T | _Retry | _Again:
+        """``handle(resp)``, or follow a redirect, answer a challenge, or retry a status."""
+        status = resp.status
+        location = resp.getheader("Location")
+        if status in _REDIRECT_STATUSES and location:
+            self._follow(call, location)
+            return _AGAIN
+        if status == 401 and call.authenticate and _origin_of(call.url) == self._origin and not call.challenged:
+            call.challenged = True
+            resp.release(_MAX_DRAIN)  # the token realm may be on this very connection
+            self._on_challenge(resp.getheaders("WWW-Authenticate"), call.scope, call.stats, authorization, call.url)
+            return _AGAIN
+        if status not in _RETRY_STATUSES:
+            return handle(resp)
+        retry = _Retry(f"HTTP {status}", self._delay(call.attempt, resp.getheader("Retry-After")))
+        if call.attempt >= self.retries or time.monotonic() + retry.delay > call.retry_deadline:
+            raise self._status_error(call.method, call.url, resp, call.stats, call.attempt + 1)
+        return retry
+
+    def _follow(self, call: _Call, location: str) -> None:
+        if call.redirects >= _MAX_REDIRECTS:
+            raise FormatError(f"{call.method} {call.url}: more than {_MAX_REDIRECTS} redirects")
+        call.url, call.redirects = self._redirect(call.url, location), call.redirects + 1
 
     @staticmethod
     def _late(method: str, url: str, seconds: float) -> RegistryError:
@@ -673,7 +698,7 @@ class RegistryClient:
             cached = self._tokens.get(scope or "")
         return cached[0] if cached and cached[1] > time.monotonic() else None
 
-    def _authorize(self, headers: dict[str, str], scope: str | None, stats: _Stats) -> None:
+    def _authorize(self, headers: dict[str, str], scope: str | None, stats: RequestStats) -> None:
         """Add the credentials that the registry asked for before, fetching a token if needed."""
         if self._bearer is not None:
             headers["Authorization"] = "Bearer " + (self._cached_token(scope) or self._fetch_token(scope, stats))
@@ -682,7 +707,7 @@ class RegistryClient:
             if credentials is not None:
                 headers["Authorization"] = self._basic_header(credentials)
 
-    def _on_challenge(self, values: Sequence[str], scope: str | None, stats: _Stats, sent: str | None,
+    def _on_challenge(self, values: Sequence[str], scope: str | None, stats: RequestStats, sent: str | None,
                       url: str) -> None:
         """Act on a 401's ``WWW-Authenticate`` values: get a token, or send Basic credentials."""
         challenges = _parse_challenges(values)
@@ -702,7 +727,7 @@ class RegistryClient:
                                 + ("" if credentials else "; no credentials given")
                                 + ("; the credentials sent were refused" if sent else ""), 401)
 
-    def _fetch_token(self, scope: str | None, stats: _Stats, challenge_scope: str | None = None) -> str:
+    def _fetch_token(self, scope: str | None, stats: RequestStats, challenge_scope: str | None = None) -> str:
         """A Bearer token for ``scope`` from the challenge's realm, cached until it expires."""
         with self._auth_lock:
             cached = self._cached_token(scope)
@@ -754,7 +779,7 @@ class RegistryClient:
         """The manifest or index named by a tag or digest, checked against the digest (the one
         asked for, else the registry's ``Docker-Content-Digest``)."""
         _check_repository(repository)
-        by_digest = bool(_DIGEST_RE.fullmatch(reference))
+        by_digest = is_digest(reference)
         if not by_digest and not _TAG_RE.fullmatch(reference):
             raise ValueError(f"invalid tag or digest {reference!r}")
         path = f"/v2/{repository}/manifests/{reference}"
@@ -769,8 +794,7 @@ class RegistryClient:
             "GET", path, handle=handle, scope=f"repository:{repository}:pull",
             headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)})
         expected = reference if by_digest else header_digest
-        algorithm = expected.partition(":")[0] if expected and _DIGEST_RE.fullmatch(expected) else "sha256"
-        digest = _digest_of(data, algorithm)
+        digest = digest_of(data, algorithm_of(expected))
         if expected and digest != expected:
             raise VerificationError(f"manifest {repository}:{reference} has digest {digest}, expected {expected}")
         return _parse_manifest(data, content_type, digest)
@@ -790,7 +814,7 @@ class RegistryClient:
                                         f"the index says {descriptor['size']}")
         raise LimitError(f"indexes nested more than {_MAX_INDEX_DEPTH} deep in {repository}")
 
-    def stat_blob(self, repository: str, digest: str, *, stats: _Stats | None = None) -> dict[str, Any]:
+    def stat_blob(self, repository: str, digest: str, *, stats: RequestStats | None = None) -> dict[str, Any]:
         """``HEAD`` a blob: its descriptor (``mediaType``, ``digest``, ``size``)."""
         _check_repository(repository)
         _check_digest(digest)
@@ -878,11 +902,11 @@ class RegistryClient:
             location = None
             if url is None:
                 return
-            hasher = hashlib.new(algorithm)
+            hasher = new_hash(algorithm)
             url = self._send_chunks(repository, url, fileobj, size, chunk_size, hasher)
             if url is None:
                 continue
-            if f"{algorithm}:{hasher.hexdigest()}" != digest:
+            if hash_digest(hasher) != digest:
                 raise VerificationError(f"blob {digest}: the bytes uploaded have digest "
                                         f"{algorithm}:{hasher.hexdigest()}")
             self._finish_upload(repository, url, digest)
@@ -971,9 +995,9 @@ class RegistryClient:
     def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> str:
         """``PUT`` a manifest or index under a tag or its digest; returns its digest."""
         _check_repository(repository)
-        digest = _digest_of(data)
-        if _DIGEST_RE.fullmatch(reference):
-            if reference != _digest_of(data, reference.partition(":")[0]):
+        digest = digest_of(data)
+        if is_digest(reference):
+            if reference != digest_of(data, algorithm_of(reference)):
                 raise VerificationError(f"manifest pushed as {reference} has digest {digest}")
         elif not _TAG_RE.fullmatch(reference):
             raise ValueError(f"invalid tag or digest {reference!r}")
@@ -1046,7 +1070,7 @@ class BlobSource:
         self.client, self.repository, self.digest = client, repository, digest
         self.max_whole_blob = max_whole_blob
         self._owns_client = owns_client
-        self._stats = _Stats(client.stats)
+        self._stats = RequestStats(client.stats)
         self._path = f"/v2/{repository}/blobs/{digest}"
         self._scope = f"repository:{repository}:pull"
         self._whole: bytes | None = None
@@ -1126,7 +1150,7 @@ class BlobSource:
                 if resp.length is not None and resp.length != self._size:
                     raise VerificationError(f"blob {self.digest} is {resp.length} bytes, expected {self._size}")
                 data = _read_exact(resp, self._size, self._stats)
-                digest = _digest_of(data, self.digest.partition(":")[0])
+                digest = digest_of(data, algorithm_of(self.digest))
                 if digest != self.digest:
                     raise VerificationError(f"blob has digest {digest}, expected {self.digest}")
                 self._whole = data
@@ -1141,9 +1165,9 @@ class BlobSource:
                 raise VerificationError(f"blob {self.digest} is {resp.length} bytes, expected {self._size}")
             out.seek(0)
             out.truncate()
-            hasher = hashlib.new(self.digest.partition(":")[0])
+            hasher = new_hash(algorithm_of(self.digest))
             remaining = self._size
-            while piece := resp.read(min(remaining + 1, _DOWNLOAD_PIECE)):
+            while piece := resp.read(min(remaining + 1, BLOCK_SIZE)):
                 if len(piece) > remaining:
                     raise VerificationError(f"blob {self.digest} is over the {self._size} bytes expected")
                 self._stats.received(len(piece))
@@ -1152,7 +1176,7 @@ class BlobSource:
                 remaining -= len(piece)
             if remaining:
                 raise VerificationError(f"blob {self.digest} is {self._size - remaining} bytes, expected {self._size}")
-            digest = f"{self.digest.partition(':')[0]}:{hasher.hexdigest()}"
+            digest = hash_digest(hasher)
             if digest != self.digest:
                 raise VerificationError(f"blob has digest {digest}, expected {self.digest}")
 

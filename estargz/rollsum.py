@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .source import BLOCK_SIZE
+
 __all__ = [
     "WINDOW_SIZE", "CHAR_OFFSET", "ROLLSUM_BITS", "HOLE_THRESHOLD",
     "Chunk", "chunk_file", "chunk_files", "chunk_stream", "split_positions", "find_holes",
@@ -251,7 +253,9 @@ def chunk_files(files: Sequence[Buffer]) -> list[list[Chunk]]:
     each file the all-zero window of a fresh rolling state; holes are found file by file.
     """
     gap = bytes(WINDOW_SIZE)
-    starts, parts, position = [], [], 0
+    starts: list[int] = []
+    parts: list[Buffer] = []
+    position = 0
     for data in files:
         parts += (gap, data)
         position += WINDOW_SIZE
@@ -307,7 +311,7 @@ def _bounded_ranges(holes: list[tuple[int, int]], start: int, end: int) -> list[
 
 
 def chunk_stream(read: Callable[[int, int], Buffer], size: int, *,
-                 window: int = 1 << 20) -> Iterator[Chunk]:
+                 window: int = BLOCK_SIZE) -> Iterator[Chunk]:
     """:func:`chunk_file` for a file too large for memory, read ``window`` bytes at a time.
 
     ``read(offset, length)`` must return exactly ``length`` bytes of the file at ``offset``; it is
@@ -323,116 +327,158 @@ def chunk_stream(read: Callable[[int, int], Buffer], size: int, *,
         raise ValueError(f"window must be positive, not {window}")
     if size < 0:
         raise ValueError(f"size must be non-negative, not {size}")
-    return _chunk_stream(read, size, window)
+    return _StreamChunker(read, size, window).chunks()
 
 
-def _chunk_stream(read: Callable[[int, int], Buffer], size: int, window: int) -> Iterator[Chunk]:
-    zero_context = bytes(_CONTEXT)
-    chunk_start = 0  # everything before it has been yielded
-    pos = 0  # next byte to read
-    # Normal state: the zero bytes [pos - carry, pos) are neither tested nor classified yet, and
-    # ``context`` holds the 63 bytes before them (zeros before the file start).
-    carry = 0
-    context = zero_context
-    # Hole state: [hole_start, pos) is a hole (chunk_start == hole_start) whose end is not known.
-    hole_start = -1
-    while pos < size:
-        n = min(window, size - pos)
-        data = view = arr = None  # let the previous window go before reading the next one
-        data = read(pos, n)
+_ZERO_CONTEXT = bytes(_CONTEXT)
+
+
+class _StreamChunker:
+    """:func:`chunk_stream`'s state between windows.
+
+    Normal state: the zero bytes ``[pos - carry, pos)`` are neither tested nor classified yet, and
+    ``context`` holds the 63 bytes before them (zeros before the file start). Hole state
+    (``hole_start >= 0``): ``[hole_start, pos)`` is a hole (``chunk_start == hole_start``) whose
+    end is not known yet.
+    """
+
+    def __init__(self, read: Callable[[int, int], Buffer], size: int, window: int) -> None:
+        self.read, self.size, self.window = read, size, window
+        self.chunk_start = 0  # everything before it has been yielded
+        self.pos = 0  # next byte to read
+        self.carry = 0
+        self.context = _ZERO_CONTEXT
+        self.hole_start = -1
+
+    def chunks(self) -> Iterator[Chunk]:
+        while self.pos < self.size:
+            yield from self._window(min(self.window, self.size - self.pos))
+        if self.hole_start >= 0:
+            yield (self.hole_start, self.size - self.hole_start, True)
+
+    def _read(self, n: int) -> bytes | bytearray:
+        data = self.read(self.pos, n)
         if not isinstance(data, (bytes, bytearray)):
             data = _byte_view(data).tobytes()
         if len(data) != n:
-            raise ValueError(f"read({pos}, {n}) returned {len(data)} bytes")
+            raise ValueError(f"read({self.pos}, {n}) returned {len(data)} bytes")
+        return data
+
+    def _window(self, n: int) -> Iterator[Chunk]:
+        """Classify the next ``n`` bytes, yielding every chunk they settle."""
+        pos = self.pos
+        data = self._read(n)
         view = memoryview(data)
         arr = np.frombuffer(view, np.uint8)
-        last = pos + n == size
+        last = pos + n == self.size
         skip = 0  # bytes of ``data`` that continue the open hole
-        if hole_start >= 0:
+        if self.hole_start >= 0:
             skip = _first_nonzero(arr, view, 0)
             if skip == n:
-                pos += n
-                continue
-            yield (hole_start, pos + skip - hole_start, True)
-            chunk_start = pos + skip
-            hole_start = -1
-            context = zero_context  # a hole is longer than the context
-        start = pos + skip - carry  # file offset of the first byte to test in this window
-
-        # Holes: the leading zero run (which may extend the carried one), then the others.
-        first = _first_nonzero(arr, view, skip)
-        holes: list[tuple[int, int]] = []
-        if carry + first - skip >= HOLE_THRESHOLD:
-            holes.append((start, pos + first))
-        scan = first
-        while scan <= n - HOLE_THRESHOLD and (found := data.find(_HOLE_NEEDLE, scan)) >= 0:
-            scan = _first_nonzero(arr, view, found + HOLE_THRESHOLD)
-            holes.append((pos + found, pos + scan))
+                self.pos += n
+                return
+            yield (self.hole_start, pos + skip - self.hole_start, True)
+            self.chunk_start = pos + skip
+            self.hole_start = -1
+            self.context = _ZERO_CONTEXT  # a hole is longer than the context
+        start = pos + skip - self.carry  # file offset of the first byte to test in this window
+        first, holes = _window_holes(data, arr, view, pos, skip, start, self.carry)
         if first == n and not holes and not last:  # a short zero run so far: wait and see
-            carry += n - skip
-            pos += n
-            continue
+            self.carry += n - skip
+            self.pos += n
+            return
+        data_end, open_hole = _settled_end(arr, holes, pos, first, last)
+        # Splits on the virtual buffer context + carried zeros + data[skip:]: its first 63 tested
+        # bytes need the small ``head`` buffer, the rest has its whole context inside ``data``.
+        head = self.context + bytes(self.carry) + bytes(view[skip:skip + _CONTEXT])
+        splits = _window_splits(data, head, holes, pos, skip, start, data_end)
+        # The pending data chunk ends at data_end only if a hole follows or the file ends.
+        yield from self._emit(splits + ([data_end] if last or open_hole >= 0 else []), holes)
+        self.hole_start = open_hole
+        self.carry = 0 if open_hole >= 0 else pos + n - data_end
+        if open_hole < 0:
+            self.context = _context_before(view, head, pos, skip, start, data_end)
+        self.pos += n
 
-        # Bytes up to ``data_end`` are settled; a zero run ending the window may grow.
-        data_end = pos + n
-        open_hole = -1
-        if not last:
-            if holes and holes[-1][1] == pos + n:
-                open_hole = holes.pop()[0]
-                data_end = open_hole
-            elif arr[n - 1] == 0:  # under HOLE_THRESHOLD zeros, else found above; first < n
-                low = max(first, n - HOLE_THRESHOLD)
-                data_end = pos + low + int(np.flatnonzero(arr[low:])[-1]) + 1
-
-        # Splits of [start, data_end) minus the holes, on the virtual buffer
-        # context + carried zeros + data[skip:]: its first 63 tested bytes need the small
-        # ``head`` buffer, the rest has its whole context inside ``data``.
-        head = context + bytes(carry) + bytes(view[skip:skip + _CONTEXT])
-        base = start - _CONTEXT  # file offset of head[0]
-        head_ranges, tail_ranges = [], []
-        for lo, hi in _bounded_ranges(holes, start, data_end):
-            if lo - base < len(head):
-                head_ranges.append((lo - base, min(hi - base, len(head))))
-            lo = max(lo - pos, skip + _CONTEXT)
-            if hi - pos > lo:
-                tail_ranges.append((lo, hi - pos))
-        splits = []
-        if head_ranges:
-            splits += (split_positions(head, head_ranges) + base).tolist()
-        if tail_ranges:
-            splits += (split_positions(data, tail_ranges) + pos).tolist()
-
+    def _emit(self, ends: list[int], holes: list[tuple[int, int]]) -> Iterator[Chunk]:
+        """Data chunks ending at ``ends`` and the holes between them. A split inside a hole ends
+        at or before chunk_start: skipped."""
         hole_index = 0
-        # A split inside a hole ends at or before chunk_start: skipped. The pending data chunk
-        # ends at data_end only if a hole follows or the file ends.
-        final = [data_end] if last or open_hole >= 0 else []
-        for end in splits + final:
+        for end in ends:
             while hole_index < len(holes) and holes[hole_index][0] < end:
-                closed_start, closed_end = holes[hole_index]
-                if closed_start > chunk_start:
-                    yield (chunk_start, closed_start - chunk_start, False)
-                yield (closed_start, closed_end - closed_start, True)
-                chunk_start = closed_end
+                yield from self._through_hole(holes[hole_index])
                 hole_index += 1
-            if end > chunk_start:
-                yield (chunk_start, end - chunk_start, False)
-                chunk_start = end
-        for closed_start, closed_end in holes[hole_index:]:
-            if closed_start > chunk_start:
-                yield (chunk_start, closed_start - chunk_start, False)
-            yield (closed_start, closed_end - closed_start, True)
-            chunk_start = closed_end
+            if end > self.chunk_start:
+                yield (self.chunk_start, end - self.chunk_start, False)
+                self.chunk_start = end
+        for hole in holes[hole_index:]:
+            yield from self._through_hole(hole)
 
-        if open_hole >= 0:
-            hole_start = open_hole
-            carry = 0
-        else:
-            carry = pos + n - data_end
-            # The 63 bytes before data_end: inside data[skip:], or else inside head.
-            if data_end - pos - _CONTEXT >= skip:
-                context = bytes(view[data_end - pos - _CONTEXT:data_end - pos])
-            else:
-                context = head[data_end - base - _CONTEXT:data_end - base]
-        pos += n
-    if hole_start >= 0:
-        yield (hole_start, size - hole_start, True)
+    def _through_hole(self, hole: tuple[int, int]) -> Iterator[Chunk]:
+        """The data before a closed hole, then the hole."""
+        closed_start, closed_end = hole
+        if closed_start > self.chunk_start:
+            yield (self.chunk_start, closed_start - self.chunk_start, False)
+        yield (closed_start, closed_end - closed_start, True)
+        self.chunk_start = closed_end
+
+
+def _window_holes(data: bytes | bytearray, arr: np.ndarray, view: memoryview, pos: int, skip: int,
+                  start: int, carry: int) -> tuple[int, list[tuple[int, int]]]:
+    """The first non-zero byte of a window, and its holes: the leading zero run (which may
+    extend the carried one), then the others."""
+    n = len(data)
+    first = _first_nonzero(arr, view, skip)
+    holes: list[tuple[int, int]] = []
+    if carry + first - skip >= HOLE_THRESHOLD:
+        holes.append((start, pos + first))
+    scan = first
+    while scan <= n - HOLE_THRESHOLD and (found := data.find(_HOLE_NEEDLE, scan)) >= 0:
+        scan = _first_nonzero(arr, view, found + HOLE_THRESHOLD)
+        holes.append((pos + found, pos + scan))
+    return first, holes
+
+
+def _settled_end(arr: np.ndarray, holes: list[tuple[int, int]], pos: int, first: int,
+                 last: bool) -> tuple[int, int]:
+    """``(data_end, open_hole)``: bytes up to ``data_end`` are settled; a zero run ending the
+    window may grow, and when it is a hole already it is taken off ``holes`` as ``open_hole``
+    (else -1)."""
+    n = len(arr)
+    if last:
+        return pos + n, -1
+    if holes and holes[-1][1] == pos + n:
+        open_hole = holes.pop()[0]
+        return open_hole, open_hole
+    if arr[n - 1] == 0:  # under HOLE_THRESHOLD zeros, else found above; first < n
+        low = max(first, n - HOLE_THRESHOLD)
+        return pos + low + int(np.flatnonzero(arr[low:])[-1]) + 1, -1
+    return pos + n, -1
+
+
+def _window_splits(data: bytes | bytearray, head: bytes, holes: list[tuple[int, int]], pos: int, skip: int,
+                   start: int, data_end: int) -> list[int]:
+    """Split positions in ``[start, data_end)`` minus the holes: in ``head`` (whose byte 0 is at
+    ``start - 63``) for the first tested bytes, in ``data`` for the rest."""
+    base = start - _CONTEXT
+    head_ranges, tail_ranges = [], []
+    for lo, hi in _bounded_ranges(holes, start, data_end):
+        if lo - base < len(head):
+            head_ranges.append((lo - base, min(hi - base, len(head))))
+        lo = max(lo - pos, skip + _CONTEXT)
+        if hi - pos > lo:
+            tail_ranges.append((lo, hi - pos))
+    splits: list[int] = []
+    if head_ranges:
+        splits += (split_positions(head, head_ranges) + base).tolist()
+    if tail_ranges:
+        splits += (split_positions(data, tail_ranges) + pos).tolist()
+    return splits
+
+
+def _context_before(view: memoryview, head: bytes, pos: int, skip: int, start: int, data_end: int) -> bytes:
+    """The 63 bytes before ``data_end``: inside ``data[skip:]``, or else inside ``head``."""
+    if data_end - pos - _CONTEXT >= skip:
+        return bytes(view[data_end - pos - _CONTEXT:data_end - pos])
+    base = start - _CONTEXT
+    return head[data_end - base - _CONTEXT:data_end - base]

@@ -9,7 +9,10 @@ from typing import BinaryIO, Protocol, Union, runtime_checkable
 
 from .errors import FormatError
 
-__all__ = ["Source", "FileSource", "BytesSource", "RangeFile", "as_source", "SourceLike"]
+__all__ = ["Source", "FileSource", "BytesSource", "RangeFile", "as_source", "SourceLike", "BLOCK_SIZE"]
+
+#: The size of the pieces data is copied, hashed and decompressed in.
+BLOCK_SIZE = 1 << 20
 
 
 @runtime_checkable
@@ -139,7 +142,7 @@ def as_source(obj: SourceLike) -> Source:
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return BytesSource(obj)
     if hasattr(obj, "read_at") and hasattr(obj, "size"):
-        return obj  # type: ignore[return-value]
+        return obj
     if hasattr(obj, "seek") and hasattr(obj, "read"):
-        return FileSource(obj)  # type: ignore[arg-type]
+        return FileSource(obj)
     raise TypeError(f"cannot read a blob from {type(obj).__name__}")

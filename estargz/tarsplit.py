@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import anycrc
 
 from .errors import FormatError, LimitError, UnsupportedInputError, VerificationError
-from .gojson import quote
+from .gojson import decode_value, quote
 
 __all__ = [
     "FILE_TYPE", "SEGMENT_TYPE", "MAX_TRAILING_SEGMENT", "TarSplitEntry", "crc64_iso",
@@ -43,7 +42,6 @@ Content = Buffer | Iterable[Buffer]
 _CRC64_ISO = anycrc.Model("CRC64-GO-ISO")
 _INT64_MAX = (1 << 63) - 1
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_JSON_SPACE = " \t\r\n"
 
 
 def crc64_iso(data: Buffer, crc: int = 0) -> int:
@@ -51,7 +49,7 @@ def crc64_iso(data: Buffer, crc: int = 0) -> int:
     view = memoryview(data)
     if view.ndim != 1 or view.format != "B":
         view = view.cast("B")
-    return _CRC64_ISO.calc(view, crc)
+    return int(_CRC64_ISO.calc(view, crc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +119,6 @@ def go_clean(path: bytes) -> bytes:
     return cleaned or b"."
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def _int_field(record: dict[str, Any], key: str, where: str) -> int:
     value = record.get(key)
     if value is None:
@@ -154,12 +145,10 @@ def _bytes_field(record: dict[str, Any], key: str, where: str) -> bytes | None:
 def _decode_line(line: bytes, index: int) -> TarSplitEntry:
     where = f"tar-split record {index}"
     try:
-        text = line.decode("utf-8")
-        start = len(text) - len(text.lstrip(_JSON_SPACE))
-        record, end = _DECODER.raw_decode(text, start)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        record, rest = decode_value(line.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
         raise FormatError(f"{where} is not valid JSON: {exc}") from None
-    if text[end:].strip(_JSON_SPACE):
+    if rest:
         raise FormatError(f"{where}: data after the JSON object")
     if not isinstance(record, dict):
         raise FormatError(f"{where} is not a JSON object")
@@ -178,13 +167,18 @@ def _decode_line(line: bytes, index: int) -> TarSplitEntry:
         raise FormatError(f"{where}: negative size")
     if (payload is not None and len(payload) not in (0, 8)) or (size and not payload):
         raise FormatError(f"{where}: a file's payload must be its 8-byte CRC-64")
+    return TarSplitEntry(FILE_TYPE, payload or None, name=_file_name(fields, where), size=size, position=position)
+
+
+def _file_name(fields: dict[str, Any], where: str) -> bytes:
+    """A file record's name: ``name_raw`` (base64) if set, else ``name`` as UTF-8."""
     name = _bytes_field(fields, "name_raw", where)
-    if not name:
-        name_text = fields.get("name")
-        if name_text is not None and not isinstance(name_text, str):
-            raise FormatError(f"{where}: name must be a string")
-        name = _SURROGATE.sub("\ufffd", name_text or "").encode("utf-8")
-    return TarSplitEntry(FILE_TYPE, payload or None, name=name, size=size, position=position)
+    if name:
+        return name
+    name_text = fields.get("name")
+    if name_text is not None and not isinstance(name_text, str):
+        raise FormatError(f"{where}: name must be a string")
+    return _SURROGATE.sub("\ufffd", name_text or "").encode("utf-8")
 
 
 def _lines(data: bytes) -> Iterator[bytes]:
@@ -238,22 +232,27 @@ def iter_tar(entries: Iterable[TarSplitEntry],
             raise FormatError(f"tar-split record {entry.position}: unknown type {entry.type!r}")
         if entry.size <= 0:
             continue
-        expected = entry.crc
-        if expected is None:
-            raise FormatError(f"tar-split record {entry.position}: file without a CRC-64")
-        got = content(entry)
-        pieces = [got] if isinstance(got, (bytes, bytearray, memoryview)) else got
-        crc = total = 0
-        for piece in pieces:
-            total += memoryview(piece).nbytes
-            if total > entry.size:
-                raise VerificationError(f"{entry.name!r}: more than the {entry.size} bytes recorded")
-            crc = crc64_iso(piece, crc)
-            yield piece
-        if total != entry.size:
-            raise VerificationError(f"{entry.name!r}: {total} bytes, tar-split records {entry.size}")
-        if crc != expected:
-            raise VerificationError(f"{entry.name!r}: CRC-64 {crc:016x}, tar-split records {expected:016x}")
+        yield from _checked_content(entry, content)
+
+
+def _checked_content(entry: TarSplitEntry, content: Callable[[TarSplitEntry], Content]) -> Iterator[Buffer]:
+    """The pieces of a file's content, checked against its record's size and CRC-64."""
+    expected = entry.crc
+    if expected is None:
+        raise FormatError(f"tar-split record {entry.position}: file without a CRC-64")
+    got = content(entry)
+    pieces = [got] if isinstance(got, (bytes, bytearray, memoryview)) else got
+    crc = total = 0
+    for piece in pieces:
+        total += memoryview(piece).nbytes
+        if total > entry.size:
+            raise VerificationError(f"{entry.name!r}: more than the {entry.size} bytes recorded")
+        crc = crc64_iso(piece, crc)
+        yield piece
+    if total != entry.size:
+        raise VerificationError(f"{entry.name!r}: {total} bytes, tar-split records {entry.size}")
+    if crc != expected:
+        raise VerificationError(f"{entry.name!r}: CRC-64 {crc:016x}, tar-split records {expected:016x}")
 
 
 def rebuild_tar(entries: Iterable[TarSplitEntry],

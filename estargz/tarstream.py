@@ -7,11 +7,11 @@ raw header bytes and payload lie, so a writer can copy headers byte for byte.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import FormatError, UnsupportedInputError
+from .errors import FormatError, LimitError, UnsupportedInputError
 
 __all__ = ["BLOCK", "TarEntry", "iter_entries", "ustar_header", "padding", "toc_header_fields"]
 
@@ -95,7 +95,7 @@ def _number(raw: bytes, what: str) -> int:
 
 def _checked(value: int, what: str) -> int:
     if not _INT64_MIN <= value <= _INT64_MAX:
-        raise FormatError(f"tar header: {what} does not fit in 64 bits")
+        raise LimitError(f"tar header: {what} does not fit in 64 bits")
     return value
 
 
@@ -149,7 +149,7 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
 
 def _pax_int(value: bytes, key: bytes) -> int:
     if len(value) > 20:  # more digits than any 64-bit number, with its sign
-        raise FormatError(f"tar PAX header: {key.decode()} does not fit in 64 bits")
+        raise LimitError(f"tar PAX header: {key.decode()} does not fit in 64 bits")
     try:
         return _checked(int(value), f"PAX {key.decode()}")
     except ValueError:
@@ -163,120 +163,156 @@ def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
+_EXTENSION_FLAGS = (_PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK)
+
+
+@dataclass
+class _Extensions:
+    """The extension headers read for the next entry."""
+
+    pax: dict[bytes, bytes] = field(default_factory=dict)
+    long_name: bytes | None = None
+    long_link: bytes | None = None
+
+    def pending(self) -> bool:
+        return bool(self.pax) or self.long_name is not None or self.long_link is not None
+
+    def add(self, flag: bytes, data: bytes) -> bool:
+        """Take one extension header; True for a PAX global header, which belongs to no entry."""
+        if flag == _PAX_LOCAL:
+            self.pax.update(_pax_records(data))
+        elif flag == _GNU_LONGNAME:
+            self.long_name = _cstring(data)
+        elif flag == _GNU_LONGLINK:
+            self.long_link = _cstring(data)
+        else:
+            _check_global(data)
+            return True
+        return False
+
+
+def _check_global(data: bytes) -> None:
+    unknown = set(_pax_records(data)) - {b"comment"}
+    if unknown:
+        raise UnsupportedInputError(
+            "tar: PAX global header with records "
+            + ", ".join(sorted(k.decode("utf-8", "replace") for k in unknown))
+            + " is not supported (only 'comment', as written by git archive)")
+
+
+def _header(f: BinaryIO, pos: int) -> tuple[bytes, int] | None:
+    """The header block at ``pos`` and its size field; None at the end of the archive."""
+    f.seek(pos)
+    block = f.read(BLOCK)
+    if not block or block == bytes(BLOCK):
+        return None
+    if len(block) != BLOCK:
+        raise FormatError("tar: truncated header block")
+    if not _checksum_ok(block):
+        raise FormatError(f"tar: bad header checksum at offset {pos}")
+    size = _number(block[124:136], "size")
+    if size < 0:
+        raise FormatError(f"tar: negative size at offset {pos}")
+    return block, size
+
+
 def iter_entries(f: BinaryIO, start: int = 0) -> Iterator[TarEntry]:
     """Yield the entries of a seekable plain tar, reading headers only and seeking past payloads.
 
     Iteration ends at the end-of-archive marker (or at the end of the file).
     """
-    pos = start
-    pax: dict[bytes, bytes] = {}
-    long_name: bytes | None = None
-    long_link: bytes | None = None
-    header_start = pos
-    while True:
-        f.seek(pos)
-        block = f.read(BLOCK)
-        if not block or block == bytes(BLOCK):
-            if pax or long_name is not None or long_link is not None:
-                raise FormatError("tar: extension header without an entry")
-            return
-        if len(block) != BLOCK:
-            raise FormatError("tar: truncated header block")
-        if not _checksum_ok(block):
-            raise FormatError(f"tar: bad header checksum at offset {pos}")
+    pos = header_start = start
+    extensions = _Extensions()
+    while (header := _header(f, pos)) is not None:
+        block, size = header
         flag = block[156:157]
-        size = _number(block[124:136], "size")
-        if size < 0:
-            raise FormatError(f"tar: negative size at offset {pos}")
         pos += BLOCK
-        if flag in (_PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
+        if flag in _EXTENSION_FLAGS:
             if size > MAX_EXTENSION_SIZE:
                 raise FormatError(f"tar: extension header of {size} bytes is too large")
             data = _read_exact(f, size, "an extension header")
             pos += size + padding(size)
-            if flag == _PAX_LOCAL:
-                pax.update(_pax_records(data))
-            elif flag == _GNU_LONGNAME:
-                long_name = _cstring(data)
-            elif flag == _GNU_LONGLINK:
-                long_link = _cstring(data)
-            else:
-                unknown = set(_pax_records(data)) - {b"comment"}
-                if unknown:
-                    raise UnsupportedInputError(
-                        "tar: PAX global header with records "
-                        + ", ".join(sorted(k.decode("utf-8", "replace") for k in unknown))
-                        + " is not supported (only 'comment', as written by git archive)")
+            if extensions.add(flag, data):
                 header_start = pos
             continue
-        kind = _KINDS.get(flag)
-        if kind is None:
-            what = "GNU sparse file" if flag == b"S" else f"tar entry type {flag.decode('latin-1')!r}"
-            raise UnsupportedInputError(f"unsupported input: {what} at offset {header_start}")
-        if any(k.startswith(b"GNU.sparse.") for k in pax):
-            raise UnsupportedInputError(f"unsupported input: PAX sparse file at offset {header_start}")
-        magic = block[257:263]
-        name = _cstring(block[0:100])
-        if magic == b"ustar\0":
-            prefix = _cstring(block[345:500])
-            if prefix:
-                name = prefix + b"/" + name
-        if long_name is not None:
-            name = long_name
-        link = long_link if long_link is not None else _cstring(block[157:257])
-        entry = TarEntry(
-            name=_text(pax.get(b"path", name) or name),
-            kind=kind,
-            size=size,
-            mode=_number(block[100:108], "mode"),
-            uid=_number(block[108:116], "uid"),
-            gid=_number(block[116:124], "gid"),
-            uname=_text(_cstring(block[265:297])),
-            gname=_text(_cstring(block[297:329])),
-            mtime=(_number(block[136:148], "mtime"), 0),
-            linkname=_text(pax.get(b"linkpath", link) or link),
-            header_offset=header_start,
-        )
-        if magic == b"ustar ":  # GNU: atime and ctime in the prefix area, when set
-            for attr, field in (("atime", block[345:357]), ("ctime", block[357:369])):
-                if field[:1] not in (b"", b"\0"):
-                    setattr(entry, attr, (_number(field, attr), 0))
-        if flag == b"\0" and entry.name.endswith("/"):
-            entry.kind = _DIR
-        if kind in ("char", "block"):
-            entry.devmajor = _number(block[329:337], "devmajor")
-            entry.devminor = _number(block[337:345], "devminor")
-        _apply_pax(entry, pax)
-        # Only regular files carry a payload; the other kinds are header-only whatever their
-        # size field says (as in Go's archive/tar and Python's tarfile).
-        if entry.kind != _REG:
-            entry.size = 0
-        payload = entry.size
+        entry = _entry(block, flag, size, extensions, header_start)
         entry.data_offset = pos
-        pos += payload + padding(payload)
+        pos += entry.size + padding(entry.size)
         yield entry
-        pax, long_name, long_link = {}, None, None
+        extensions = _Extensions()
         header_start = pos
+    if extensions.pending():
+        raise FormatError("tar: extension header without an entry")
+
+
+def _header_name(block: bytes, long_name: bytes | None) -> bytes:
+    if long_name is not None:
+        return long_name
+    name = _cstring(block[0:100])
+    prefix = _cstring(block[345:500]) if block[257:263] == b"ustar\0" else b""
+    return prefix + b"/" + name if prefix else name
+
+
+def _entry(block: bytes, flag: bytes, size: int, extensions: _Extensions, header_start: int) -> TarEntry:
+    """The entry of a header block, with its extension headers applied."""
+    kind = _KINDS.get(flag)
+    if kind is None:
+        what = "GNU sparse file" if flag == b"S" else f"tar entry type {flag.decode('latin-1')!r}"
+        raise UnsupportedInputError(f"unsupported input: {what} at offset {header_start}")
+    pax = extensions.pax
+    if any(k.startswith(b"GNU.sparse.") for k in pax):
+        raise UnsupportedInputError(f"unsupported input: PAX sparse file at offset {header_start}")
+    name = _header_name(block, extensions.long_name)
+    link = extensions.long_link if extensions.long_link is not None else _cstring(block[157:257])
+    entry = TarEntry(
+        name=_text(pax.get(b"path", name) or name),
+        kind=kind,
+        size=size,
+        mode=_number(block[100:108], "mode"),
+        uid=_number(block[108:116], "uid"),
+        gid=_number(block[116:124], "gid"),
+        uname=_text(_cstring(block[265:297])),
+        gname=_text(_cstring(block[297:329])),
+        mtime=(_number(block[136:148], "mtime"), 0),
+        linkname=_text(pax.get(b"linkpath", link) or link),
+        header_offset=header_start,
+    )
+    _apply_header_extras(entry, block, flag)
+    _apply_pax(entry, pax)
+    # Only regular files carry a payload; the other kinds are header-only whatever their
+    # size field says (as in Go's archive/tar and Python's tarfile).
+    if entry.kind != _REG:
+        entry.size = 0
+    return entry
+
+
+def _apply_header_extras(entry: TarEntry, block: bytes, flag: bytes) -> None:
+    """GNU atime/ctime, old-style directories (a name ending in "/") and device numbers."""
+    if block[257:263] == b"ustar ":  # GNU: atime and ctime in the prefix area, when set
+        for attr, value in (("atime", block[345:357]), ("ctime", block[357:369])):
+            if value[:1] not in (b"", b"\0"):
+                setattr(entry, attr, (_number(value, attr), 0))
+    if flag == b"\0" and entry.name.endswith("/"):
+        entry.kind = _DIR
+    if entry.kind in ("char", "block"):
+        entry.devmajor = _number(block[329:337], "devmajor")
+        entry.devminor = _number(block[337:345], "devminor")
+
+
+#: PAX records that set an entry field, and how each value is read.
+_PAX_FIELDS: dict[bytes, tuple[str, Callable[[bytes, bytes], object]]] = {
+    b"size": ("size", _pax_int), b"uid": ("uid", _pax_int), b"gid": ("gid", _pax_int),
+    b"uname": ("uname", lambda value, _: _text(value)), b"gname": ("gname", lambda value, _: _text(value)),
+    b"mtime": ("mtime", lambda value, _: _pax_time(value)), b"atime": ("atime", lambda value, _: _pax_time(value)),
+    b"ctime": ("ctime", lambda value, _: _pax_time(value)),
+}
 
 
 def _apply_pax(entry: TarEntry, pax: dict[bytes, bytes]) -> None:
     for key, value in pax.items():
-        if key == b"size":
-            entry.size = _pax_int(value, key)
-        elif key == b"uid":
-            entry.uid = _pax_int(value, key)
-        elif key == b"gid":
-            entry.gid = _pax_int(value, key)
-        elif key == b"uname":
-            entry.uname = _text(value)
-        elif key == b"gname":
-            entry.gname = _text(value)
-        elif key == b"mtime":
-            entry.mtime = _pax_time(value)
-        elif key == b"atime":
-            entry.atime = _pax_time(value)
-        elif key == b"ctime":
-            entry.ctime = _pax_time(value)
+        known = _PAX_FIELDS.get(key)
+        if known is not None:
+            setattr(entry, known[0], known[1](value, key))
         elif key.startswith(b"SCHILY.xattr."):
             entry.xattrs[_text(key[len(_XATTR_PREFIX):])] = value
     if entry.size < 0:

@@ -32,13 +32,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
 __all__ = [
-    "FORMATS",
+    "TAR_FORMATS",
     "KINDS",
     "RESERVED_NAMES",
     "ExpectedEntry",
@@ -56,13 +56,14 @@ __all__ = [
 ]
 
 KINDS = ("reg", "dir", "symlink", "hardlink", "char", "block", "fifo")
-FORMATS = ("ustar", "pax", "gnu")
+#: The tar formats a generated :class:`Layer` comes in (not the layer formats of ``estargz.FORMATS``).
+TAR_FORMATS = ("ustar", "pax", "gnu")
 #: Root-level names an eStargz writer drops from its input (it writes its own landmark and TOC).
 RESERVED_NAMES = frozenset({".prefetch.landmark", ".no.prefetch.landmark", "stargz.index.json"})
 #: The default total of file contents in one generated layer (hypothesis-friendly).
 MAX_CONTENT = 64 << 10
 
-_TAR_FORMATS = {"ustar": tarfile.USTAR_FORMAT, "pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT}
+_TARFILE_FORMATS = {"ustar": tarfile.USTAR_FORMAT, "pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT}
 _TAR_TYPES = {
     "reg": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
     "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
@@ -117,7 +118,7 @@ class Layer:
     format: str = "pax"
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
+        if self.format not in TAR_FORMATS:
             raise ValueError(f"unknown tar format {self.format!r}")
 
     @property
@@ -184,22 +185,27 @@ def _split_ustar(raw: bytes) -> bool:
                for i in range(1, len(parts)))
 
 
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _pax_unrepresentable(entry: LayerEntry) -> str | None:
+    if not 0 <= entry.devmajor < 8 ** 7 or not 0 <= entry.devminor < 8 ** 7:
+        return "device numbers too large"
+    if entry.uid < 0 or entry.gid < 0:
+        return "negative owner"
+    return None
+
+
 def unrepresentable(entry: LayerEntry, format: str) -> str | None:
     """Why ``entry`` cannot be written in ``format`` by :func:`tar_bytes`, or None if it can."""
-    def enc(text: str) -> bytes:
-        return text.encode("utf-8", "surrogateescape")
-
-    name = enc(entry.name + ("/" if entry.kind == "dir" and not entry.name.endswith("/") else ""))
-    octal7, base256_7 = 8 ** 7, 256 ** 7
     if format == "pax":
-        if not 0 <= entry.devmajor < octal7 or not 0 <= entry.devminor < octal7:
-            return "device numbers too large"
-        if entry.uid < 0 or entry.gid < 0:
-            return "negative owner"
-        return None
+        return _pax_unrepresentable(entry)
+    name = _raw(entry.name + ("/" if entry.kind == "dir" and not entry.name.endswith("/") else ""))
+    octal7, base256_7 = 8 ** 7, 256 ** 7
     if entry.xattrs:
         return "xattrs need PAX"
-    if len(enc(entry.uname)) > 32 or len(enc(entry.gname)) > 32:
+    if len(_raw(entry.uname)) > 32 or len(_raw(entry.gname)) > 32:
         return "owner name longer than 32 bytes"
     if format == "gnu":
         limit, mtime_ok = base256_7, -(256 ** 11) <= math.floor(entry.mtime) < 256 ** 11
@@ -207,7 +213,7 @@ def unrepresentable(entry: LayerEntry, format: str) -> str | None:
         limit, mtime_ok = octal7, 0 <= math.floor(entry.mtime) < 8 ** 11
         if len(name) > 100 and not _split_ustar(name):
             return "name does not fit USTAR"
-        if len(enc(entry.linkname)) > 100:
+        if len(_raw(entry.linkname)) > 100:
             return "linkname longer than 100 bytes"
     if not mtime_ok:
         return "mtime out of range"
@@ -223,7 +229,7 @@ def tar_bytes(layer: Layer, format: str | None = None) -> bytes:
     """
     format = format or layer.format
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=_TAR_FORMATS[format],
+    with tarfile.open(fileobj=buf, mode="w", format=_TARFILE_FORMATS[format],
                       encoding="utf-8", errors="surrogateescape") as tar:
         for entry in layer.entries:
             problem = unrepresentable(entry, format)
@@ -263,21 +269,9 @@ def expected_entries(layer: Layer, format: str | None = None) -> dict[str, Expec
             continue
         last.pop(path, None)
         last[path] = entry
-
-    def resolve(path: str) -> str:
-        seen = {path}
-        while last[path].kind == "hardlink":
-            path = clean_name(last[path].linkname)
-            if path not in last:
-                raise ValueError(f"hardlink to missing {path!r}")
-            if path in seen:
-                raise ValueError(f"hardlink cycle through {path!r}")
-            seen.add(path)
-        return path
-
     out: dict[str, ExpectedEntry] = {}
     for path, e in last.items():
-        target = resolve(path) if e.kind == "hardlink" else None
+        target = _link_target(last, path) if e.kind == "hardlink" else None
         content = None
         if e.kind == "reg":
             content = e.content
@@ -292,6 +286,25 @@ def expected_entries(layer: Layer, format: str | None = None) -> dict[str, Expec
             dev_minor=e.devminor if e.kind in ("char", "block") else 0,
             xattrs=dict(e.xattrs), content=content, target=target,
             resolved_type=last[target].kind if target is not None else e.kind, raw_name=e.name)
+    _add_parents(out)
+    return out
+
+
+def _link_target(last: dict[str, LayerEntry], path: str) -> str:
+    """The path a hardlink resolves to, through other hardlinks."""
+    seen = {path}
+    while last[path].kind == "hardlink":
+        path = clean_name(last[path].linkname)
+        if path not in last:
+            raise ValueError(f"hardlink to missing {path!r}")
+        if path in seen:
+            raise ValueError(f"hardlink cycle through {path!r}")
+        seen.add(path)
+    return path
+
+
+def _add_parents(out: dict[str, ExpectedEntry]) -> None:
+    """Add the missing ancestors as implicit directories; refuse a non-directory parent."""
     for path in list(out):
         parent = path
         while parent:
@@ -301,7 +314,6 @@ def expected_entries(layer: Layer, format: str | None = None) -> dict[str, Expec
                 out[parent] = ExpectedEntry(name=parent, type="dir", implicit=True)
             elif known.resolved_type != "dir":
                 raise ValueError(f"{parent!r} is a {known.type} but has entries below it")
-    return out
 
 
 # -- strategies ------------------------------------------------------------------------------
@@ -429,7 +441,8 @@ class _Builder:
     # -- small draws ---------------------------------------------------------------------
     def chance(self, n: int) -> bool:
         """True about once in ``n`` draws (shrinks to False)."""
-        return self.draw(self.st.integers(0, n - 1)) == n - 1
+        drawn: int = self.draw(self.st.integers(0, n - 1))
+        return drawn == n - 1
 
     def _owners(self) -> list[tuple[int, tuple[str, ...]]]:
         st = self.st
@@ -462,7 +475,7 @@ class _Builder:
         st, draw, unit = self.st, self.draw, self.unit
         shape = draw(st.sampled_from(("small", "empty", "chunks", "large", "zeros")))
         if shape == "small":
-            data = draw(st.binary(max_size=min(64, self.budget)))
+            data: bytes = draw(st.binary(max_size=min(64, self.budget)))
             self.budget -= len(data)
             return data
         if shape == "empty":
@@ -515,7 +528,7 @@ class _Builder:
         return next(p for p in candidates if p not in self.taken and self._fits(p, kind))
 
     def _parent(self) -> str:
-        parent = self.draw(self.st.sampled_from(self.dirs))
+        parent: str = self.draw(self.st.sampled_from(self.dirs))
         if self.implicit_dirs and self.chance(6):
             for _ in range(self.draw(self.st.integers(1, 2))):
                 path = self._fresh(parent, self.draw(self.components), "dir")
@@ -537,19 +550,32 @@ class _Builder:
         kind = draw(st.sampled_from(self.kinds))
         if kind == "hardlink" and not any(self._fits(t.name, "fifo", t.name) for t in self.link_targets):
             kind = "reg"
-        parent = self._parent()
+        kind, path = self._new_path(kind, self._parent())
+        self.taken.add(path)
+        extra = self._kind_fields(kind, path)
+        entry = LayerEntry(name=self._raw(path, kind), kind=kind, **self._meta(kind), **extra)
+        self.entries.append(entry)
+        if kind in ("reg", "hardlink") and path not in RESERVED_NAMES:
+            self.link_targets.append(entry)
+
+    def _new_path(self, kind: str, parent: str) -> tuple[str, str]:
+        """The tar kind and path of a new entry of ``kind`` (whiteouts and opaque markers are
+        regular files)."""
+        st, draw = self.st, self.draw
         if kind == "opaque":
             path = posixpath.join(parent, ".wh..wh..opq")
-            kind = "reg"
             if not parent or path in self.taken or not self._fits(path, "reg"):
                 path = self._fresh(parent, ".wh." + draw(self.components), "reg")
-        elif kind == "whiteout":
-            kind, path = "reg", self._fresh(parent, ".wh." + draw(self.components), "reg")
-        elif kind == "dir" and self.implicit and self.chance(3):
-            path = self.implicit.pop(draw(st.integers(0, len(self.implicit) - 1)))
-        else:
-            path = self._fresh(parent, draw(self.components), kind)
-        self.taken.add(path)
+            return "reg", path
+        if kind == "whiteout":
+            return "reg", self._fresh(parent, ".wh." + draw(self.components), "reg")
+        if kind == "dir" and self.implicit and self.chance(3):
+            return kind, self.implicit.pop(draw(st.integers(0, len(self.implicit) - 1)))
+        return kind, self._fresh(parent, draw(self.components), kind)
+
+    def _kind_fields(self, kind: str, path: str) -> dict[str, Any]:
+        """The fields particular to the kind of a new entry: content, link target, devices."""
+        st, draw = self.st, self.draw
         extra: dict[str, Any] = {}
         if kind == "reg" and not posixpath.basename(path).startswith(".wh."):
             extra["content"] = self._content()
@@ -567,10 +593,7 @@ class _Builder:
             limit = 2 ** 32 if self.format == "gnu" else 8 ** 7
             devs = st.one_of(st.sampled_from((0, 1, 5, 8, 259, 4095)), st.integers(0, limit - 1))
             extra["devmajor"], extra["devminor"] = draw(devs), draw(devs)
-        entry = LayerEntry(name=self._raw(path, kind), kind=kind, **self._meta(kind), **extra)
-        self.entries.append(entry)
-        if kind in ("reg", "hardlink") and path not in RESERVED_NAMES:
-            self.link_targets.append(entry)
+        return extra
 
     def _symlink_target(self, path: str) -> str:
         st, draw = self.st, self.draw
@@ -606,14 +629,14 @@ class _Builder:
 
 def _check(formats: Sequence[str], max_content: int) -> tuple[str, ...]:
     formats = tuple(formats)
-    if not formats or any(f not in FORMATS for f in formats):
-        raise ValueError(f"formats must be a non-empty subset of {FORMATS}")
+    if not formats or any(f not in TAR_FORMATS for f in formats):
+        raise ValueError(f"formats must be a non-empty subset of {TAR_FORMATS}")
     if max_content < 0:
         raise ValueError("max_content must not be negative")
     return formats
 
 
-def layers(*, min_entries: int = 0, max_entries: int = 20, formats: Sequence[str] = FORMATS,
+def layers(*, min_entries: int = 0, max_entries: int = 20, formats: Sequence[str] = TAR_FORMATS,
            chunk_size: int | None = None, max_content: int = MAX_CONTENT,
            implicit_dirs: bool = True, reserved_names: bool = False) -> SearchStrategy[Layer]:
     """Consistent layers whose cleaned names are unique.
@@ -629,18 +652,17 @@ def layers(*, min_entries: int = 0, max_entries: int = 20, formats: Sequence[str
     st = _hypothesis()
     formats = _check(formats, max_content)
 
-    @st.composite
-    def strategy(draw: Callable[[Any], Any]) -> Layer:
+    def draw_layer(draw: Callable[[Any], Any]) -> Layer:
         return _build(draw, draw(st.sampled_from(formats)), min_entries, max_entries, 0, 0,
                       chunk_size=chunk_size, max_content=max_content,
                       implicit_dirs=implicit_dirs, reserved_names=reserved_names)
 
-    return strategy()
+    return cast("SearchStrategy[Layer]", st.composite(draw_layer)())
 
 
 def layers_with_duplicates(*, min_duplicates: int = 1, max_duplicates: int = 4,
                            min_entries: int = 1, max_entries: int = 16,
-                           formats: Sequence[str] = FORMATS, chunk_size: int | None = None,
+                           formats: Sequence[str] = TAR_FORMATS, chunk_size: int | None = None,
                            max_content: int = MAX_CONTENT, implicit_dirs: bool = True,
                            reserved_names: bool = False) -> SearchStrategy[Layer]:
     """Like :func:`layers`, then some paths are declared again later (same kind, maybe spelled
@@ -648,14 +670,13 @@ def layers_with_duplicates(*, min_duplicates: int = 1, max_duplicates: int = 4,
     st = _hypothesis()
     formats = _check(formats, max_content)
 
-    @st.composite
-    def strategy(draw: Callable[[Any], Any]) -> Layer:
+    def draw_layer(draw: Callable[[Any], Any]) -> Layer:
         return _build(draw, draw(st.sampled_from(formats)), max(1, min_entries), max_entries,
                       min_duplicates, max_duplicates, chunk_size=chunk_size,
                       max_content=max_content, implicit_dirs=implicit_dirs,
                       reserved_names=reserved_names)
 
-    return strategy()
+    return cast("SearchStrategy[Layer]", st.composite(draw_layer)())
 
 
 def _build(draw: Callable[[Any], Any], format: str, min_entries: int, max_entries: int,
@@ -682,11 +703,10 @@ def layer_entries(*, format: str = "pax", kinds: Sequence[str] = ("reg", "dir", 
     if not kinds or any(k not in KINDS for k in kinds):
         raise ValueError(f"kinds must be a non-empty subset of {KINDS}")
 
-    @st.composite
-    def strategy(draw: Callable[[Any], Any]) -> LayerEntry:
+    def draw_entry(draw: Callable[[Any], Any]) -> LayerEntry:
         builder = _Builder(draw, format, chunk_size=chunk_size, max_content=max_content,
                            implicit_dirs=True, reserved_names=False, kinds=kinds)
         builder.add_one()
         return builder.entries[-1]
 
-    return strategy()
+    return cast("SearchStrategy[LayerEntry]", st.composite(draw_entry)())

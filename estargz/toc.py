@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as _dt
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .digests import EMPTY_DIGEST
 from .errors import FormatError, LimitError
+from .gojson import format_rfc3339nano, go_escape_dumped
 
 __all__ = [
     "TOC_NAME", "TOCEntry", "TOCEncoder", "encode_toc", "decode_toc", "format_modtime", "clean_name",
@@ -18,7 +19,6 @@ __all__ = [
 ]
 
 TOC_NAME = "stargz.index.json"
-EMPTY_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 #: Largest uncompressed TOC accepted by the reader (the cap containers/storage uses).
 MAX_TOC_SIZE = 150 << 20
 #: Largest uncompressed tar-split (containers/storage zstd:chunked) accepted by the reader.
@@ -107,23 +107,11 @@ def format_modtime(seconds: int, nanos: int = 0) -> str:
     """RFC 3339 UTC time rounded to the nearest second (halves up); "" for time zero (Unix epoch)."""
     if seconds == 0:
         return ""
-    rounded = seconds + (1 if nanos >= 500_000_000 else 0)
-    try:
-        when = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=rounded)
-    except OverflowError:
-        raise LimitError(f"modification time {seconds} is out of range") from None
-    return (f"{when.year:04d}-{when.month:02d}-{when.day:02d}"
-            f"T{when.hour:02d}:{when.minute:02d}:{when.second:02d}Z")
+    return format_rfc3339nano(seconds + (1 if nanos >= 500_000_000 else 0))
 
 
 #: A surrogate left alone by the JSON decoder (an unpaired ``\\ud800``-style escape).
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-_GO_ESCAPE_RE = re.compile("[<>&\u2028\u2029]|[\udc80-\udcff]")
-
-
-def _go_escape(match: re.Match[str]) -> str:
-    return _GO_ESCAPES.get(match.group(), "\\ufffd")
 
 
 def _entry_json(entry: TOCEntry) -> str:
@@ -153,7 +141,7 @@ class TOCEncoder:
     def add(self, entry: TOCEntry) -> None:
         """Append one entry."""
         self.buffer += b",\n" if self.count else b"[\n"
-        self.buffer += _GO_ESCAPE_RE.sub(_go_escape, _entry_json(entry)).encode("utf-8")
+        self.buffer += go_escape_dumped(_entry_json(entry)).encode("utf-8")
         self.count += 1
 
     def finish(self) -> None:
@@ -194,6 +182,10 @@ def _field_value(entry_index: int, key: str, kind: type, value: Any) -> Any:
         if not isinstance(value, str):
             raise FormatError(f"TOC entry {entry_index}: {key} must be a string")
         return _LONE_SURROGATE.sub("\ufffd", value)
+    return _xattrs(entry_index, value)
+
+
+def _xattrs(entry_index: int, value: Any) -> dict[str, bytes]:
     if not isinstance(value, dict):
         raise FormatError(f"TOC entry {entry_index}: xattrs must be an object")
     xattrs = {}
@@ -229,14 +221,18 @@ def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
     entries = []
     for index, raw in enumerate(raw_entries):
         raw_entries[index] = None  # each parsed object is freed once converted
-        if not isinstance(raw, dict):
-            raise FormatError(f"TOC entry {index} is not an object")
-        values: dict[str, Any] = {"name": "", "type": ""}
-        for key, value in raw.items():
-            known = _BY_KEY.get(key.lower())
-            if known is None or value is None:
-                continue
-            json_key, attr, kind = known
-            values[attr] = _field_value(index, json_key, kind, value)
-        entries.append(TOCEntry(**values))
+        entries.append(_decode_entry(index, raw))
     return version, entries
+
+
+def _decode_entry(index: int, raw: Any) -> TOCEntry:
+    if not isinstance(raw, dict):
+        raise FormatError(f"TOC entry {index} is not an object")
+    values: dict[str, Any] = {"name": "", "type": ""}
+    for key, value in raw.items():
+        known = _BY_KEY.get(key.lower())
+        if known is None or value is None:
+            continue
+        json_key, attr, kind = known
+        values[attr] = _field_value(index, json_key, kind, value)
+    return TOCEntry(**values)

@@ -7,14 +7,14 @@ find it as the image reference with ``-esgztoc`` appended to the tag.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
+from .digests import sha256_digest
 from .errors import FormatError
-from .formats import (
+from .oci import (
     OCI_CONFIG_MEDIA_TYPE,
     OCI_INDEX_MEDIA_TYPE,
     OCI_MANIFEST_MEDIA_TYPE,
@@ -31,10 +31,6 @@ TOC_IMAGE_CONFIG = b"{}"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def toc_image_manifest(results: Sequence[BuildResult]) -> bytes:
     """The TOC image manifest (JSON bytes) for layers converted with an external TOC."""
     layers = []
@@ -46,7 +42,8 @@ def toc_image_manifest(results: Sequence[BuildResult]) -> bytes:
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": OCI_CONFIG_MEDIA_TYPE, "digest": _digest(TOC_IMAGE_CONFIG), "size": len(TOC_IMAGE_CONFIG)},
+        "config": {"mediaType": OCI_CONFIG_MEDIA_TYPE, "digest": sha256_digest(TOC_IMAGE_CONFIG),
+                   "size": len(TOC_IMAGE_CONFIG)},
         "layers": sorted(layers, key=lambda layer: str(layer["digest"])),
     }
     return json.dumps(manifest, indent=2).encode()
@@ -63,7 +60,7 @@ def write_toc_image(directory: str | os.PathLike[str], results: Sequence[BuildRe
     blobs = os.path.join(directory, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
     for data in (manifest, TOC_IMAGE_CONFIG, *(r.external_toc for r in results if r.external_toc)):
-        _write(os.path.join(blobs, _digest(data).split(":", 1)[1]), data)
+        _write(os.path.join(blobs, sha256_digest(data).split(":", 1)[1]), data)
     layout_file = os.path.join(directory, "oci-layout")
     if not os.path.exists(layout_file):
         _write(layout_file, json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
@@ -72,12 +69,12 @@ def write_toc_image(directory: str | os.PathLike[str], results: Sequence[BuildRe
     index["manifests"] = [entry for entry in index["manifests"] if _ref_name(entry) != tag]
     index["manifests"].append({
         "mediaType": OCI_MANIFEST_MEDIA_TYPE,
-        "digest": _digest(manifest),
+        "digest": sha256_digest(manifest),
         "size": len(manifest),
         "annotations": {REF_NAME_ANNOTATION: tag},
     })
     _write(index_file, json.dumps(index, indent=2).encode())
-    return _digest(manifest)
+    return sha256_digest(manifest)
 
 
 def _write(path: str, data: bytes) -> None:

@@ -219,7 +219,7 @@ class Transport:
                     manager = urllib3.ProxyManager(proxy, num_pools=_POOLS, **self._pool_options)
                 else:
                     manager = urllib3.PoolManager(num_pools=_POOLS, **self._pool_options)
-                manager.pool_classes_by_scheme = _POOL_CLASSES  # type: ignore[assignment]
+                manager.pool_classes_by_scheme = _POOL_CLASSES
                 self._managers[proxy] = manager
         return manager
 
