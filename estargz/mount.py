@@ -127,7 +127,7 @@ class MountedImage:
 
     def chunk(self, layer: int, entry: Entry, chunk: Chunk) -> bytes:
         """One chunk's verified bytes, from the cache or fetched (once, however many ask)."""
-        key = (layer, chunk.offset, chunk.inner_offset, chunk.chunk_size)
+        key = _key(layer, chunk)
         while True:
             data = self.cache.get(key, chunk.chunk_digest)
             if data is not None:
@@ -136,13 +136,27 @@ class MountedImage:
                 waiting = self._inflight.get(key)
                 if waiting is None:
                     self._inflight[key] = threading.Event()
-            if waiting is None:
-                break
+                    break
             waiting.wait()
         try:
             return self._fetch(layer, entry, chunk, key)
         finally:
-            with self._lock:
+            self._release([key])
+
+    def _claim(self, layer: int, items: list[tuple[Entry, Chunk]]) -> list[tuple[Entry, Chunk]]:
+        """The chunks of ``items`` neither cached nor being fetched, now marked as being fetched."""
+        claimed = []
+        with self._lock:
+            for entry, chunk in items:
+                key = _key(layer, chunk)
+                if key not in self._inflight and key not in self.cache:
+                    self._inflight[key] = threading.Event()
+                    claimed.append((entry, chunk))
+        return claimed
+
+    def _release(self, keys: list[Hashable]) -> None:
+        with self._lock:
+            for key in keys:
                 self._inflight.pop(key).set()
 
     def _fetch(self, layer: int, entry: Entry, chunk: Chunk, key: Hashable) -> bytes:
@@ -165,7 +179,7 @@ class MountedImage:
             raise VerificationError(f"digest mismatch for {entry.name!r}")
         found = b""
         for chunk, data in zip(entry.chunks, pieces, strict=True):
-            self.cache.put((layer, chunk.offset, chunk.inner_offset, chunk.chunk_size), data)
+            self.cache.put(_key(layer, chunk), data)
             if chunk is wanted:
                 found = data
         return found
@@ -213,20 +227,25 @@ class MountedImage:
         return not self._stop.is_set()
 
     def _prefetch_window(self, layer: int, window: list[tuple[Entry, Chunk]]) -> None:
+        """Fetch a window's chunks with one request; readers of them wait for it, not fetch again."""
+        claimed = self._claim(layer, window)
+        if not claimed:
+            return
         source = self.layers[layer].source
-        start, end = window[0][1].offset, max(chunk.next_offset for _, chunk in window)
+        start, end = claimed[0][1].offset, max(chunk.next_offset for _, chunk in claimed)
         try:
             source.preload(start, end)
-            for entry, chunk in window:
+            for entry, chunk in claimed:
                 if self._stop.is_set():
                     return
-                self.chunk(layer, entry, chunk)
+                self._fetch(layer, entry, chunk, _key(layer, chunk))
                 with self._lock:
                     self.prefetched_bytes += chunk.chunk_size
         except EStargzError as exc:
             self.failed(f"prefetch of layer {self.layers[layer].name}", exc)
         finally:
             source.release(start)
+            self._release([_key(layer, chunk) for _, chunk in claimed])
 
     # -- figures -------------------------------------------------------------------------------
     def stats(self) -> MountStats:
@@ -238,6 +257,11 @@ class MountedImage:
         self.stop()
         for layer in self.layers:
             layer.close()
+
+
+def _key(layer: int, chunk: Chunk) -> Hashable:
+    """A chunk's cache key: where its bytes lie in its layer's blob."""
+    return (layer, chunk.offset, chunk.inner_offset, chunk.chunk_size)
 
 
 def _chunks_between(chunks: list[Chunk], start: int, end: int) -> Iterator[Chunk]:
