@@ -34,10 +34,12 @@ class CacheStats:
 
 
 class _Lru:
-    """Keys in least-recently-used order with their sizes, and the total, under a byte limit."""
+    """Keys in least-recently-used order with their sizes, and the total, under a byte limit
+    (with ``keep_newest``, the newest key stays even when it alone is over the limit)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, keep_newest: bool = False) -> None:
         self.limit = limit
+        self._keep = 1 if keep_newest else 0
         self.sizes: OrderedDict[Hashable, int] = OrderedDict()
         self.total = 0
 
@@ -52,7 +54,7 @@ class _Lru:
         self.sizes[key] = size
         self.total += size
         evicted = []
-        while self.total > self.limit and self.sizes:
+        while self.total > self.limit and len(self.sizes) > self._keep:
             old, old_size = self.sizes.popitem(last=False)
             self.total -= old_size
             evicted.append(old)
@@ -60,8 +62,9 @@ class _Lru:
 
 
 class ChunkCache:
-    """Chunks by key, at most ``memory_limit`` bytes in memory and ``disk_limit`` bytes in
-    ``directory``. A chunk larger than a limit is not kept there. Thread-safe.
+    """Chunks by key, at most ``memory_limit`` bytes in memory (or the one chunk last kept, if it
+    alone is larger: a file can always be read on without fetching each piece's chunk again) and
+    ``disk_limit`` bytes in ``directory`` (a larger chunk is not kept there). Thread-safe.
 
     Only chunks with a digest go to disk, under the digest's name, and a disk chunk is returned
     only if it still hashes to that digest.
@@ -72,7 +75,7 @@ class ChunkCache:
         if memory_limit < 0 or disk_limit < 0:
             raise ValueError("cache limits must not be negative")
         self._memory: dict[Hashable, bytes] = {}
-        self._memory_lru = _Lru(memory_limit)
+        self._memory_lru = _Lru(memory_limit, keep_newest=True)
         self._directory = os.fspath(directory) if directory is not None else None
         self._disk_lru = _Lru(disk_limit if self._directory is not None else 0)
         self._lock = threading.Lock()
@@ -113,7 +116,7 @@ class ChunkCache:
             return key in self._memory
 
     def _keep_in_memory(self, key: Hashable, data: bytes) -> None:
-        if key in self._memory or len(data) > self._memory_lru.limit:
+        if key in self._memory:
             return
         self._memory[key] = data
         for old in self._memory_lru.add(key, len(data)):

@@ -387,7 +387,7 @@ def _operations(fuse: Any, image: MountedImage) -> Any:
 
         def statfs(self, path: str) -> dict[str, int]:
             return {"f_bsize": _BLOCK_SIZE, "f_frsize": _BLOCK_SIZE, "f_namemax": _NAME_MAX,
-                    "f_files": image.tree.root.inode + sum(1 for _ in image.tree.walk_nodes())}
+                    "f_files": image.tree.inodes}
 
     return Operations()
 

@@ -76,6 +76,7 @@ class OverlayTree:
     def _number(self) -> None:
         """Give every node an inode number and its link count (directories: 2 + subdirectories)."""
         self.root.inode = ROOT_INODE
+        self.root.nlink = 2 + sum(1 for child in self.root.children.values() if child.is_dir())
         next_inode = ROOT_INODE + 1
         for node in self.walk_nodes():
             if node.inode == 0:
@@ -85,6 +86,8 @@ class OverlayTree:
                 node.nlink = 2 + sum(1 for child in node.children.values() if child.is_dir())
             else:
                 node.nlink += 1
+        self.inodes = next_inode - 1
+        """How many inodes the tree has."""
 
     def walk_nodes(self) -> Iterator[Node]:
         """Every node below the root, depth first; a hardlinked node once per name it has."""

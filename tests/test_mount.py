@@ -34,7 +34,8 @@ from helpers import sha256
 
 import estargz
 from estargz.chunkcache import ChunkCache
-from estargz.mount import FuseUnavailableError
+from estargz.layers import open_layers as open_mount_layers
+from estargz.mount import FuseUnavailableError, MountedImage
 from estargz.overlay import OverlayTree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -361,6 +362,27 @@ def test_overlay_hides_landmarks_and_keeps_lower_metadata_of_implicit_directorie
     assert (srv.entry.mode & 0o7777, srv.entry.uid, sorted(srv.children)) == (0o700, 5, ["a", "b"])
 
 
+def test_chunks_without_digest_are_checked_against_the_file_digest(tmp_path: Path) -> None:
+    """A chunk without its own digest (older eStargz writers) is served only after the whole file
+    matched its digest."""
+    blob, _ = convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ)
+    layers = open_mount_layers(blob)
+    image = MountedImage(layers, ChunkCache(1 << 30))
+    node = image.tree.lookup("usr/share/big.bin")
+    for chunk in node.entry.chunks:
+        chunk.chunk_digest = ""
+    assert image.read(node, CHUNK_SIZE - 10, 20) == BIG[CHUNK_SIZE - 10:CHUNK_SIZE + 10]
+    assert image.chunks_fetched == len(node.entry.chunks) == 3
+    node.entry.digest = sha256(b"something else")
+    image.cache = ChunkCache(1 << 30)
+    with pytest.raises(estargz.VerificationError, match="digest mismatch for 'usr/share/big.bin'"):
+        image.read(node, 0, 1)
+    node.entry.digest = ""
+    with pytest.raises(estargz.VerificationError, match="no digest"):
+        image.read(node, 0, 1)
+    image.close()
+
+
 # -- the chunk cache, without FUSE ---------------------------------------------------------------
 
 def test_cache_stays_within_its_memory_limit() -> None:
@@ -369,8 +391,11 @@ def test_cache_stays_within_its_memory_limit() -> None:
         cache.put(key, bytes([key]) * 100)
     assert cache.stats.memory_bytes <= 250 and cache.stats.evictions == 8
     assert cache.get(9) == bytes([9]) * 100 and cache.get(0) is None
-    cache.put("huge", b"x" * 251)
-    assert cache.get("huge") is None
+    cache.put("huge", b"x" * 251)  # larger than the limit: kept alone
+    assert cache.get("huge") == b"x" * 251 and cache.get(9) is None
+    assert cache.stats.memory_bytes == 251
+    cache.put(10, b"y")
+    assert cache.get("huge") is None and cache.stats.memory_bytes == 1
 
 
 def test_disk_cache_is_checked_and_survives_a_restart(tmp_path: Path) -> None:
@@ -378,6 +403,7 @@ def test_disk_cache_is_checked_and_survives_a_restart(tmp_path: Path) -> None:
     digest = sha256(data)
     cache = ChunkCache(memory_limit=0, directory=tmp_path, disk_limit=1 << 20)
     cache.put("k", data, digest)
+    cache.put("other", b"pushes k out of memory")
     assert cache.get("k", digest) == data and cache.stats.disk_hits == 1
     again = ChunkCache(memory_limit=0, directory=tmp_path, disk_limit=1 << 20)
     assert again.get("other key", digest) == data
@@ -509,13 +535,13 @@ def test_prefetch_landmark_then_reads_are_cached(fuse: None, tmp_path: Path) -> 
 
 def test_small_cache_evicts_and_refetches(fuse: None, tmp_path: Path) -> None:
     blob, _ = convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ)
-    with mounted(blob, tmp_path / "mnt", "--prefetch", "none", "--cache-size", "1M") as mount:
+    with mounted(blob, tmp_path / "mnt", "--prefetch", "none", "--cache-size", "1500K") as mount:
         for _ in range(2):
             with open(mount.path / "usr/share/big.bin", "rb", buffering=0) as f:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # the kernel asks the mount again
                 assert f.read() == BIG
     stats = mount.stats()
-    assert stats["cache"]["memoryBytes"] <= 1 << 20
+    assert stats["cache"]["memoryBytes"] <= 1500 << 10
     assert stats["cache"]["evictions"] >= 2
     assert stats["chunksFetched"] >= 4
 
