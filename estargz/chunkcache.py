@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-__all__ = ["ChunkCache", "CacheStats"]
+__all__ = ["CacheStats", "ChunkCache"]
 
 #: How the names of chunk files in a cache directory start (the digest, ``:`` as ``-``).
 _DISK_PREFIX = "sha256-"
@@ -134,7 +134,7 @@ class ChunkCache:
                     found.append((stat.st_mtime, item.name, stat.st_size))
         for _, name, size in sorted(found):
             for old in self._disk_lru.add(name.replace("-", ":", 1), size):
-                os.unlink(self._path(old))
+                os.unlink(self._path(str(old)))
         self.stats.disk_bytes = self._disk_lru.total
 
     def _path(self, digest: str) -> str:
@@ -163,7 +163,7 @@ class ChunkCache:
         for old in evicted:
             self.stats.evictions += 1
             try:
-                os.unlink(self._path(old))
+                os.unlink(self._path(str(old)))
             except FileNotFoundError:
                 pass
         if digest in evicted:

@@ -11,7 +11,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import EStargzError, FormatError, LimitError, NotFoundError, VerificationError
+from .errors import (
+    EStargzError,
+    FormatError,
+    LimitError,
+    NotFoundError,
+    VerificationError,
+)
 from .reader import Reader
 from .registry import (
     MANIFEST_MEDIA_TYPES,
@@ -25,7 +31,7 @@ from .registry import (
 )
 from .source import FileSource, Source
 
-__all__ = ["Layer", "CountingSource", "open_layers"]
+__all__ = ["CountingSource", "Layer", "open_layers"]
 
 #: Largest index or manifest read from an OCI layout.
 _MAX_LAYOUT_DOCUMENT = 4 << 20
@@ -155,13 +161,14 @@ def _registry_layers(text: str, layer: int | str | None, platform: str | None, t
                 layers[0].closers.append(client.close)
                 return layers
         manifest = client.resolve_manifest(ref.repository, ref.reference, platform=platform)
-        openers = []
-        for descriptor in manifest.layers:
-            anchor = Anchor.of(manifest, descriptor, ref.digest is not None).kind
-            blob = client.blob(ref.repository, descriptor["digest"], descriptor.get("size"))
-            openers.append(lambda d=descriptor, b=blob, a=anchor: _open_layer(
-                d["digest"], b, d.get("annotations"), a))
-        layers = _open_all(openers)
+        by_digest = ref.digest is not None
+
+        def opener(descriptor: dict[str, Any]) -> Callable[[], Layer]:
+            return lambda: _open_layer(descriptor["digest"],
+                                       client.blob(ref.repository, descriptor["digest"], descriptor.get("size")),
+                                       descriptor.get("annotations"), Anchor.of(manifest, descriptor, by_digest).kind)
+
+        layers = _open_all([opener(descriptor) for descriptor in manifest.layers])
     except BaseException:
         client.close()
         raise

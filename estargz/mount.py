@@ -32,8 +32,15 @@ from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .overlay import Node, OverlayTree
 from .reader import Chunk, Entry
 
-__all__ = ["mount", "unmount", "MountedImage", "MountStats", "FuseUnavailableError", "PREFETCH_MODES",
-           "DEFAULT_CACHE_SIZE"]
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "PREFETCH_MODES",
+    "FuseUnavailableError",
+    "MountStats",
+    "MountedImage",
+    "mount",
+    "unmount",
+]
 
 log = logging.getLogger("estargz.mount")
 
@@ -55,6 +62,8 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 DAEMON_START_TIMEOUT = 120.0
 _UNMOUNT_TOOLS = ("fusermount3", "fusermount")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: Characters of the source shown as the file system's name (``mount``, /proc/mounts).
+_MAX_FSNAME = 200
 
 
 class FuseUnavailableError(UnsupportedInputError):
@@ -213,7 +222,7 @@ class MountedImage:
 
     def _prefetch_layer(self, layer: int, visible: dict[tuple[int, int], Node], phase: str) -> bool:
         prioritized = _prioritized(self.layers[layer].reader)
-        work = []
+        work: list[tuple[Entry, Chunk]] = []
         for (index, _), node in visible.items():
             if index == layer and (node.entry.name in prioritized) == (phase == "landmark"):
                 work.extend((node.entry, chunk) for chunk in node.entry.chunks)
@@ -367,7 +376,7 @@ def _operations(fuse: Any, image: MountedImage) -> Any:
             node = self._handles.get(fh) or self._node(path)
             try:
                 return image.read(node, offset, size)
-            except EStargzError as exc:
+            except (EStargzError, OSError) as exc:
                 image.failed(path, exc)
                 raise fuse.FuseOSError(errno.EIO) from None
 
@@ -427,7 +436,7 @@ def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str |
         with _default_stop_signals():
             try:
                 fuse.FUSE(operations, mountpoint, foreground=True, ro=True, default_permissions=True,
-                          fsname=f"estargz:{source}"[:200], subtype="estargz", use_ino=True,
+                          fsname=_option_value(f"estargz:{source}"), subtype="estargz", use_ino=True,
                           attr_timeout=_KERNEL_CACHE_SECONDS, entry_timeout=_KERNEL_CACHE_SECONDS,
                           negative_timeout=_KERNEL_CACHE_SECONDS, kernel_cache=True)
             except RuntimeError as exc:  # libfuse's status; after a stop signal it is non-zero too
@@ -441,6 +450,11 @@ def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str |
     finally:
         stop_figures.set()
         image.close()
+
+
+def _option_value(text: str) -> str:
+    """``text`` as a libfuse ``-o`` value: commas and backslashes escaped, at most 200 characters."""
+    return text[:_MAX_FSNAME].replace("\\", "\\\\").replace(",", "\\,")
 
 
 def _start_background(image: MountedImage, prefetch: str, stats_interval: float | None, stream: TextIO,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Entry, Reader
 
-__all__ = ["Node", "OverlayTree", "WHITEOUT_PREFIX", "OPAQUE_MARKER"]
+__all__ = ["OPAQUE_MARKER", "WHITEOUT_PREFIX", "Node", "OverlayTree"]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

@@ -10,7 +10,9 @@ bytes do not match its digest reads as EIO.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import gzip
 import importlib
 import io
 import json
@@ -450,7 +452,7 @@ def test_mount_blob_shows_every_attribute(fuse: None, tmp_path: Path, layer_form
     with mounted(blob, tmp_path / "mnt", "--prefetch", "none") as mount:
         compare_tree(mount.path, applied([base_layer()]))
         with pytest.raises(OSError) as caught:
-            open(mount.path / "etc" / "new", "w")
+            (mount.path / "etc" / "new").write_bytes(b"")
         assert caught.value.errno == errno.EROFS
     stats = mount.stats()
     assert stats["errors"] == 0 and 0 < stats["bytesFetched"] <= blob.stat().st_size
@@ -465,6 +467,22 @@ def test_mount_oci_layout_merges_layers(fuse: None, tmp_path: Path) -> None:
         compare_tree(mount.path, applied(LAYERS))
 
 
+def test_layer_without_toc_is_refused_before_mounting(fuse: None, tmp_path: Path) -> None:
+    blob, result = convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ)
+    plain = tmp_path / "plain.tar.gz"
+    plain.write_bytes(gzip.compress(tar_of(middle_layer()), mtime=0))
+    plain_result = dataclasses.replace(result, blob_digest=sha256(plain.read_bytes()), blob_size=plain.stat().st_size,
+                                       media_type="application/vnd.oci.image.layer.v1.tar+gzip", annotations={})
+    layout = write_layout(tmp_path / "layout", [(blob, result), (plain, plain_result)])
+    (tmp_path / "mnt").mkdir()
+    proc = subprocess.run(_command("mount", str(layout), str(tmp_path / "mnt")), cwd=ROOT, env=_ENV,
+                          capture_output=True, text=True, timeout=MOUNT_TIMEOUT, check=False)
+    assert proc.returncode == 1 and not os.path.ismount(tmp_path / "mnt")
+    message = proc.stderr.strip().splitlines()
+    assert len(message) == 1 and message[0].startswith(f"estargz: error: layer {plain_result.blob_digest}: ")
+
+
+@pytest.mark.interop
 def test_mount_image_from_registry(fuse: None, tmp_path: Path, skopeo: Path, docker_registry: Any) -> None:
     blobs = [convert(tmp_path, m, estargz.FORMAT_ESTARGZ, f"layer{i}", prioritized_files=["etc/os-release"]
                      if i == 2 else ()) for i, m in enumerate(LAYERS)]
