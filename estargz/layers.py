@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -138,7 +139,15 @@ def open_layers(source: str, *, layer: int | str | None = None, platform: str | 
         if layer is not None:
             raise ValueError("a layer index is for images; this is a blob file")
         return [_open_layer(source, FileSource.open(source), None, "none", toc_digest)]
+    if not _looks_like_reference(source):
+        raise FileNotFoundError(errno.ENOENT, "no such file or directory (nor a registry reference)", source)
     return _registry_layers(source, layer, platform, toc_digest, client_options)
+
+
+def _looks_like_reference(text: str) -> bool:
+    """Whether ``text`` names a registry (``HOST/...`` whose host has a dot or a port, or is localhost)."""
+    host, slash, _ = text.removeprefix("https://").removeprefix("http://").partition("/")
+    return bool(slash) and host not in ("", ".", "..") and ("." in host or ":" in host or host == "localhost")
 
 
 def _registry_layers(text: str, layer: int | str | None, platform: str | None, toc_digest: str | None,
