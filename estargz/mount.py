@@ -22,11 +22,11 @@ import time
 from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from .chunkcache import ChunkCache
-from .errors import EStargzError, UnsupportedInputError, VerificationError
+from .cstoc import parse_rfc3339
+from .errors import EStargzError, FormatError, UnsupportedInputError, VerificationError
 from .layers import Layer, open_layers
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .overlay import Node, OverlayTree
@@ -61,7 +61,6 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 #: Seconds ``mount --daemon`` waits for the file system to appear.
 DAEMON_START_TIMEOUT = 120.0
 _UNMOUNT_TOOLS = ("fusermount3", "fusermount")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: Characters of the source shown as the file system's name (``mount``, /proc/mounts).
 _MAX_FSNAME = 200
 
@@ -88,11 +87,22 @@ class MountStats:
 
 
 def _ns(entry: Entry) -> int:
-    when = entry.mtime
-    if when is None:
+    """The modification time in nanoseconds since the epoch (0 without one, as Go reads it)."""
+    try:
+        seconds, nanos = parse_rfc3339(entry.modtime)
+    except FormatError:
         return 0
-    delta = when - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+    return seconds * 10**9 + nanos
+
+
+def _device(entry: Entry) -> int:
+    """``st_rdev`` of a device entry; EOVERFLOW when this system cannot represent its numbers."""
+    if entry.type not in ("char", "block"):
+        return 0
+    try:
+        return os.makedev(entry.dev_major, entry.dev_minor)
+    except (OverflowError, ValueError):
+        raise OSError(errno.EOVERFLOW, os.strerror(errno.EOVERFLOW)) from None
 
 
 class MountedImage:
@@ -117,7 +127,7 @@ class MountedImage:
         when = _ns(entry)
         return {"st_mode": _TYPE_BITS[entry.type] | entry.permissions, "st_ino": node.inode,
                 "st_nlink": node.nlink, "st_uid": entry.uid, "st_gid": entry.gid, "st_size": size,
-                "st_rdev": os.makedev(entry.dev_major, entry.dev_minor) if entry.type in ("char", "block") else 0,
+                "st_rdev": _device(entry),
                 "st_blksize": _BLOCK_SIZE, "st_blocks": (size + 511) // 512,
                 "st_atime": when, "st_mtime": when, "st_ctime": when}
 
