@@ -12,6 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .annotations import (
+    LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
+    MANIFEST_CHECKSUM_ANNOTATION,
+    TOC_DIGEST_ANNOTATION,
+)
 from .errors import (
     EStargzError,
     FormatError,
@@ -22,7 +27,6 @@ from .errors import (
 from .reader import Reader
 from .registry import (
     MANIFEST_MEDIA_TYPES,
-    TOC_ANCHOR_ANNOTATIONS,
     Anchor,
     BlobSource,
     RegistryClient,
@@ -36,6 +40,8 @@ __all__ = ["CountingSource", "Layer", "open_layers"]
 
 #: Largest index or manifest read from an OCI layout.
 _MAX_LAYOUT_DOCUMENT = 4 << 20
+#: Layer annotations that carry the TOC digest a layout's layer is anchored to.
+_ANCHOR_ANNOTATIONS = (TOC_DIGEST_ANNOTATION, MANIFEST_CHECKSUM_ANNOTATION, LEGACY_MANIFEST_CHECKSUM_ANNOTATION)
 #: Indexes nested deeper than this in a layout are refused.
 _MAX_INDEX_DEPTH = 4
 
@@ -94,6 +100,8 @@ class Layer:
     reader: Reader
     source: CountingSource
     anchor: str = "none"
+    """What the TOC was checked against: ``manifest-digest``, ``tag`` (see :class:`~estargz.registry.Anchor`),
+    ``file`` (a blob file the caller named, with ``toc_digest`` if given) or ``none``."""
     closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def close(self) -> None:
@@ -138,7 +146,7 @@ def open_layers(source: str, *, layer: int | str | None = None, platform: str | 
     if os.path.exists(source):
         if layer is not None:
             raise ValueError("a layer index is for images; this is a blob file")
-        return [_open_layer(source, FileSource.open(source), None, "none", toc_digest)]
+        return [_open_layer(source, FileSource.open(source), None, "file", toc_digest)]
     if not _looks_like_reference(source):
         raise FileNotFoundError(errno.ENOENT, "no such file or directory (nor a registry reference)", source)
     return _registry_layers(source, layer, platform, toc_digest, client_options)
@@ -272,7 +280,7 @@ def _layout_layers(root: str, layer: int | str | None, platform: str | None) -> 
                 source.close()
                 raise VerificationError(f"OCI layout: blob {descriptor.get('digest')} does not have its size")
             annotations = descriptor.get("annotations")
-            anchored = isinstance(annotations, dict) and any(key in annotations for key in TOC_ANCHOR_ANNOTATIONS)
+            anchored = isinstance(annotations, dict) and any(key in annotations for key in _ANCHOR_ANNOTATIONS)
             return _open_layer(descriptor["digest"], source, annotations, "manifest-digest" if anchored else "none")
         return open_one
 

@@ -260,7 +260,7 @@ class MountedImage:
                 self._fetch(layer, entry, chunk, _key(layer, chunk))
                 with self._lock:
                     self.prefetched_bytes += chunk.chunk_size
-        except EStargzError as exc:
+        except (EStargzError, OSError) as exc:
             self.failed(f"prefetch of layer {self.layers[layer].name}", exc)
         finally:
             source.release(start)
@@ -437,6 +437,10 @@ def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str |
     cache = ChunkCache(cache_size, cache_dir, cache_dir_size)
     image = MountedImage(open_layers(source, layer=layer, platform=platform, toc_digest=toc_digest,
                                      **client_options), cache)
+    for opened in image.layers:
+        if opened.anchor == "none":
+            log.warning("estargz mount: layer %s: no TOC digest from a checked manifest anchors its TOC; "
+                        "it is trusted as far as its source is", opened.name)
     stop_figures = threading.Event()
     try:
         operations = _operations(fuse, image)

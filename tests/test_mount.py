@@ -498,6 +498,11 @@ def test_mount_image_from_registry(fuse: None, tmp_path: Path, skopeo: Path, doc
     assert stats["errors"] == 0 and stats["bytesFetched"] <= total + 64 * stats["requests"]
     with mounted(ref, tmp_path / "mnt2", "--layer", "1") as mount:
         compare_tree(mount.path, applied([middle_layer()]))
+    assert "no TOC digest" not in mount.log.read_text()
+    blob_ref = f"{docker_registry.host}/estargz/mount@{blobs[2][1].blob_digest}"
+    with mounted(blob_ref, tmp_path / "mnt3") as mount:
+        compare_tree(mount.path, applied([top_layer()]))
+    assert f"layer {blobs[2][1].blob_digest}: no TOC digest from a checked manifest" in mount.log.read_text()
 
 
 def corrupt_chunk(tmp_path: Path) -> tuple[Path, bytes]:
