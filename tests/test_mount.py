@@ -556,6 +556,21 @@ def test_prefetch_landmark_then_reads_are_cached(fuse: None, tmp_path: Path) -> 
         assert after["cache"]["memoryHits"] >= 3
 
 
+def test_prefetch_all_fetches_every_shown_file_and_nothing_hidden(fuse: None, tmp_path: Path) -> None:
+    blobs = [convert(tmp_path, m, estargz.FORMAT_ESTARGZ, f"layer{i}") for i, m in enumerate(LAYERS)]
+    layout = write_layout(tmp_path / "layout", blobs)
+    shown = {id(e): len(e.data) for e in applied(LAYERS).values() if e.kind == "reg"}
+    with mounted(layout, tmp_path / "mnt", "--prefetch", "all", "--stats", "0.05") as mount:
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while mount.stats().get("prefetchedBytes", 0) < sum(shown.values()):
+            assert time.monotonic() < deadline, mount.log.read_text()
+            time.sleep(0.05)
+        time.sleep(0.2)
+        stats = mount.stats()
+    assert stats["prefetchedBytes"] == sum(shown.values())  # not the lower big.bin the top layer hides
+    assert stats["bytesFetched"] < sum(blob.stat().st_size for blob, _ in blobs) - len(BIG) // 2
+
+
 def test_small_cache_evicts_and_refetches(fuse: None, tmp_path: Path) -> None:
     blob, _ = convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ)
     with mounted(blob, tmp_path / "mnt", "--prefetch", "none", "--cache-size", "1500K") as mount:
