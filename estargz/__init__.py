@@ -41,6 +41,7 @@ from .framing import (
 )
 from .image import REUSED, ConvertedManifest, ImageResult, convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .mount import mount
 from .push import PushResult, push_layout
 from .reader import Chunk, Entry, EntryFile, Reader, VerifyReport
 from .reader import open_blob as open
@@ -82,6 +83,7 @@ __all__ = [
     "LEGACY_MANIFEST_CHECKSUM_ANNOTATION",
     "LEGACY_MANIFEST_POSITION_ANNOTATION",
     "LimitError",
+    "mount",
     "MANIFEST_CHECKSUM_ANNOTATION",
     "MANIFEST_POSITION_ANNOTATION",
     "NO_PREFETCH_LANDMARK",

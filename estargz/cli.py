@@ -30,6 +30,7 @@ from .framing import (
 )
 from .image import convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .mountcli import add_mount_commands
 from .output import atomic_output, refuse_same_file, remove_leftovers
 from .push import DOCKER_PREFIX, parse_destination, push_layout
 from .reader import Reader, open_blob
@@ -662,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("directory", help="target directory (created if missing)")
         elif name == "unpack":
             sub.add_argument("output", help="tar file to write, or - for standard output")
+    add_mount_commands(command)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import http.client
 import os
 import shutil
@@ -124,6 +125,26 @@ def skopeo() -> Path:
         if found is None:
             _unavailable(SKOPEO_PACKAGE, "apt-get installed skopeo but it is not on PATH")
     return Path(found)
+
+
+FUSE_PACKAGES = ("fuse3", "libfuse3-3")
+FUSE_DEVICE = "/dev/fuse"
+
+
+@pytest.fixture(scope="session")
+def fuse() -> None:
+    """FUSE for the mount tests: ``/dev/fuse``, libfuse 3 with ``fusermount3`` (Debian's fuse3 and
+    libfuse3-3, installed with apt-get when missing, root only) and the mfusepy binding (extra
+    ``estargz[mount]``). Skipped when unavailable, except in CI (``CI=true``), where it fails."""
+    if not os.path.exists(FUSE_DEVICE):
+        _unavailable("fuse", f"{FUSE_DEVICE} does not exist")
+    if shutil.which("fusermount3") is None or ctypes.util.find_library("fuse3") is None:
+        for package in FUSE_PACKAGES:
+            _apt_install(package)
+    try:
+        import mfusepy  # noqa: F401
+    except (ImportError, OSError) as exc:
+        _unavailable("mfusepy", f"cannot import mfusepy: {exc} (pip install 'estargz[mount]')")
 
 
 REGISTRY_PACKAGE = "docker-registry"

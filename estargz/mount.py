@@ -1,0 +1,538 @@
+"""Mount a layer or a whole image lazily as a read-only FUSE file system (libfuse 3 via mfusepy).
+
+Reads fetch only the chunks they touch, through :meth:`Reader.read_chunk` (every chunk checked
+against its digest); a chunk that fails its check is an I/O error and a log line, never bytes.
+Prioritized (landmark) files are prefetched in the background, then optionally everything else.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from .chunkcache import ChunkCache
+from .cstoc import parse_rfc3339
+from .errors import EStargzError, FormatError, UnsupportedInputError, VerificationError
+from .layers import Layer, open_layers
+from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .overlay import Node, OverlayTree
+from .reader import Chunk, Entry
+
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "PREFETCH_MODES",
+    "FuseUnavailableError",
+    "MountStats",
+    "MountedImage",
+    "mount",
+    "unmount",
+]
+
+log = logging.getLogger("estargz.mount")
+
+PREFETCH_MODES = ("landmark", "all", "none")
+#: Memory the chunk cache may hold by default.
+DEFAULT_CACHE_SIZE = 256 << 20
+#: Largest blob range one prefetch request reads.
+_PREFETCH_WINDOW = 16 << 20
+_PREFETCH_THREADS = 4
+_FUSE_DEVICE = "/dev/fuse"
+#: Seconds the kernel may keep attributes and names (the file system never changes).
+_KERNEL_CACHE_SECONDS = 3600
+_BLOCK_SIZE = 4096
+_NAME_MAX = 255
+_TYPE_BITS = {"reg": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "char": stat.S_IFCHR,
+              "block": stat.S_IFBLK, "fifo": stat.S_IFIFO}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+#: Seconds ``mount --daemon`` waits for the file system to appear.
+DAEMON_START_TIMEOUT = 120.0
+_UNMOUNT_TOOLS = ("fusermount3", "fusermount")
+#: Characters of the source shown as the file system's name (``mount``, /proc/mounts).
+_MAX_FSNAME = 200
+
+
+class FuseUnavailableError(UnsupportedInputError):
+    """This machine cannot mount: no ``/dev/fuse``, no libfuse, or no mfusepy."""
+
+
+@dataclass
+class MountStats:
+    """What a mount fetched and how its cache did."""
+
+    bytes_fetched: int
+    requests: int
+    chunks_fetched: int
+    prefetched_bytes: int
+    errors: int
+    cache: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bytesFetched": self.bytes_fetched, "requests": self.requests,
+                "chunksFetched": self.chunks_fetched, "prefetchedBytes": self.prefetched_bytes,
+                "errors": self.errors, "cache": self.cache}
+
+
+def _ns(entry: Entry) -> int:
+    """The modification time in nanoseconds since the epoch (0 without one, as Go reads it)."""
+    try:
+        seconds, nanos = parse_rfc3339(entry.modtime)
+    except FormatError:
+        return 0
+    return seconds * 10**9 + nanos
+
+
+def _device(entry: Entry) -> int:
+    """``st_rdev`` of a device entry; EOVERFLOW when this system cannot represent its numbers."""
+    if entry.type not in ("char", "block"):
+        return 0
+    try:
+        return os.makedev(entry.dev_major, entry.dev_minor)
+    except (OverflowError, ValueError):
+        raise OSError(errno.EOVERFLOW, os.strerror(errno.EOVERFLOW)) from None
+
+
+class MountedImage:
+    """The merged layers as a file system, without FUSE: attributes, names and verified reads."""
+
+    def __init__(self, layers: Sequence[Layer], cache: ChunkCache) -> None:
+        self.layers = list(layers)
+        self.tree = OverlayTree([layer.reader for layer in self.layers])
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._inflight: dict[Hashable, threading.Event] = {}
+        self.chunks_fetched = 0
+        self.prefetched_bytes = 0
+        self.errors = 0
+        self._planned = 0
+        self._stop = threading.Event()
+
+    # -- attributes ----------------------------------------------------------------------------
+    def attributes(self, node: Node) -> dict[str, int]:
+        entry = node.entry
+        size = entry.size if entry.type == "reg" else len(os.fsencode(entry.link_name)) if entry.type == "symlink" else 0
+        when = _ns(entry)
+        return {"st_mode": _TYPE_BITS[entry.type] | entry.permissions, "st_ino": node.inode,
+                "st_nlink": node.nlink, "st_uid": entry.uid, "st_gid": entry.gid, "st_size": size,
+                "st_rdev": _device(entry),
+                "st_blksize": _BLOCK_SIZE, "st_blocks": (size + 511) // 512,
+                "st_atime": when, "st_mtime": when, "st_ctime": when}
+
+    # -- contents ------------------------------------------------------------------------------
+    def read(self, node: Node, offset: int, size: int) -> bytes:
+        """Up to ``size`` verified bytes of a regular file at ``offset``."""
+        entry = node.entry
+        end = min(entry.size, offset + size)
+        parts = []
+        for chunk in _chunks_between(entry.chunks, offset, end):
+            data = self.chunk(node.layer, entry, chunk)
+            start = max(offset, chunk.chunk_offset) - chunk.chunk_offset
+            stop = min(end, chunk.chunk_offset + chunk.chunk_size) - chunk.chunk_offset
+            parts.append(data[start:stop])
+        return b"".join(parts)
+
+    def chunk(self, layer: int, entry: Entry, chunk: Chunk) -> bytes:
+        """One chunk's verified bytes, from the cache or fetched (once, however many ask)."""
+        key = _key(layer, chunk)
+        while True:
+            data = self.cache.get(key, chunk.chunk_digest)
+            if data is not None:
+                return data
+            with self._lock:
+                waiting = self._inflight.get(key)
+                if waiting is None:
+                    self._inflight[key] = threading.Event()
+                    break
+            waiting.wait()
+        try:
+            return self._fetch(layer, entry, chunk, key)
+        finally:
+            self._release([key])
+
+    def _claim(self, layer: int, items: list[tuple[Entry, Chunk]]) -> list[tuple[Entry, Chunk]]:
+        """The chunks of ``items`` neither cached nor being fetched, now marked as being fetched."""
+        claimed = []
+        with self._lock:
+            for entry, chunk in items:
+                key = _key(layer, chunk)
+                if key not in self._inflight and key not in self.cache:
+                    self._inflight[key] = threading.Event()
+                    claimed.append((entry, chunk))
+        return claimed
+
+    def _release(self, keys: list[Hashable]) -> None:
+        with self._lock:
+            for key in keys:
+                self._inflight.pop(key).set()
+
+    def _fetch(self, layer: int, entry: Entry, chunk: Chunk, key: Hashable) -> bytes:
+        reader = self.layers[layer].reader
+        if chunk.chunk_digest:
+            data = reader.read_chunk(chunk, name=entry.name)
+            self._count(1)
+            self.cache.put(key, data, chunk.chunk_digest)
+            return data
+        return self._fetch_whole_file(layer, entry, chunk)
+
+    def _fetch_whole_file(self, layer: int, entry: Entry, wanted: Chunk) -> bytes:
+        """A chunk without its own digest: the whole file is read and checked against its digest."""
+        if not entry.digest:
+            raise VerificationError(f"{entry.name!r} has no digest to verify its contents")
+        reader = self.layers[layer].reader
+        pieces = [reader.read_chunk(chunk, name=entry.name) for chunk in entry.chunks]
+        self._count(len(pieces))
+        if "sha256:" + hashlib.sha256(b"".join(pieces)).hexdigest() != entry.digest:
+            raise VerificationError(f"digest mismatch for {entry.name!r}")
+        found = b""
+        for chunk, data in zip(entry.chunks, pieces, strict=True):
+            self.cache.put(_key(layer, chunk), data)
+            if chunk is wanted:
+                found = data
+        return found
+
+    def _count(self, chunks: int) -> None:
+        with self._lock:
+            self.chunks_fetched += chunks
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """Log a read that could not be served (it becomes an I/O error)."""
+        with self._lock:
+            self.errors += 1
+        log.error("estargz mount: %s: %s", what, exc)
+
+    # -- prefetch ------------------------------------------------------------------------------
+    def prefetch(self, mode: str) -> None:
+        """Fetch the landmark (prioritized) files of every layer, then with ``all`` the rest;
+        stops when the cache could hold no more or :meth:`stop` is called."""
+        if mode not in PREFETCH_MODES:
+            raise ValueError(f"prefetch mode must be one of {', '.join(PREFETCH_MODES)}")
+        if mode == "none":
+            return
+        visible = {(node.layer, id(node.entry)): node for node in self.tree.files()}
+        for phase in ("landmark", "all") if mode == "all" else ("landmark",):
+            for layer in range(len(self.layers)):
+                if not self._prefetch_layer(layer, visible, phase):
+                    return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _prefetch_layer(self, layer: int, visible: dict[tuple[int, int], Node], phase: str) -> bool:
+        prioritized = _prioritized(self.layers[layer].reader)
+        work: list[tuple[Entry, Chunk]] = []
+        for (index, _), node in visible.items():
+            if index == layer and (node.entry.name in prioritized) == (phase == "landmark"):
+                work.extend((node.entry, chunk) for chunk in node.entry.chunks)
+        work.sort(key=lambda item: item[1].offset)
+        with ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="estargz-prefetch") as pool:
+            for window in _windows(work):
+                self._planned += sum(chunk.chunk_size for _, chunk in window)
+                if self._stop.is_set() or self._planned > self.cache.capacity:
+                    return False
+                pool.submit(self._prefetch_window, layer, window)
+        return not self._stop.is_set()
+
+    def _prefetch_window(self, layer: int, window: list[tuple[Entry, Chunk]]) -> None:
+        """Fetch a window's chunks with one request; readers of them wait for it, not fetch again."""
+        claimed = self._claim(layer, window)
+        if not claimed:
+            return
+        source = self.layers[layer].source
+        start, end = claimed[0][1].offset, max(chunk.next_offset for _, chunk in claimed)
+        try:
+            source.preload(start, end)
+            for entry, chunk in claimed:
+                if self._stop.is_set():
+                    return
+                self._fetch(layer, entry, chunk, _key(layer, chunk))
+                with self._lock:
+                    self.prefetched_bytes += chunk.chunk_size
+        except (EStargzError, OSError) as exc:
+            self.failed(f"prefetch of layer {self.layers[layer].name}", exc)
+        finally:
+            source.release(start)
+            self._release([_key(layer, chunk) for _, chunk in claimed])
+
+    # -- figures -------------------------------------------------------------------------------
+    def stats(self) -> MountStats:
+        return MountStats(sum(layer.source.bytes for layer in self.layers),
+                          sum(layer.source.requests for layer in self.layers),
+                          self.chunks_fetched, self.prefetched_bytes, self.errors, self.cache.stats.to_json())
+
+    def close(self) -> None:
+        self.stop()
+        for layer in self.layers:
+            layer.close()
+
+
+def _key(layer: int, chunk: Chunk) -> Hashable:
+    """A chunk's cache key: where its bytes lie in its layer's blob."""
+    return (layer, chunk.offset, chunk.inner_offset, chunk.chunk_size)
+
+
+def _chunks_between(chunks: list[Chunk], start: int, end: int) -> Iterator[Chunk]:
+    """The chunks that hold bytes of ``[start, end)``."""
+    lo, hi = 0, len(chunks)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if chunks[mid].chunk_offset + chunks[mid].chunk_size <= start:
+            lo = mid + 1
+        else:
+            hi = mid
+    for chunk in chunks[lo:]:
+        if chunk.chunk_offset >= end:
+            break
+        yield chunk
+
+
+def _prioritized(reader: Any) -> set[str]:
+    """Names of the regular files before the prefetch landmark in TOC order (none without one)."""
+    if PREFETCH_LANDMARK not in reader or NO_PREFETCH_LANDMARK in reader:
+        return set()
+    names = set()
+    for entry in reader:
+        if entry.name == PREFETCH_LANDMARK:
+            break
+        names.add(entry.name)
+    return names
+
+
+def _windows(work: list[tuple[Entry, Chunk]]) -> Iterator[list[tuple[Entry, Chunk]]]:
+    """Runs of chunks (sorted by offset) whose blob range spans at most one prefetch window."""
+    window: list[tuple[Entry, Chunk]] = []
+    for item in work:
+        if window and item[1].next_offset - window[0][1].offset > _PREFETCH_WINDOW:
+            yield window
+            window = []
+        window.append(item)
+    if window:
+        yield window
+
+
+# -- FUSE ------------------------------------------------------------------------------------
+def _load_fuse() -> Any:
+    """The mfusepy module, or FuseUnavailableError naming what is missing."""
+    if not os.path.exists(_FUSE_DEVICE):
+        raise FuseUnavailableError(f"cannot mount: {_FUSE_DEVICE} does not exist (load the fuse kernel module, "
+                                   "or give the container --device /dev/fuse)")
+    try:
+        import mfusepy
+    except ImportError:
+        raise FuseUnavailableError("cannot mount: the Python package mfusepy is missing "
+                                   "(pip install 'estargz[mount]')") from None
+    except OSError as exc:
+        raise FuseUnavailableError(f"cannot mount: libfuse is missing ({exc}; apt-get install fuse3 libfuse3-3)") from None
+    return mfusepy
+
+
+def _operations(fuse: Any, image: MountedImage) -> Any:
+    """The mfusepy Operations over ``image``: read-only, paths resolved in the merged tree."""
+
+    class Operations(fuse.Operations):
+        use_ns = True
+
+        def __init__(self) -> None:
+            self._handles: dict[int, Node] = {}
+            self._next = 0
+            self._lock = threading.Lock()
+
+        def _node(self, path: str) -> Node:
+            node = image.tree.lookup(path)
+            if node is None:
+                raise fuse.FuseOSError(errno.ENOENT)
+            return node
+
+        def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+            return image.attributes(self._node(path))
+
+        def readdir(self, path: str, fh: int) -> list[Any]:
+            node = self._node(path)
+            if not node.is_dir():
+                raise fuse.FuseOSError(errno.ENOTDIR)
+            parent = image.tree.lookup(path.rpartition("/")[0]) or node
+            return [(".", {"st_ino": node.inode, "st_mode": stat.S_IFDIR}, 0),
+                    ("..", {"st_ino": parent.inode, "st_mode": stat.S_IFDIR}, 0), *((name, {"st_ino": child.inode, "st_mode": _TYPE_BITS[child.entry.type]}, 0)
+                                 for name, child in node.children.items())]
+
+        def readlink(self, path: str) -> str:
+            node = self._node(path)
+            if node.entry.type != "symlink":
+                raise fuse.FuseOSError(errno.EINVAL)
+            return node.entry.link_name
+
+        def open(self, path: str, flags: int) -> int:
+            if flags & _WRITE_FLAGS:
+                raise fuse.FuseOSError(errno.EROFS)
+            node = self._node(path)
+            with self._lock:
+                self._next += 1
+                self._handles[self._next] = node
+                return self._next
+
+        def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+            node = self._handles.get(fh) or self._node(path)
+            try:
+                return image.read(node, offset, size)
+            except (EStargzError, OSError) as exc:
+                image.failed(path, exc)
+                raise fuse.FuseOSError(errno.EIO) from None
+
+        def release(self, path: str, fh: int) -> int:
+            with self._lock:
+                self._handles.pop(fh, None)
+            return 0
+
+        def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+            value = self._node(path).entry.xattrs.get(name)
+            if value is None:
+                raise fuse.FuseOSError(fuse.ENOATTR)
+            return value
+
+        def listxattr(self, path: str) -> list[str]:
+            return list(self._node(path).entry.xattrs)
+
+        def statfs(self, path: str) -> dict[str, int]:
+            return {"f_bsize": _BLOCK_SIZE, "f_frsize": _BLOCK_SIZE, "f_namemax": _NAME_MAX,
+                    "f_files": image.tree.inodes}
+
+    return Operations()
+
+
+# -- running ---------------------------------------------------------------------------------
+def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str | None = None,
+          platform: str | None = None, toc_digest: str | None = None, prefetch: str = "landmark",
+          cache_size: int = DEFAULT_CACHE_SIZE, cache_dir: str | os.PathLike[str] | None = None,
+          cache_dir_size: int = 0, stats_interval: float | None = None, stats_stream: TextIO | None = None,
+          ready: threading.Event | None = None, **client_options: Any) -> MountStats:
+    """Mount ``source`` read-only at ``mountpoint`` and serve it until it is unmounted (or SIGINT,
+    SIGTERM, SIGHUP); return what was fetched.
+
+    ``source``: a blob file, an OCI layout directory, or a registry reference (an image: every
+    layer merged as overlayfs shows them; or a blob by digest); ``layer`` mounts one layer of an
+    image. ``prefetch``: ``landmark`` (prioritized files first, in the background), ``all`` (then
+    every other file) or ``none``. The chunk cache keeps ``cache_size`` bytes in memory and, with
+    ``cache_dir``, ``cache_dir_size`` bytes there. ``stats_interval`` prints the figures as JSON
+    lines to ``stats_stream`` (default standard error) that often. ``ready`` is set once mounted.
+    ``client_options`` go to :class:`~estargz.RegistryClient`.
+    """
+    if prefetch not in PREFETCH_MODES:
+        raise ValueError(f"prefetch must be one of {', '.join(PREFETCH_MODES)}, not {prefetch!r}")
+    fuse = _load_fuse()
+    mountpoint = os.fspath(mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise FileNotFoundError(errno.ENOENT, "mount point is not a directory", mountpoint)
+    cache = ChunkCache(cache_size, cache_dir, cache_dir_size)
+    image = MountedImage(open_layers(source, layer=layer, platform=platform, toc_digest=toc_digest,
+                                     **client_options), cache)
+    for opened in image.layers:
+        if opened.anchor == "none":
+            log.warning("estargz mount: layer %s: no TOC digest from a checked manifest anchors its TOC; "
+                        "it is trusted as far as its source is", opened.name)
+    stop_figures = threading.Event()
+    try:
+        operations = _operations(fuse, image)
+        mounted = threading.Event()
+        started = _start_background(image, prefetch, stats_interval, stats_stream or sys.stderr,
+                                    stop_figures, mounted, ready, mountpoint)
+        with _default_stop_signals():
+            try:
+                fuse.FUSE(operations, mountpoint, foreground=True, ro=True, default_permissions=True,
+                          fsname=_option_value(f"estargz:{source}"), subtype="estargz", use_ino=True,
+                          attr_timeout=_KERNEL_CACHE_SECONDS, entry_timeout=_KERNEL_CACHE_SECONDS,
+                          negative_timeout=_KERNEL_CACHE_SECONDS, kernel_cache=True)
+            except RuntimeError as exc:  # libfuse's status; after a stop signal it is non-zero too
+                if not mounted.is_set():
+                    raise EStargzError(f"libfuse could not mount {mountpoint} (status {exc})") from None
+        stop_figures.set()
+        image.stop()
+        for thread in started:
+            thread.join()
+        return image.stats()
+    finally:
+        stop_figures.set()
+        image.close()
+
+
+def _option_value(text: str) -> str:
+    """``text`` as a libfuse ``-o`` value: commas and backslashes escaped, at most 200 characters."""
+    return text[:_MAX_FSNAME].replace("\\", "\\\\").replace(",", "\\,")
+
+
+def _start_background(image: MountedImage, prefetch: str, stats_interval: float | None, stream: TextIO,
+                      stop: threading.Event, mounted: threading.Event, ready: threading.Event | None,
+                      mountpoint: str) -> list[threading.Thread]:
+    """Start the prefetch and the live figures once the mount point shows the file system."""
+
+    def run() -> None:
+        while not stop.is_set() and not os.path.ismount(mountpoint):
+            stop.wait(0.01)
+        if stop.is_set():
+            return
+        mounted.set()
+        if ready is not None:
+            ready.set()
+        image.prefetch(prefetch)
+
+    def figures() -> None:
+        while not stop.wait(stats_interval):
+            stream.write(json.dumps(image.stats().to_json()) + "\n")
+            stream.flush()
+
+    threads = [threading.Thread(target=run, name="estargz-prefetch", daemon=True)]
+    if stats_interval:
+        threads.append(threading.Thread(target=figures, name="estargz-stats", daemon=True))
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+class _default_stop_signals:
+    """Hand SIGINT, SIGTERM and SIGHUP to libfuse while it runs (it installs its handlers only
+    over the default ones; they end the loop and unmount), and restore the caller's after."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __enter__(self) -> None:
+        self._saved = {}
+        if threading.current_thread() is threading.main_thread():
+            self._saved = {signum: signal.signal(signum, signal.SIG_DFL) for signum in self._SIGNALS}
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+
+
+def unmount(mountpoint: str | os.PathLike[str]) -> None:
+    """Unmount a FUSE mount point (``fusermount3 -u``; ``umount`` as root without it)."""
+    mountpoint = os.fspath(mountpoint)
+    tool = next((found for name in _UNMOUNT_TOOLS if (found := shutil.which(name))), None)
+    command = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
+    proc = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        message = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise OSError(errno.EINVAL, f"cannot unmount: {message}", mountpoint)
+
+
+def wait_for_mount(mountpoint: str, process: subprocess.Popen, timeout: float = DAEMON_START_TIMEOUT) -> bool:
+    """Wait until ``mountpoint`` is mounted (True) or ``process`` has ended or time ran out (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.ismount(mountpoint):
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
