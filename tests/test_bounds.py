@@ -171,6 +171,13 @@ def test_files_2000_directories_deep_are_read(fmt):
 
 
 @stargz_formats
+def test_deep_names_the_tar_stream_lacks_are_refused(make):
+    """The same names in a TOC alone: read within the budgets, then refused by verify."""
+    entries = [{"name": "a/" * 2000 + f"f{i}", "type": "reg", "digest": EMPTY} for i in range(400)]
+    assert outcome(make(toc(*entries))) == "VerificationError"
+
+
+@stargz_formats
 @pytest.mark.parametrize("entry", [
     {"name": "a\0b", "type": "dir"},
     {"name": "s", "type": "symlink", "linkName": "t\0"},
@@ -198,6 +205,17 @@ def test_hardlink_chain_of_20000_links(fmt, order):
         names.reverse()
     links = [member(name, target) for name, target in zip(names, ["f", *names])]
     assert outcome(converted([member("f"), *links], fmt)) == "OK"
+
+
+@stargz_formats
+@pytest.mark.parametrize("order", ["forward", "backward"])
+def test_hardlink_chain_the_tar_stream_lacks_is_refused(make, order):
+    """A chain in a TOC alone, in either order: resolved within the budgets, then refused by verify."""
+    links = [{"name": f"h{i}", "type": "hardlink", "linkName": f"h{i + 1}"} for i in range(20_000)]
+    links[-1]["linkName"] = "f"
+    if order == "backward":
+        links.reverse()
+    assert outcome(make(toc({"name": "f", "type": "reg", "digest": EMPTY}, *links))) == "VerificationError"
 
 
 # --------------------------------------------------------------------------------------------
