@@ -159,19 +159,26 @@ def check_readable(entries: Callable[[], Iterable[TarEntry]]) -> None:
         if obstacle is not None and obstacle.kind != "dir":
             raise UnsupportedInputError(
                 f"{name!r} is a {obstacle.kind}, but entries lie below it: readers reject the layer")
+    resolved: set[str] = set()
     for name, entry in final.items():
         if entry.kind == "hardlink":
-            _check_hardlink(name, final)
+            _check_hardlink(name, final, resolved)
 
 
-def _check_hardlink(name: str, final: dict[str, TarEntry]) -> None:
-    """Follow the hardlink ``name`` to a non-directory entry, or refuse."""
+def _check_hardlink(name: str, final: dict[str, TarEntry], resolved: set[str]) -> None:
+    """Follow the hardlink ``name`` to a non-directory entry, or refuse.
+
+    ``resolved`` holds the hardlinks already followed to a non-directory; a chain stops at the
+    first of them and adds its own links, so checking every link of a chain costs its length once.
+    """
     seen = {name}
     entry = final[name]
     while entry.kind == "hardlink":
         target = clean_name(entry.linkname)
-        if not target:
+        if target in resolved:
             break
+        if not target:
+            raise UnsupportedInputError(f"hardlink {name!r} points to a directory: readers reject the layer")
         if target in seen:
             raise UnsupportedInputError(f"hardlink {name!r} is part of a cycle: readers reject the layer")
         if target not in final:
@@ -179,5 +186,7 @@ def _check_hardlink(name: str, final: dict[str, TarEntry]) -> None:
                 f"hardlink {name!r} points to {entry.linkname!r}, which is not in the layer: readers reject it")
         seen.add(target)
         entry = final[target]
-    if entry.kind == "dir" or entry.kind == "hardlink":
-        raise UnsupportedInputError(f"hardlink {name!r} points to a directory: readers reject the layer")
+    else:
+        if entry.kind == "dir":
+            raise UnsupportedInputError(f"hardlink {name!r} points to a directory: readers reject the layer")
+    resolved.update(seen)

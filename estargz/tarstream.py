@@ -148,12 +148,14 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
 
 
 def _pax_int(value: bytes, key: bytes) -> int:
-    if len(value) > 20:  # more digits than any 64-bit number, with its sign
-        raise LimitError(f"tar PAX header: {key.decode()} does not fit in 64 bits")
-    try:
-        return _checked(int(value), f"PAX {key.decode()}")
-    except ValueError:
-        raise FormatError(f"tar PAX header: invalid {key.decode()} {value[:40]!r}") from None
+    if len(value) <= 20:  # 20 characters hold every 64-bit number with its sign
+        try:
+            number = int(value)
+        except ValueError:
+            raise FormatError(f"tar PAX header: invalid {key.decode()} {value[:40]!r}") from None
+        if _INT64_MIN <= number <= _INT64_MAX:
+            return number
+    raise LimitError(f"tar PAX header: {key.decode()} does not fit in 64 bits")
 
 
 def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:

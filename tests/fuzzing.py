@@ -760,12 +760,13 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _vm_size() -> int:
+def _status_bytes(field: str) -> int:
+    """A size from /proc/self/status: ``VmSize`` (address space) or ``VmHWM`` (peak resident)."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmSize:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) << 10
-    raise RuntimeError("no VmSize in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _budget_failure(kind: str, message: str) -> dict[str, Any]:
@@ -787,7 +788,8 @@ def _run_budgeted(bases: dict[str, Base], case: dict[str, Any], scratch: Path) -
     outcome["cpu"] = cpu = time.process_time() - start
     if cpu > CPU_BUDGET and not restart:
         outcome["failures"].append(_budget_failure("CPU", f"the case took {cpu:.2f} s of CPU"))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+    # The worker's own peak: ru_maxrss would start from the parent's size at the fork.
+    rss = _status_bytes("VmHWM")
     if rss > RSS_BUDGET:
         outcome["failures"].append(_budget_failure("RSS", f"the worker reached {rss >> 20} MiB resident"))
         restart = True
@@ -806,7 +808,7 @@ def worker_main() -> None:
         scratch = Path(scratch_dir)
         for name in VARIANTS:
             run_case(bases, {"variant": name, "mutations": []}, scratch)
-        resource.setrlimit(resource.RLIMIT_AS, (_vm_size() + AS_HEADROOM,) * 2)
+        resource.setrlimit(resource.RLIMIT_AS, (_status_bytes("VmSize") + AS_HEADROOM,) * 2)
         resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT,) * 2)
         protocol.write(json.dumps({"ready": True}) + "\n")
         for line in sys.stdin:

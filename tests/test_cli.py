@@ -15,7 +15,7 @@ import sys
 import tarfile
 
 import pytest
-from helpers import sha256
+from helpers import gunzip, gzip_members, sha256
 
 import estargz
 from estargz.cli import main
@@ -508,11 +508,19 @@ def test_cat_missing_name_process(blob_file):
 
 def test_verify(blob_file, capsys):
     path, result = blob_file
+    blob = path.read_bytes()
+    *data_members, toc_member, _footer = gzip_members(blob)
+    data_area = gunzip(blob[:toc_member])
+    with tarfile.open(fileobj=io.BytesIO(data_area)) as tar:
+        tar_entries = len(tar.getmembers())
     for extra in ([], ["--toc-digest", result.toc_digest]):
         assert main(["verify", str(path), *extra]) == 0
         assert json.loads(capsys.readouterr().out) == {
             "ok": True, "tocDigest": result.toc_digest, "files": 5, "chunks": 4,
-            "bytes": 1 + len(OS_RELEASE) + len(BUSYBOX) + len(SU)}
+            "bytes": 1 + len(OS_RELEASE) + len(BUSYBOX) + len(SU),
+            "covered": {"blobBytes": len(blob), "blobSize": len(blob), "blobDigest": sha256(blob),
+                        "units": len(data_members), "tarEntries": tar_entries,
+                        "uncompressedBytes": len(data_area)}}
 
 
 def test_verify_wrong_toc_digest_process(blob_file):

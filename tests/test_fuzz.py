@@ -108,18 +108,40 @@ def hoard(bases, case, scratch):
     block[::4096] = bytes(len(block[::4096]))
     return {"rejections": [], "failures": [], "mode": "pinned"}
 
-fuzzing.run_case = {"spin": spin, "hoard": hoard}[sys.argv[1]]
+def idle(bases, case, scratch):
+    return {"rejections": [], "failures": [], "mode": "pinned"}
+
+fuzzing.run_case = {"spin": spin, "hoard": hoard, "idle": idle}[sys.argv[1]]
 outcome, restart = fuzzing._run_budgeted({}, {}, pathlib.Path("."))
 print(restart, *[f["class"] for f in outcome["failures"]], sep="\\n")
 """
+
+#: Runs BUDGET_SCRIPT (argv[1]) from a process that holds more than the RSS budget itself.
+LARGE_PARENT_SCRIPT = """
+import subprocess, sys
+import fuzzing
+block = bytearray(fuzzing.RSS_BUDGET + (64 << 20))
+block[::4096] = bytes(len(block[::4096]))
+sys.exit(subprocess.run([sys.executable, "-c", *sys.argv[1:]]).returncode)
+"""
+
+
+def _budget_run(*args: str) -> list[str]:
+    """The lines BUDGET_SCRIPT prints: whether the worker restarts, then the failure classes."""
+    env = {**os.environ, "PYTHONPATH": str(Path(estargz.__file__).parent.parent)}
+    result = subprocess.run([sys.executable, "-c", *args], capture_output=True, text=True,
+                            cwd=Path(fuzzing.__file__).parent, env=env, timeout=120, check=True)
+    return result.stdout.split("\n")[:-1]
 
 
 @pytest.mark.parametrize(("case", "failure"), [("spin", "case: BudgetExceeded"), ("hoard", "budget: RSS")])
 def test_a_case_over_budget_is_a_failure_and_restarts_the_worker(case: str, failure: str) -> None:
     """The CPU and memory budgets, applied to stand-ins for a case that spins or hoards memory."""
-    env = {**os.environ, "PYTHONPATH": str(Path(estargz.__file__).parent.parent)}
-    result = subprocess.run([sys.executable, "-c", BUDGET_SCRIPT, case], capture_output=True, text=True,
-                            cwd=Path(fuzzing.__file__).parent, env=env, timeout=120, check=True)
-    restart, *classes = result.stdout.split("\n")[:-1]
+    restart, *classes = _budget_run(BUDGET_SCRIPT, case)
     assert restart == "True"
     assert any(c.startswith(failure) for c in classes), classes
+
+
+def test_the_memory_budget_counts_the_worker_alone() -> None:
+    """A worker started by a large process (the test suite) does not inherit that process's peak."""
+    assert _budget_run(LARGE_PARENT_SCRIPT, BUDGET_SCRIPT, "idle") == ["False"]

@@ -248,11 +248,15 @@ def test_read_one_small_file(remote: Remote, fmt: str) -> None:
 def test_verify_whole_layer_over_http(remote: Remote, fmt: str) -> None:
     source, descriptor = open_layer(remote.ref(f":{_tag(fmt)}"), timeout=10)
     with source, estargz.open(source, annotations=descriptor["annotations"]) as blob:
+        opened = (source.bytes_transferred, source.requests)
         report = blob.verify(remote.results[fmt].toc_digest, threads=4)
     local = estargz.open(remote.blobs[fmt]).verify()
     assert (report.files, report.chunks, report.bytes) == (local.files, local.chunks, local.bytes)
-    assert source.bytes_transferred >= 0.95 * source.size
-    assert source.requests >= 25
+    assert report.coverage is not None
+    assert (report.coverage.blob_bytes, report.coverage.blob_digest) == (source.size, remote.results[fmt].blob_digest)
+    transferred, requests = source.bytes_transferred - opened[0], source.requests - opened[1]
+    assert source.size <= transferred <= source.size * 101 // 100  # every byte once, metadata again
+    assert requests <= source.size // (1 << 20) + 10  # a few large reads, not one per chunk
 
 
 def test_manifest_digest_reference(remote: Remote) -> None:
