@@ -8,7 +8,6 @@ Prioritized (landmark) files are prefetched in the background, then optionally e
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -26,11 +25,11 @@ from typing import Any, TextIO
 
 from .chunkcache import ChunkCache
 from .cstoc import parse_rfc3339
-from .errors import EStargzError, FormatError, UnsupportedInputError, VerificationError
+from .errors import EStargzError, FormatError, UnsupportedInputError
 from .layers import Layer, open_layers
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .overlay import Node, OverlayTree
-from .reader import Chunk, Entry
+from .reader import Chunk, Entry, EntryFile
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -188,20 +187,14 @@ class MountedImage:
         return self._fetch_whole_file(layer, entry, chunk)
 
     def _fetch_whole_file(self, layer: int, entry: Entry, wanted: Chunk) -> bytes:
-        """A chunk without its own digest: the whole file is read and checked against its digest."""
-        if not entry.digest:
-            raise VerificationError(f"{entry.name!r} has no digest to verify its contents")
-        reader = self.layers[layer].reader
-        pieces = [reader.read_chunk(chunk, name=entry.name) for chunk in entry.chunks]
-        self._count(len(pieces))
-        if "sha256:" + hashlib.sha256(b"".join(pieces)).hexdigest() != entry.digest:
-            raise VerificationError(f"digest mismatch for {entry.name!r}")
-        found = b""
-        for chunk, data in zip(entry.chunks, pieces, strict=True):
-            self.cache.put(_key(layer, chunk), data)
-            if chunk is wanted:
-                found = data
-        return found
+        """A chunk without its own digest, read through its file, which checks the whole file
+        against its digest first."""
+        with EntryFile(self.layers[layer].reader, entry) as f:
+            f.seek(wanted.chunk_offset)
+            data = f.read(wanted.chunk_size)
+        self._count(len(entry.chunks) + 1)
+        self.cache.put(_key(layer, wanted), data)
+        return data
 
     def _count(self, chunks: int) -> None:
         with self._lock:
@@ -338,8 +331,9 @@ def _load_fuse() -> Any:
     return mfusepy
 
 
-def _operations(fuse: Any, image: MountedImage) -> Any:
-    """The mfusepy Operations over ``image``: read-only, paths resolved in the merged tree."""
+def _operations(fuse: Any, image: MountedImage, mounted: threading.Event) -> Any:
+    """The mfusepy Operations over ``image``: read-only, paths resolved in the merged tree;
+    ``mounted`` is set once libfuse has mounted the file system."""
 
     class Operations(fuse.Operations):
         use_ns = True
@@ -348,6 +342,9 @@ def _operations(fuse: Any, image: MountedImage) -> Any:
             self._handles: dict[int, Node] = {}
             self._next = 0
             self._lock = threading.Lock()
+
+        def init(self, path: str) -> None:
+            mounted.set()
 
         def _node(self, path: str) -> Node:
             node = image.tree.lookup(path)
@@ -443,8 +440,8 @@ def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str |
                         "it is trusted as far as its source is", opened.name)
     stop_figures = threading.Event()
     try:
-        operations = _operations(fuse, image)
         mounted = threading.Event()
+        operations = _operations(fuse, image, mounted)
         started = _start_background(image, prefetch, stats_interval, stats_stream or sys.stderr,
                                     stop_figures, mounted, ready, mountpoint)
         with _default_stop_signals():

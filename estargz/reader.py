@@ -320,6 +320,8 @@ class Reader:
                 expected += chunk.chunk_size
                 if index + 1 == len(entry.chunks) and expected != entry.size:
                     raise FormatError(f"TOC: chunks of {entry.name!r} add up to {expected}, not {entry.size}")
+            if len(entry.chunks) == 1 and not entry.chunks[0].chunk_digest:
+                entry.chunks[0].chunk_digest = entry.digest  # one chunk holds the whole file
 
     def _link_tree(self) -> None:
         names = self._names
