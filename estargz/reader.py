@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
 import hashlib
 import io
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -28,7 +29,7 @@ from .extract import ExtractReport, extract
 from .footer import MAX_FOOTER_SIZE, Footer, parse_footer
 from .formats import FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_STARGZ
 from .framing import inflate_frames, inflate_members
-from .source import RangeFile, Source, SourceLike, as_source
+from .source import RangeFile, Source, SourceLike, as_source, read_ranges
 from .tarsplit import TarSplitEntry, decode_entries, iter_tar
 from .tarstream import BLOCK, iter_entries, padding, toc_header_fields
 from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
@@ -47,6 +48,17 @@ MAX_CHUNK_SIZE = 512 << 20
 _READ_PIECE = 1 << 20
 #: Most bytes one compressed byte inflates to (deflate's limit is 1032; zstd's is higher).
 _MAX_INFLATE_RATIO = 1 << 16
+#: Compressed gap between two ranges a read needs that one request reads through, not splits.
+_MAX_GAP = 64 << 10
+#: Most compressed bytes of chunks fetched together (one request) and held until inflated.
+_MAX_FETCH = 16 << 20
+#: File bytes fetched ahead of a read that continues where the previous one ended.
+_READ_AHEAD = 4 << 20
+#: Last bytes of a blob fetched at once when opening it (the footer and, when it fits, the TOC):
+#: this fraction of the blob, within the bounds below.
+_TAIL_FRACTION = 32
+_MIN_TAIL = 64 << 10
+_MAX_TAIL = 1 << 20
 #: Chunks larger than this are held in a temporary file, not in memory, while a file reads them.
 _SPOOL_CHUNK_SIZE = 8 << 20
 #: Zero bytes accepted after the TOC JSON (padding and end-of-archive blocks).
@@ -200,6 +212,7 @@ class Reader:
         self._source = source
         self._owns_source = owns_source
         size = source.size
+        source = _TailSource(source)
         annotations = dict(annotations or {})
         self.footer: Footer = _footer_from_annotations(annotations, size) or parse_footer(
             source.read_at(size - min(MAX_FOOTER_SIZE, size), min(MAX_FOOTER_SIZE, size)), size)
@@ -416,14 +429,40 @@ class Reader:
         """
         return b"".join(self._verified_chunk(chunk, name))
 
-    def _chunk_pieces(self, chunk: Chunk, name: str) -> Iterator[bytes]:
-        """The chunk's bytes in pieces of at most 1 MiB, unchecked; FormatError if it is short."""
+    def _fetch(self, chunks: Sequence[Chunk]) -> list[bytes]:
+        """The compressed bytes of each chunk's member run, all in one :func:`read_ranges` call:
+        runs that touch, overlap or lie within ``_MAX_GAP`` of each other are one range."""
+        spans = [(chunk.offset, chunk.next_offset) for chunk in chunks]
+        merged: list[list[int]] = []
+        for start, end in sorted(set(spans)):
+            if merged and start - merged[-1][1] <= _MAX_GAP:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        fetched = read_ranges(self._source, [(start, end - start) for start, end in merged])
+        for (start, end), data in zip(merged, fetched, strict=True):
+            if len(data) != end - start:
+                raise FormatError(f"the source gave {len(data)} bytes for range [{start}, {end})")
+        starts = [start for start, _ in merged]
+        found = []
+        for start, end in spans:
+            run = bisect.bisect_right(starts, start) - 1
+            found.append(fetched[run][start - starts[run]:end - starts[run]])
+        return found
+
+    def _chunk_pieces(self, chunk: Chunk, name: str, compressed: bytes | None = None) -> Iterator[bytes]:
+        """The chunk's bytes in pieces of at most 1 MiB, unchecked; FormatError if it is short.
+
+        ``compressed`` is the chunk's member run when already fetched; else it is read now.
+        """
         span = chunk.next_offset - chunk.offset
         if chunk.inner_offset > _MAX_INFLATE_RATIO * span:
             raise LimitError(f"chunk of {name!r}: inner offset {chunk.inner_offset} is more than "
                              f"{span} compressed bytes can hold")
         want = chunk.inner_offset + chunk.chunk_size
-        inflated = _InflatedStream(self._inflate(self._pieces(chunk.offset, chunk.next_offset), want))
+        pieces = (self._pieces(chunk.offset, chunk.next_offset) if compressed is None
+                  else (compressed[i:i + _READ_PIECE] for i in range(0, len(compressed), _READ_PIECE)))
+        inflated = _InflatedStream(self._inflate(pieces, want))
         inflated.skip(chunk.inner_offset)
         remaining = chunk.chunk_size
         while remaining:
@@ -433,17 +472,31 @@ class Reader:
             remaining -= len(piece)
             yield piece
 
-    def _verified_chunk(self, chunk: Chunk, name: str) -> Iterator[bytes]:
+    def _verified_chunk(self, chunk: Chunk, name: str, compressed: bytes | None = None) -> Iterator[bytes]:
         """The chunk's pieces; VerificationError after the last one if they miss its digest."""
         if not chunk.chunk_digest:
             raise VerificationError(f"chunk of {name!r} at file offset {chunk.chunk_offset} has no digest: "
                                     "read it through the file, which is checked whole")
         chunk_hash = hashlib.sha256()
-        for piece in self._chunk_pieces(chunk, name):
+        for piece in self._chunk_pieces(chunk, name, compressed):
             chunk_hash.update(piece)
             yield piece
         if "sha256:" + chunk_hash.hexdigest() != chunk.chunk_digest:
             raise VerificationError(f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
+
+    def _fetched_chunks(self, chunks: Sequence[Chunk]) -> Iterator[tuple[Chunk, bytes | None]]:
+        """Each chunk with its compressed bytes, fetched in batches of at most ``_MAX_FETCH``
+        bytes, one request each; None for a chunk too large for a batch (it is streamed)."""
+        position = 0
+        while position < len(chunks):
+            count = _batch_size(chunks, position, len(chunks))
+            if count == 0:
+                yield chunks[position], None
+                position += 1
+                continue
+            batch = chunks[position:position + count]
+            yield from zip(batch, self._fetch(batch), strict=True)
+            position += count
 
     def _derive_chunk_digests(self, entry: Entry) -> None:
         """Check a file that lacks chunk digests against its file digest, streaming, and record
@@ -452,9 +505,9 @@ class Reader:
             raise VerificationError(f"{entry.name!r} has no digest to verify its contents")
         file_hash = hashlib.sha256()
         derived = []
-        for chunk in entry.chunks:
+        for chunk, compressed in self._fetched_chunks(entry.chunks):
             chunk_hash = hashlib.sha256()
-            for piece in self._chunk_pieces(chunk, entry.name):
+            for piece in self._chunk_pieces(chunk, entry.name, compressed):
                 chunk_hash.update(piece)
                 file_hash.update(piece)
             derived.append("sha256:" + chunk_hash.hexdigest())
@@ -600,6 +653,42 @@ class Reader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _batch_size(chunks: Sequence[Chunk], first: int, stop: int) -> int:
+    """How many chunks from ``first`` (before ``stop``) to fetch together: while the member
+    runs they need add up to at most ``_MAX_FETCH`` bytes."""
+    spans: set[tuple[int, int]] = set()
+    total = 0
+    for index in range(first, stop):
+        span = (chunks[index].offset, chunks[index].next_offset)
+        if span not in spans:
+            total += span[1] - span[0]
+            if total > _MAX_FETCH:
+                return index - first
+            spans.add(span)
+    return stop - first
+
+
+class _TailSource:
+    """A source whose last bytes (a ``_TAIL_FRACTION``-th, from ``_MIN_TAIL`` to ``_MAX_TAIL``) are
+    fetched in one request by the first read that needs any of them, then served from memory:
+    opening reads the footer and the TOC, which is usually among them."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        self.size = source.size
+        self._start = max(0, self.size - min(_MAX_TAIL, max(_MIN_TAIL, self.size // _TAIL_FRACTION)))
+        self._tail: bytes | None = None
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        end = offset + length
+        if end <= self._start or offset < 0 or length < 0 or end > self.size:
+            return self._source.read_at(offset, length)
+        if self._tail is None:
+            self._tail = self._source.read_at(self._start, self.size - self._start)
+        head = self._source.read_at(offset, self._start - offset) if offset < self._start else b""
+        return head + self._tail[max(offset, self._start) - self._start:end - self._start]
 
 
 def _pieces(source: Source, start: int, end: int) -> Iterator[bytes]:
@@ -794,8 +883,11 @@ class EntryFile(RangeFile):
         self._reader = reader
         self.entry = entry
         self._cached: tuple[Chunk, _HeldChunk] | None = None
+        self._prefetched: dict[int, bytes] = {}
+        """Compressed bytes of chunks fetched with an earlier one, by index, until inflated."""
+        self._read_end = 0
 
-    def _chunk_at(self, offset: int) -> Chunk:
+    def _index_at(self, offset: int) -> int:
         chunks = self.entry.chunks
         lo, hi = 0, len(chunks) - 1
         while lo < hi:
@@ -804,17 +896,30 @@ class EntryFile(RangeFile):
                 lo = mid
             else:
                 hi = mid - 1
-        return chunks[lo]
+        return lo
 
-    def _held(self, chunk: Chunk) -> _HeldChunk:
+    def _held(self, index: int, fetch_end: int) -> _HeldChunk:
+        """The checked bytes of chunk ``index``; when they are not fetched yet, fetch them with
+        those of the following chunks that start before file offset ``fetch_end``."""
+        chunk = self.entry.chunks[index]
         if self._cached is not None and self._cached[0] is chunk:
             return self._cached[1]
         if not all(c.chunk_digest for c in self.entry.chunks):
             self._reader._derive_chunk_digests(self.entry)
-        held = _HeldChunk(self._reader._verified_chunk(chunk, self.entry.name), chunk.chunk_size)
+        if index not in self._prefetched:
+            self._prefetch(index, fetch_end)
+        compressed = self._prefetched.pop(index, None)
+        held = _HeldChunk(self._reader._verified_chunk(chunk, self.entry.name, compressed), chunk.chunk_size)
         self._drop_cache()
         self._cached = (chunk, held)
         return held
+
+    def _prefetch(self, index: int, fetch_end: int) -> None:
+        chunks = self.entry.chunks
+        stop = bisect.bisect_left(chunks, fetch_end, lo=index + 1, key=lambda c: c.chunk_offset)
+        count = _batch_size(chunks, index, stop)
+        batch = chunks[index:index + count]
+        self._prefetched = dict(zip(range(index, index + count), self._reader._fetch(batch) if batch else []))
 
     def _drop_cache(self) -> None:
         if self._cached is not None:
@@ -824,18 +929,22 @@ class EntryFile(RangeFile):
     def pread(self, size: int, offset: int) -> bytes:
         """Up to ``size`` bytes at ``offset``, without moving the file position."""
         end = min(self.entry.size, offset + size)
+        fetch_end = end + _READ_AHEAD if offset == self._read_end else end
         parts = []
         while offset < end:
-            chunk = self._chunk_at(offset)
-            piece = self._held(chunk).read(offset - chunk.chunk_offset, end - offset)
+            index = self._index_at(offset)
+            chunk = self.entry.chunks[index]
+            piece = self._held(index, fetch_end).read(offset - chunk.chunk_offset, end - offset)
             if not piece:
                 raise FormatError(f"chunks of {self.entry.name!r} do not cover offset {offset}")
             parts.append(piece)
             offset += len(piece)
+        self._read_end = offset
         return b"".join(parts)
 
     def close(self) -> None:
         self._drop_cache()
+        self._prefetched = {}
         super().close()
 
 
