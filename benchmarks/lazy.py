@@ -1,10 +1,11 @@
-"""Lazy pulling at the format level: read what a program needs from a layer in a registry.
+"""Lazy pulling at the format level: requests and bytes per operation on a layer in a registry.
 
-The layer is the Python standard library (as in compare.py), converted to eStargz and pushed to a
-Debian `docker-registry` on 127.0.0.1 with `skopeo`. The workload is the set of files that
-`python3 -c 'print("hi")'` reads from the standard library, recorded once with `python3 -v`.
-Lazily, estargz fetches the footer, the TOC and the chunks of those files with HTTP range
-requests; the alternative downloads the whole layer and unpacks it. Both are timed side by side.
+The layer is the Python standard library (as in compare.py), converted to each format and pushed
+to a Debian `docker-registry` on 127.0.0.1 with `skopeo`. For each format the blob's HTTP requests
+and body bytes are counted per operation: opening (footer and TOC), reading one small file, one
+large file, and the set of files that `python3 -c 'print("hi")'` reads from the standard library
+(recorded once with `python3 -v`), each from a freshly opened layer; side by side with a full
+pull (download the whole blob, then unpack it).
 
     python benchmarks/lazy.py
     python benchmarks/lazy.py --format zstd:chunked
@@ -25,6 +26,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,54 +93,92 @@ def start_registry(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     sys.exit("docker-registry did not start")
 
 
+FULL_PULL = "full pull: download the blob, unpack it"
+
+
+@dataclass
+class Cost:
+    """What one operation cost: the blob's requests and body bytes, and seconds."""
+
+    requests: int
+    bytes: int
+    seconds: float
+
+
+def lazy_costs(reference: str, small: str, large: str, files: list[str]) -> dict[str, Cost]:
+    """Costs of opening the layer, then of each read from a freshly opened layer."""
+    workloads = {"open (footer + TOC)": [], f"one small file ({small})": [small],
+                 f"one large file ({large})": [large], f"python3 -c 'print(\"hi\")' ({len(files)} files)": files}
+    costs = {}
+    for label, names in workloads.items():
+        start = time.perf_counter()
+        source, descriptor = open_layer(reference, 0)
+        with estargz.Reader(source, annotations=descriptor.get("annotations"), owns_source=True) as blob:
+            opened = (source.requests, source.bytes_transferred, time.perf_counter())
+            for name in names:
+                blob.read(name)
+            if names:
+                costs[label] = Cost(source.requests - opened[0], source.bytes_transferred - opened[1],
+                                    time.perf_counter() - opened[2])
+            else:
+                costs[label] = Cost(opened[0], opened[1], opened[2] - start)
+    return costs
+
+
+def full_pull(reference: str, work: Path) -> Cost:
+    """Download the whole blob (digest-checked) and unpack it."""
+    start = time.perf_counter()
+    source, descriptor = open_layer(reference, 0)
+    with source, open(work / "whole.blob", "wb") as out:
+        source.download(out)
+        requests, transferred = source.requests, source.bytes_transferred
+    with estargz.open(work / "whole.blob", annotations=descriptor.get("annotations")) as blob:
+        blob.extract(work / "rootfs")
+    shutil.rmtree(work / "rootfs")
+    return Cost(requests, transferred, time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--format", default=estargz.FORMAT_ESTARGZ, choices=estargz.FORMATS)
+    parser.add_argument("--format", action="append", choices=estargz.FORMATS,
+                        help="a format to measure (repeatable; default: all)")
     args = parser.parse_args()
     for tool in ("skopeo", "docker-registry"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install {tool})")
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = recorded_files(stdlib)
+    small = min(files, key=lambda name: (Path("/", name).stat().st_size, name))
+    large = max((str(p.relative_to("/")) for p in stdlib.rglob("*") if p.is_file() and not p.is_symlink()
+                 and "site-packages" not in p.parts), key=lambda name: (Path("/", name).stat().st_size, name))
     with tempfile.TemporaryDirectory(prefix="estargz-lazy-") as tmp:
         work = Path(tmp)
         make_stdlib_tar(work / "layer.tar")
         oci_layout(work / "layer.tar", work / "plain")
-        estargz.convert_image(work / "plain", work / "converted", format=args.format)
         registry, port = start_registry(work)
         try:
-            reference = f"127.0.0.1:{port}/bench:bench"
-            subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{work / 'converted'}:bench",
-                            f"docker://{reference}"], check=True)
-
-            start = time.perf_counter()
-            source, descriptor = open_layer(reference, 0)
-            with estargz.Reader(source, annotations=descriptor.get("annotations"), owns_source=True) as blob:
-                lazy_bytes = sum(len(blob.read(name)) for name in files)
-                lazy_seconds = time.perf_counter() - start
-                transferred, requests, blob_size = source.bytes_transferred, source.requests, blob.size
-
-            start = time.perf_counter()
-            source, descriptor = open_layer(reference, 0)
-            with source, open(work / "whole.blob", "wb") as out:
-                for offset in range(0, source.size, 8 << 20):
-                    out.write(source.read_at(offset, min(8 << 20, source.size - offset)))
-                full_transferred = source.bytes_transferred
-            with estargz.open(work / "whole.blob", annotations=descriptor.get("annotations")) as blob:
-                blob.extract(work / "rootfs")
-            full_seconds = time.perf_counter() - start
+            for fmt in args.format or estargz.FORMATS:
+                converted = work / fmt.replace(":", "-")
+                estargz.convert_image(work / "plain", converted, format=fmt)
+                reference = f"127.0.0.1:{port}/bench:{converted.name}"
+                subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{converted}:bench",
+                                f"docker://{reference}"], check=True)
+                costs = lazy_costs(reference, small, large, files)
+                costs[FULL_PULL] = full_pull(reference, work)
+                report(fmt, costs)
         finally:
             registry.kill()
             registry.wait()
-    print(f"layer: Python stdlib, {args.format}, {blob_size / 1e6:.1f} MB blob; workload: {len(files)} files "
-          f"({lazy_bytes / 1e3:.0f} kB) read by python3 -c 'print(\"hi\")'\n")
-    print("| method | seconds | bytes transferred | requests |")
+
+
+def report(fmt: str, costs: dict[str, Cost]) -> None:
+    """One Markdown table per format."""
+    blob_size = costs[FULL_PULL].bytes
+    print(f"\n{fmt}: Python stdlib layer, {blob_size / 1e6:.1f} MB blob\n")
+    print("| operation | requests | bytes | seconds |")
     print("|---|---|---|---|")
-    print(f"| lazy: footer, TOC and the files' chunks | {lazy_seconds:.3f} | {transferred} | {requests} |")
-    print(f"| download and unpack the whole layer | {full_seconds:.3f} | {full_transferred} | "
-          f"{-(-blob_size // (8 << 20))} |")
-    print(f"\nlazy / full: {lazy_seconds / full_seconds:.3f} of the time, "
-          f"{transferred / full_transferred:.4f} of the bytes")
+    for label, cost in costs.items():
+        print(f"| {label} | {cost.requests} | {cost.bytes} | {cost.seconds:.3f} |")
 
 
 if __name__ == "__main__":

@@ -212,8 +212,8 @@ class Reader:
         self._source = source
         self._owns_source = owns_source
         size = source.size
-        source = _TailSource(source)
         annotations = dict(annotations or {})
+        source = _TailSource(source, annotations)
         self.footer: Footer = _footer_from_annotations(annotations, size) or parse_footer(
             source.read_at(size - min(MAX_FOOTER_SIZE, size), min(MAX_FOOTER_SIZE, size)), size)
         self.toc_offset: int | None = self.footer.toc_offset
@@ -673,12 +673,16 @@ def _batch_size(chunks: Sequence[Chunk], first: int, stop: int) -> int:
 class _TailSource:
     """A source whose last bytes (a ``_TAIL_FRACTION``-th, from ``_MIN_TAIL`` to ``_MAX_TAIL``) are
     fetched in one request by the first read that needs any of them, then served from memory:
-    opening reads the footer and the TOC, which is usually among them."""
+    opening reads the footer and the TOC, which is usually among them. Not when annotations give
+    the TOC's position: then the TOC alone is read, in one request."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, annotations: Mapping[str, str]) -> None:
         self._source = source
         self.size = source.size
-        self._start = max(0, self.size - min(_MAX_TAIL, max(_MIN_TAIL, self.size // _TAIL_FRACTION)))
+        tail = min(_MAX_TAIL, max(_MIN_TAIL, self.size // _TAIL_FRACTION))
+        if any(key in annotations for key in (MANIFEST_POSITION_ANNOTATION, LEGACY_MANIFEST_POSITION_ANNOTATION)):
+            tail = 0
+        self._start = max(0, self.size - tail)
         self._tail: bytes | None = None
 
     def read_at(self, offset: int, length: int) -> bytes:

@@ -13,6 +13,7 @@ import pytest
 from test_registry import FakeRegistry, no_credential_files  # noqa: F401 (autouse fixture)
 
 import estargz
+from estargz.annotations import MANIFEST_POSITION_ANNOTATION
 from estargz.registry import BlobSource, RegistryClient
 
 CHUNK = 16 << 10
@@ -28,15 +29,19 @@ def _text(size: int, seed: int) -> bytes:
 FILES = {"big.txt": _text(600_000, 1), "small.txt": b"hello\n", "other.txt": _text(200_000, 2)}
 
 
-def _layer(fmt: str, files: dict[str, bytes] = FILES, **options: Any) -> bytes:
+def _tar(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), 1_700_000_000
             tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _layer(fmt: str, files: dict[str, bytes] = FILES, **options: Any) -> bytes:
     out = io.BytesIO()
-    estargz.convert(io.BytesIO(buf.getvalue()), out, format=fmt, chunk_size=CHUNK, **options)
+    estargz.convert(io.BytesIO(_tar(files)), out, format=fmt, chunk_size=CHUNK, **options)
     return out.getvalue()
 
 
@@ -121,3 +126,14 @@ def test_a_bad_chunk_fetched_ahead_fails_only_the_reads_that_reach_it(fmt: str) 
         assert f.read(last.chunk_offset - 4096) == FILES["big.txt"][4096:last.chunk_offset]
         with pytest.raises(estargz.EStargzError):
             f.read()
+
+
+def test_annotated_toc_is_read_alone(fake: FakeRegistry) -> None:
+    out = io.BytesIO()
+    result = estargz.convert(io.BytesIO(_tar(FILES)), out, format=estargz.FORMAT_ZSTD_CHUNKED)
+    digest = fake.add_blob(out.getvalue())
+    with RegistryClient(fake.host, timeout=5).blob("lib/img", digest, len(out.getvalue())) as source, \
+            estargz.open(source, annotations=result.annotations) as blob:
+        toc_length = int(result.annotations[MANIFEST_POSITION_ANNOTATION].split(":")[1])
+        assert blob.read("small.txt") == FILES["small.txt"]
+        assert source.requests == 2 and source.bytes_transferred < toc_length + 1024
