@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import collections
 import datetime as _dt
 import hashlib
 import io
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -50,14 +52,20 @@ _READ_PIECE = 1 << 20
 _MAX_INFLATE_RATIO = 1 << 16
 #: Compressed gap between two ranges a read needs that one request reads through, not splits.
 _MAX_GAP = 64 << 10
+#: Requests fetch whole aligned blocks of compressed bytes, so that neighbouring small files
+#: share them: a ``_BLOCK_FRACTION``-th of the blob, within the bounds below. The reader keeps
+#: the bytes of its latest requests, up to ``_KEPT_RUNS`` bytes.
+_BLOCK_FRACTION = 512
+_MIN_BLOCK = 4 << 10
+_MAX_BLOCK = 64 << 10
+_KEPT_RUNS = 4 << 20
 #: Most compressed bytes of chunks fetched together (one request) and held until inflated.
 _MAX_FETCH = 16 << 20
 #: File bytes fetched ahead of a read that continues where the previous one ended.
 _READ_AHEAD = 4 << 20
 #: Last bytes of a blob fetched at once when opening it (the footer and, when it fits, the TOC):
-#: this fraction of the blob, within the bounds below.
-_TAIL_FRACTION = 32
-_MIN_TAIL = 64 << 10
+#: a ``_TAIL_FRACTION``-th of the blob, at least a footer, at most ``_MAX_TAIL``.
+_TAIL_FRACTION = 64
 _MAX_TAIL = 1 << 20
 #: Chunks larger than this are held in a temporary file, not in memory, while a file reads them.
 _SPOOL_CHUNK_SIZE = 8 << 20
@@ -211,9 +219,10 @@ class Reader:
                  annotations: Mapping[str, str] | None = None, owns_source: bool = False) -> None:
         self._source = source
         self._owns_source = owns_source
+        self._runs = _Runs()
         size = source.size
         annotations = dict(annotations or {})
-        source = _TailSource(source, annotations)
+        source = _TailSource(source, annotations, self._runs)
         self.footer: Footer = _footer_from_annotations(annotations, size) or parse_footer(
             source.read_at(size - min(MAX_FOOTER_SIZE, size), min(MAX_FOOTER_SIZE, size)), size)
         self.toc_offset: int | None = self.footer.toc_offset
@@ -430,25 +439,31 @@ class Reader:
         return b"".join(self._verified_chunk(chunk, name))
 
     def _fetch(self, chunks: Sequence[Chunk]) -> list[bytes]:
-        """The compressed bytes of each chunk's member run, all in one :func:`read_ranges` call:
-        runs that touch, overlap or lie within ``_MAX_GAP`` of each other are one range."""
+        """The compressed bytes of each chunk's member run: those of recent requests are reused,
+        the others fetched in one :func:`read_ranges` call, in aligned blocks; runs that
+        touch, overlap or lie within ``_MAX_GAP`` of each other are one range."""
         spans = [(chunk.offset, chunk.next_offset) for chunk in chunks]
+        found = {span: self._runs.find(*span) for span in set(spans)}
+        block = min(_MAX_BLOCK, max(_MIN_BLOCK, self.size // _BLOCK_FRACTION))
         merged: list[list[int]] = []
-        for start, end in sorted(set(spans)):
+        for start, end in sorted(span for span, data in found.items() if data is None):
+            start = start - start % block
+            end = max(end, min(self.data_end, end + -end % block))
             if merged and start - merged[-1][1] <= _MAX_GAP:
                 merged[-1][1] = max(merged[-1][1], end)
             else:
                 merged.append([start, end])
-        fetched = read_ranges(self._source, [(start, end - start) for start, end in merged])
+        fetched = read_ranges(self._source, [(start, end - start) for start, end in merged]) if merged else []
         for (start, end), data in zip(merged, fetched, strict=True):
             if len(data) != end - start:
                 raise FormatError(f"the source gave {len(data)} bytes for range [{start}, {end})")
+            self._runs.add(start, data)
         starts = [start for start, _ in merged]
-        found = []
-        for start, end in spans:
-            run = bisect.bisect_right(starts, start) - 1
-            found.append(fetched[run][start - starts[run]:end - starts[run]])
-        return found
+        for (start, end), data in found.items():
+            if data is None:
+                run = bisect.bisect_right(starts, start) - 1
+                found[start, end] = fetched[run][start - starts[run]:end - starts[run]]
+        return [found[span] for span in spans]  # type: ignore[misc]
 
     def _chunk_pieces(self, chunk: Chunk, name: str, compressed: bytes | None = None) -> Iterator[bytes]:
         """The chunk's bytes in pieces of at most 1 MiB, unchecked; FormatError if it is short.
@@ -670,16 +685,43 @@ def _batch_size(chunks: Sequence[Chunk], first: int, stop: int) -> int:
     return stop - first
 
 
+class _Runs:
+    """Compressed bytes of the latest requests, up to ``_KEPT_RUNS`` bytes, oldest dropped first."""
+
+    def __init__(self) -> None:
+        self._runs: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def find(self, start: int, end: int) -> bytes | None:
+        """The bytes of ``[start, end)`` if one kept run holds them all."""
+        with self._lock:
+            for run_start, data in self._runs.items():
+                if run_start <= start and end <= run_start + len(data):
+                    return data[start - run_start:end - run_start]
+        return None
+
+    def add(self, start: int, data: bytes) -> None:
+        if len(data) > _KEPT_RUNS:
+            return
+        with self._lock:
+            self._size += len(data) - len(self._runs.pop(start, b""))
+            self._runs[start] = data
+            while self._size > _KEPT_RUNS:
+                self._size -= len(self._runs.popitem(last=False)[1])
+
+
 class _TailSource:
-    """A source whose last bytes (a ``_TAIL_FRACTION``-th, from ``_MIN_TAIL`` to ``_MAX_TAIL``) are
-    fetched in one request by the first read that needs any of them, then served from memory:
+    """A source whose last bytes (see ``_TAIL_FRACTION``) are fetched in one request by the first
+    read that needs any of them, then served from memory and kept in ``runs`` for chunk reads:
     opening reads the footer and the TOC, which is usually among them. Not when annotations give
     the TOC's position: then the TOC alone is read, in one request."""
 
-    def __init__(self, source: Source, annotations: Mapping[str, str]) -> None:
+    def __init__(self, source: Source, annotations: Mapping[str, str], runs: _Runs) -> None:
         self._source = source
+        self._runs = runs
         self.size = source.size
-        tail = min(_MAX_TAIL, max(_MIN_TAIL, self.size // _TAIL_FRACTION))
+        tail = min(_MAX_TAIL, max(MAX_FOOTER_SIZE, self.size // _TAIL_FRACTION))
         if any(key in annotations for key in (MANIFEST_POSITION_ANNOTATION, LEGACY_MANIFEST_POSITION_ANNOTATION)):
             tail = 0
         self._start = max(0, self.size - tail)
@@ -691,6 +733,7 @@ class _TailSource:
             return self._source.read_at(offset, length)
         if self._tail is None:
             self._tail = self._source.read_at(self._start, self.size - self._start)
+            self._runs.add(self._start, self._tail)
         head = self._source.read_at(offset, self._start - offset) if offset < self._start else b""
         return head + self._tail[max(offset, self._start) - self._start:end - self._start]
 
