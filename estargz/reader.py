@@ -671,17 +671,14 @@ class Reader:
 
 
 def _batch_size(chunks: Sequence[Chunk], first: int, stop: int) -> int:
-    """How many chunks from ``first`` (before ``stop``) to fetch together: while the member
-    runs they need add up to at most ``_MAX_FETCH`` bytes."""
-    spans: set[tuple[int, int]] = set()
-    total = 0
+    """How many chunks from ``first`` (before ``stop``) to fetch together: while the blob range
+    from the lowest to the highest byte of their member runs spans at most ``_MAX_FETCH`` bytes
+    (that bounds what one request fetches, gaps included)."""
+    low, high = chunks[first].offset, chunks[first].next_offset
     for index in range(first, stop):
-        span = (chunks[index].offset, chunks[index].next_offset)
-        if span not in spans:
-            total += span[1] - span[0]
-            if total > _MAX_FETCH:
-                return index - first
-            spans.add(span)
+        low, high = min(low, chunks[index].offset), max(high, chunks[index].next_offset)
+        if high - low > _MAX_FETCH:
+            return index - first
     return stop - first
 
 

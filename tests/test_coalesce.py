@@ -13,6 +13,7 @@ import pytest
 from test_registry import FakeRegistry, no_credential_files  # noqa: F401 (autouse fixture)
 
 import estargz
+from estargz import reader
 from estargz.annotations import MANIFEST_POSITION_ANNOTATION
 from estargz.registry import BlobSource, RegistryClient
 
@@ -141,3 +142,34 @@ def test_annotated_toc_is_read_alone(fake: FakeRegistry) -> None:
         toc_length = int(result.annotations[MANIFEST_POSITION_ANNOTATION].split(":")[1])
         assert source.requests == 1 and source.bytes_transferred == toc_length
         assert blob.read("small.txt") == FILES["small.txt"]
+
+
+
+class _Recording:
+    """A source over bytes that records the lengths each call fetches."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.size, self.calls = data, len(data), []
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        self.calls.append(length)
+        return self.data[offset:offset + length]
+
+    def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        self.calls.append(sum(length for _, length in ranges))
+        return [self.data[offset:offset + length] for offset, length in ranges]
+
+
+@pytest.mark.parametrize("fmt", estargz.FORMATS)
+def test_one_fetch_is_bounded(monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    limit = 32 << 10
+    monkeypatch.setattr(reader, "_MAX_FETCH", limit)
+    source = _Recording(_layer(fmt))
+    with estargz.open(source) as blob:
+        source.calls.clear()
+        spread = blob.lookup("big.txt").chunks
+        spread[1].offset, spread[1].next_offset = spread[-1].offset, spread[-1].next_offset
+        with pytest.raises(estargz.EStargzError):
+            blob.read("big.txt")  # its second chunk now points at its last one
+        assert len(source.calls) > 1
+        assert max(source.calls) <= limit + 2 * reader._MIN_BLOCK
