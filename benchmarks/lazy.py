@@ -108,8 +108,8 @@ class Cost:
 def lazy_costs(reference: str, small: str, large: str, files: list[str]) -> tuple[dict[str, Cost], dict[str, Cost]]:
     """Costs of opening the layer, then of each read from a freshly opened layer; and the
     requests and bytes stargz-snapshotter would need for the same operations."""
-    workloads = {"open (footer + TOC)": [], f"one small file ({small})": [small],
-                 f"one large file ({large})": [large], f"python3 -c 'print(\"hi\")' ({len(files)} files)": files}
+    workloads = {"open (footer + TOC)": [], f"one small file ({Path(small).name})": [small],
+                 f"one large file ({Path(large).name})": [large], f"python3 -c 'print(\"hi\")' ({len(files)} files)": files}
     costs, estimates = {}, {}
     for label, names in workloads.items():
         start = time.perf_counter()

@@ -459,11 +459,15 @@ class Reader:
                 raise FormatError(f"the source gave {len(data)} bytes for range [{start}, {end})")
             self._runs.add(start, data)
         starts = [start for start, _ in merged]
-        for (start, end), data in found.items():
-            if data is None:
-                run = bisect.bisect_right(starts, start) - 1
-                found[start, end] = fetched[run][start - starts[run]:end - starts[run]]
-        return [found[span] for span in spans]  # type: ignore[misc]
+
+        def bytes_of(span: tuple[int, int]) -> bytes:
+            kept = found[span]
+            if kept is not None:
+                return kept
+            run = bisect.bisect_right(starts, span[0]) - 1
+            return fetched[run][span[0] - starts[run]:span[1] - starts[run]]
+
+        return [bytes_of(span) for span in spans]
 
     def _chunk_pieces(self, chunk: Chunk, name: str, compressed: bytes | None = None) -> Iterator[bytes]:
         """The chunk's bytes in pieces of at most 1 MiB, unchecked; FormatError if it is short.
