@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import collections
 import datetime as _dt
 import io
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -29,7 +32,7 @@ from .footer import MAX_FOOTER_SIZE, SKIPPABLE_HEADER_SIZE, Footer, parse_footer
 from .formats import FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_STARGZ
 from .framing import inflate_frames, inflate_members
 from .gojson import format_rfc3339nano, parse_rfc3339
-from .source import BLOCK_SIZE, RangeFile, Source, SourceLike, as_source
+from .source import BLOCK_SIZE, RangeFile, Source, SourceLike, as_source, read_ranges
 from .tarsplit import FILE_TYPE, SEGMENT_TYPE, TarSplitEntry, decode_entries, iter_tar
 from .tarstream import BLOCK, iter_entries, padding, toc_header_fields
 from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
@@ -46,6 +49,23 @@ _MAX_SYMLINKS = 40
 MAX_CHUNK_SIZE = 512 << 20
 #: Most bytes one compressed byte inflates to (deflate's limit is 1032; zstd's is higher).
 _MAX_INFLATE_RATIO = 1 << 16
+#: Compressed gap between two ranges a read needs that one request reads through, not splits.
+_MAX_GAP = 64 << 10
+#: Requests fetch whole aligned blocks of compressed bytes, so that neighbouring small files
+#: share them: a ``_BLOCK_FRACTION``-th of the blob, within the bounds below. The reader keeps
+#: the bytes of its latest requests, up to ``_KEPT_RUNS`` bytes.
+_BLOCK_FRACTION = 512
+_MIN_BLOCK = 4 << 10
+_MAX_BLOCK = 64 << 10
+_KEPT_RUNS = 4 << 20
+#: Most compressed bytes of chunks fetched together (one request) and held until inflated.
+_MAX_FETCH = 16 << 20
+#: File bytes fetched ahead of a read that continues where the previous one ended.
+_READ_AHEAD = 4 << 20
+#: Last bytes of a blob fetched at once when opening it (the footer and, when it fits, the TOC):
+#: a ``_TAIL_FRACTION``-th of the blob, at least a footer, at most ``_MAX_TAIL``.
+_TAIL_FRACTION = 64
+_MAX_TAIL = 1 << 20
 #: Chunks larger than this are held in a temporary file, not in memory, while a file reads them.
 _SPOOL_CHUNK_SIZE = 8 << 20
 #: Zero bytes accepted after the TOC JSON (padding and end-of-archive blocks).
@@ -194,8 +214,10 @@ class Reader:
                  annotations: Mapping[str, str] | None = None, owns_source: bool = False) -> None:
         self._source = source
         self._owns_source = owns_source
+        self._runs = _Runs()
         size = source.size
         annotations = dict(annotations or {})
+        source = _TailSource(source, annotations, self._runs)
         self.footer: Footer = _footer_from_annotations(annotations, size) or parse_footer(
             source.read_at(size - min(MAX_FOOTER_SIZE, size), min(MAX_FOOTER_SIZE, size)), size)
         self.toc_offset: int | None = self.footer.toc_offset
@@ -413,14 +435,50 @@ class Reader:
         """
         return b"".join(self._verified_chunk(chunk, name))
 
-    def _chunk_pieces(self, chunk: Chunk, name: str) -> Iterator[bytes]:
-        """The chunk's bytes in pieces of at most 1 MiB, unchecked; FormatError if it is short."""
+    def _fetch(self, chunks: Sequence[Chunk]) -> list[bytes]:
+        """The compressed bytes of each chunk's member run: those of recent requests are reused,
+        the others fetched in one :func:`read_ranges` call, in aligned blocks; runs that
+        touch, overlap or lie within ``_MAX_GAP`` of each other are one range."""
+        spans = [(chunk.offset, chunk.next_offset) for chunk in chunks]
+        found = {span: self._runs.find(*span) for span in set(spans)}
+        block = min(_MAX_BLOCK, max(_MIN_BLOCK, self.size // _BLOCK_FRACTION))
+        merged: list[list[int]] = []
+        for start, end in sorted(span for span, data in found.items() if data is None):
+            start = start - start % block
+            end = max(end, min(self.data_end, end + -end % block))
+            if merged and start - merged[-1][1] <= _MAX_GAP:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        fetched = read_ranges(self._source, [(start, end - start) for start, end in merged]) if merged else []
+        for (start, end), data in zip(merged, fetched, strict=True):
+            if len(data) != end - start:
+                raise FormatError(f"the source gave {len(data)} bytes for range [{start}, {end})")
+            self._runs.add(start, data)
+        starts = [start for start, _ in merged]
+
+        def bytes_of(span: tuple[int, int]) -> bytes:
+            kept = found[span]
+            if kept is not None:
+                return kept
+            run = bisect.bisect_right(starts, span[0]) - 1
+            return fetched[run][span[0] - starts[run]:span[1] - starts[run]]
+
+        return [bytes_of(span) for span in spans]
+
+    def _chunk_pieces(self, chunk: Chunk, name: str, compressed: bytes | None = None) -> Iterator[bytes]:
+        """The chunk's bytes in pieces of at most 1 MiB, unchecked; FormatError if it is short.
+
+        ``compressed`` is the chunk's member run when already fetched; else it is read now.
+        """
         span = chunk.next_offset - chunk.offset
         if chunk.inner_offset > _MAX_INFLATE_RATIO * span:
             raise LimitError(f"chunk of {name!r}: inner offset {chunk.inner_offset} is more than "
                              f"{span} compressed bytes can hold")
         want = chunk.inner_offset + chunk.chunk_size
-        inflated = _InflatedStream(self._inflate(self._pieces(chunk.offset, chunk.next_offset), want))
+        pieces = (self._pieces(chunk.offset, chunk.next_offset) if compressed is None
+                  else (compressed[i:i + _READ_PIECE] for i in range(0, len(compressed), _READ_PIECE)))
+        inflated = _InflatedStream(self._inflate(pieces, want))
         inflated.skip(chunk.inner_offset)
         remaining = chunk.chunk_size
         while remaining:
@@ -430,17 +488,31 @@ class Reader:
             remaining -= len(piece)
             yield piece
 
-    def _verified_chunk(self, chunk: Chunk, name: str) -> Iterator[bytes]:
+    def _verified_chunk(self, chunk: Chunk, name: str, compressed: bytes | None = None) -> Iterator[bytes]:
         """The chunk's pieces; VerificationError after the last one if they miss its digest."""
         if not chunk.chunk_digest:
             raise VerificationError(f"chunk of {name!r} at file offset {chunk.chunk_offset} has no digest: "
                                     "read it through the file, which is checked whole")
         chunk_hash = new_hash()
-        for piece in self._chunk_pieces(chunk, name):
+        for piece in self._chunk_pieces(chunk, name, compressed):
             chunk_hash.update(piece)
             yield piece
         if hash_digest(chunk_hash) != chunk.chunk_digest:
             raise VerificationError(f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
+
+    def _fetched_chunks(self, chunks: Sequence[Chunk]) -> Iterator[tuple[Chunk, bytes | None]]:
+        """Each chunk with its compressed bytes, fetched in batches of at most ``_MAX_FETCH``
+        bytes, one request each; None for a chunk too large for a batch (it is streamed)."""
+        position = 0
+        while position < len(chunks):
+            count = _batch_size(chunks, position, len(chunks))
+            if count == 0:
+                yield chunks[position], None
+                position += 1
+                continue
+            batch = chunks[position:position + count]
+            yield from zip(batch, self._fetch(batch), strict=True)
+            position += count
 
     def _derive_chunk_digests(self, entry: Entry) -> None:
         """Check a file that lacks chunk digests against its file digest, streaming, and record
@@ -449,9 +521,9 @@ class Reader:
             raise VerificationError(f"{entry.name!r} has no digest to verify its contents")
         file_hash = new_hash()
         derived = []
-        for chunk in entry.chunks:
+        for chunk, compressed in self._fetched_chunks(entry.chunks):
             chunk_hash = new_hash()
-            for piece in self._chunk_pieces(chunk, entry.name):
+            for piece in self._chunk_pieces(chunk, entry.name, compressed):
                 chunk_hash.update(piece)
                 file_hash.update(piece)
             derived.append(hash_digest(chunk_hash))
@@ -597,6 +669,71 @@ class Reader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _batch_size(chunks: Sequence[Chunk], first: int, stop: int) -> int:
+    """How many chunks from ``first`` (before ``stop``) to fetch together: while the blob range
+    from the lowest to the highest byte of their member runs spans at most ``_MAX_FETCH`` bytes
+    (that bounds what one request fetches, gaps included)."""
+    low, high = chunks[first].offset, chunks[first].next_offset
+    for index in range(first, stop):
+        low, high = min(low, chunks[index].offset), max(high, chunks[index].next_offset)
+        if high - low > _MAX_FETCH:
+            return index - first
+    return stop - first
+
+
+class _Runs:
+    """Compressed bytes of the latest requests, up to ``_KEPT_RUNS`` bytes, oldest dropped first."""
+
+    def __init__(self) -> None:
+        self._runs: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def find(self, start: int, end: int) -> bytes | None:
+        """The bytes of ``[start, end)`` if one kept run holds them all."""
+        with self._lock:
+            for run_start, data in self._runs.items():
+                if run_start <= start and end <= run_start + len(data):
+                    return data[start - run_start:end - run_start]
+        return None
+
+    def add(self, start: int, data: bytes) -> None:
+        if len(data) > _KEPT_RUNS:
+            return
+        with self._lock:
+            self._size += len(data) - len(self._runs.pop(start, b""))
+            self._runs[start] = data
+            while self._size > _KEPT_RUNS:
+                self._size -= len(self._runs.popitem(last=False)[1])
+
+
+class _TailSource:
+    """A source whose last bytes (see ``_TAIL_FRACTION``) are fetched in one request by the first
+    read that needs any of them, then served from memory and kept in ``runs`` for chunk reads:
+    opening reads the footer and the TOC, which is usually among them. Not when annotations give
+    the TOC's position: then the TOC alone is read, in one request."""
+
+    def __init__(self, source: Source, annotations: Mapping[str, str], runs: _Runs) -> None:
+        self._source = source
+        self._runs = runs
+        self.size = source.size
+        tail = min(_MAX_TAIL, max(MAX_FOOTER_SIZE, self.size // _TAIL_FRACTION))
+        if any(key in annotations for key in (MANIFEST_POSITION_ANNOTATION, LEGACY_MANIFEST_POSITION_ANNOTATION)):
+            tail = 0
+        self._start = max(0, self.size - tail)
+        self._tail: bytes | None = None
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        end = offset + length
+        if end <= self._start or offset < 0 or length < 0 or end > self.size:
+            return self._source.read_at(offset, length)
+        if self._tail is None:
+            self._tail = self._source.read_at(self._start, self.size - self._start)
+            self._runs.add(self._start, self._tail)
+        head = self._source.read_at(offset, self._start - offset) if offset < self._start else b""
+        return head + self._tail[max(offset, self._start) - self._start:end - self._start]
 
 
 def _pieces(source: Source, start: int, end: int) -> Iterator[bytes]:
@@ -791,8 +928,11 @@ class EntryFile(RangeFile):
         self._reader = reader
         self.entry = entry
         self._cached: tuple[Chunk, _HeldChunk] | None = None
+        self._prefetched: dict[int, bytes] = {}
+        """Compressed bytes of chunks fetched with an earlier one, by index, until inflated."""
+        self._read_end = 0
 
-    def _chunk_at(self, offset: int) -> Chunk:
+    def _index_at(self, offset: int) -> int:
         chunks = self.entry.chunks
         lo, hi = 0, len(chunks) - 1
         while lo < hi:
@@ -801,17 +941,30 @@ class EntryFile(RangeFile):
                 lo = mid
             else:
                 hi = mid - 1
-        return chunks[lo]
+        return lo
 
-    def _held(self, chunk: Chunk) -> _HeldChunk:
+    def _held(self, index: int, fetch_end: int) -> _HeldChunk:
+        """The checked bytes of chunk ``index``; when they are not fetched yet, fetch them with
+        those of the following chunks that start before file offset ``fetch_end``."""
+        chunk = self.entry.chunks[index]
         if self._cached is not None and self._cached[0] is chunk:
             return self._cached[1]
         if not all(c.chunk_digest for c in self.entry.chunks):
             self._reader._derive_chunk_digests(self.entry)
-        held = _HeldChunk(self._reader._verified_chunk(chunk, self.entry.name), chunk.chunk_size)
+        if index not in self._prefetched:
+            self._prefetch(index, fetch_end)
+        compressed = self._prefetched.pop(index, None)
+        held = _HeldChunk(self._reader._verified_chunk(chunk, self.entry.name, compressed), chunk.chunk_size)
         self._drop_cache()
         self._cached = (chunk, held)
         return held
+
+    def _prefetch(self, index: int, fetch_end: int) -> None:
+        chunks = self.entry.chunks
+        stop = bisect.bisect_left(chunks, fetch_end, lo=index + 1, key=lambda c: c.chunk_offset)
+        count = _batch_size(chunks, index, stop)
+        batch = chunks[index:index + count]
+        self._prefetched = dict(zip(range(index, index + count), self._reader._fetch(batch) if batch else []))
 
     def _drop_cache(self) -> None:
         if self._cached is not None:
@@ -821,18 +974,22 @@ class EntryFile(RangeFile):
     def pread(self, size: int, offset: int) -> bytes:
         """Up to ``size`` bytes at ``offset``, without moving the file position."""
         end = min(self.entry.size, offset + size)
+        fetch_end = end + _READ_AHEAD if offset == self._read_end else end
         parts = []
         while offset < end:
-            chunk = self._chunk_at(offset)
-            piece = self._held(chunk).read(offset - chunk.chunk_offset, end - offset)
+            index = self._index_at(offset)
+            chunk = self.entry.chunks[index]
+            piece = self._held(index, fetch_end).read(offset - chunk.chunk_offset, end - offset)
             if not piece:
                 raise FormatError(f"chunks of {self.entry.name!r} do not cover offset {offset}")
             parts.append(piece)
             offset += len(piece)
+        self._read_end = offset
         return b"".join(parts)
 
     def close(self) -> None:
         self._drop_cache()
+        self._prefetched = {}
         super().close()
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import os
 import threading
+from collections.abc import Sequence
 from typing import BinaryIO, Protocol, Union, runtime_checkable
 
 from .errors import FormatError
 
-__all__ = ["Source", "FileSource", "BytesSource", "RangeFile", "as_source", "SourceLike", "BLOCK_SIZE"]
+__all__ = ["Source", "FileSource", "BytesSource", "RangeFile", "as_source", "read_ranges", "SourceLike", "BLOCK_SIZE"]
 
 #: The size of the pieces data is copied, hashed and decompressed in.
 BLOCK_SIZE = 1 << 20
@@ -17,12 +18,26 @@ BLOCK_SIZE = 1 << 20
 
 @runtime_checkable
 class Source(Protocol):
-    """A random-access byte source: ``size`` bytes, read by (offset, length)."""
+    """A random-access byte source: ``size`` bytes, read by (offset, length).
+
+    A source may also have ``read_ranges(ranges) -> list[bytes]``, the bytes of several
+    ``(offset, length)`` ranges at once (a registry blob fetches them in one request); readers
+    use it when present, see :func:`read_ranges`.
+    """
 
     @property
     def size(self) -> int: ...
 
     def read_at(self, offset: int, length: int) -> bytes: ...
+
+
+def read_ranges(source: Source, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    """The bytes of each ``(offset, length)`` range: by the source's ``read_ranges`` if it has
+    one, else by one ``read_at`` per range."""
+    many = getattr(source, "read_ranges", None)
+    if many is not None:
+        return list(many(ranges))
+    return [source.read_at(offset, length) for offset, length in ranges]
 
 
 def _check_range(offset: int, length: int, size: int) -> None:
