@@ -477,7 +477,7 @@ class Reader:
                              f"{span} compressed bytes can hold")
         want = chunk.inner_offset + chunk.chunk_size
         pieces = (self._pieces(chunk.offset, chunk.next_offset) if compressed is None
-                  else (compressed[i:i + _READ_PIECE] for i in range(0, len(compressed), _READ_PIECE)))
+                  else (compressed[i:i + BLOCK_SIZE] for i in range(0, len(compressed), BLOCK_SIZE)))
         inflated = _InflatedStream(self._inflate(pieces, want))
         inflated.skip(chunk.inner_offset)
         remaining = chunk.chunk_size
