@@ -29,9 +29,9 @@ from .framing import (
     GZIP_ENGINES,
 )
 from .image import convert_image
-from .oci import default_platform, parse_platform
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .mountcli import add_mount_commands
+from .oci import default_platform, parse_platform
 from .output import atomic_output, refuse_same_file, remove_leftovers
 from .push import DOCKER_PREFIX, parse_destination, push_layout
 from .reader import Reader, open_blob
@@ -130,8 +130,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     prioritized = list(args.prioritized_file)
     for path in args.prioritized_files_from:
         prioritized.extend(_read_lines(path))
-    recorded = _recorded_paths(args, args.record_layer_index)
-    prioritized.extend(recorded)
+    prioritized.extend(_recorded_paths(args, args.record_layer_index))
     # as ctr-remote and nerdctl do for recorded workloads
     allow_missing = args.allow_missing_prioritized or bool(args.estargz_record_in or args.zstdchunked_record_in)
     layer_format = _convert_format(args)
@@ -595,8 +594,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="estargz", description=_DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="estargz", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"estargz {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
