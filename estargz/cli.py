@@ -31,6 +31,7 @@ from .framing import (
 from .image import convert_image
 from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .mountcli import add_mount_commands
+from .oci import default_platform, parse_platform
 from .output import atomic_output, refuse_same_file, remove_leftovers
 from .push import DOCKER_PREFIX, parse_destination, push_layout
 from .reader import Reader, open_blob
@@ -115,16 +116,23 @@ def _read_lines(path: str) -> list[str]:
         return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 
+def _recorded_paths(args: argparse.Namespace, layer_index: int | None) -> list[str]:
+    """The paths of the workload records named by --estargz-record-in and --zstdchunked-record-in."""
+    paths: list[str] = []
+    for record in (args.estargz_record_in, args.zstdchunked_record_in):
+        if record:
+            with open(record, "rb") as f:
+                paths.extend(read_workload_record(f, layer_index))
+    return paths
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     prioritized = list(args.prioritized_file)
     for path in args.prioritized_files_from:
         prioritized.extend(_read_lines(path))
-    allow_missing = args.allow_missing_prioritized
-    for record in (args.estargz_record_in, args.zstdchunked_record_in):
-        if record:
-            with open(record, "rb") as f:
-                prioritized.extend(read_workload_record(f, args.record_layer_index))
-            allow_missing = True  # as ctr-remote and nerdctl do for recorded workloads
+    prioritized.extend(_recorded_paths(args, args.record_layer_index))
+    # as ctr-remote and nerdctl do for recorded workloads
+    allow_missing = args.allow_missing_prioritized or bool(args.estargz_record_in or args.zstdchunked_record_in)
     layer_format = _convert_format(args)
     options = _layer_options(args, layer_format)
     if args.estargz_keep_diff_id and prioritized:
@@ -165,8 +173,31 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_platforms(args: argparse.Namespace) -> list[str] | None:
+    """The platforms to convert, as nerdctl chooses them: those of --platform, every one with
+    --all-platforms, else this machine's."""
+    if args.all_platforms and args.platform:
+        raise _UsageError("--platform and --all-platforms exclude each other")
+    if args.all_platforms:
+        return None
+    return [spec for specs in args.platform for spec in specs] or [default_platform()]
+
+
+def _record_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The workload records of image convert: their paths come first in every layer, as in nerdctl."""
+    if not (args.estargz_record_in or args.zstdchunked_record_in):
+        return {}
+    if args.estargz_keep_diff_id:
+        raise _UsageError("--estargz-keep-diff-id keeps the layer's order: it cannot take a workload record")
+    return {"prioritized_files": _recorded_paths(args, None), "allow_missing_prioritized": True}
+
+
 def _cmd_image_convert(args: argparse.Namespace) -> int:
+    if args.estargz and args.zstdchunked:
+        raise _UsageError("--estargz and --zstdchunked exclude each other")
     layer_format = _convert_format(args)
+    if args.estargz and layer_format != FORMAT_ESTARGZ:
+        raise _UsageError(f"--estargz conflicts with --format {layer_format}")
     bars = _LayerBars() if not args.quiet and sys.stderr.isatty() else None
     if args.sign and not _is_registry_reference(args.destination.removeprefix(DOCKER_PREFIX)):
         raise _UsageError("--sign needs a registry DESTINATION (the signature is stored there)")
@@ -174,13 +205,14 @@ def _cmd_image_convert(args: argparse.Namespace) -> int:
         args.source, args.destination,
         sign_with=_private_key(args.sign) if args.sign else None,
         format=layer_format,
-        platforms=args.platform or None,
+        platforms=_image_platforms(args),
         reuse=args.reuse,
         threads=args.threads,
         layer_jobs=args.layer_jobs,
         layer_progress=bars,
         overwrite=args.overwrite,
         **_layer_options(args, layer_format),
+        **_record_options(args),
     )
     if bars is not None:
         bars.draw()
@@ -513,6 +545,15 @@ def _level(text: str) -> int:
     return value
 
 
+def _platform_list(text: str) -> list[str]:
+    """A comma-separated list of platforms, as nerdctl's --platform takes it."""
+    specs = [spec.strip() for spec in text.split(",")]
+    try:
+        return [str(parse_platform(spec)) for spec in specs]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_format_options(c: argparse.ArgumentParser) -> None:
     """The flags that choose a format and its options, named as in nerdctl and ctr-remote."""
     c.add_argument("--format", choices=FORMATS, default=FORMAT_ESTARGZ,
@@ -543,9 +584,17 @@ def _add_format_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser, for the commands too, that takes flags only in full: a typo or a
+    prefix never selects another flag."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="estargz", description=_DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="estargz", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"estargz {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -593,8 +642,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--sign", metavar="KEY",
                    help="sign the pushed image with this private key (password from COSIGN_PASSWORD)")
     _add_format_options(i)
-    i.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
-                   help="convert only this platform of a multi-platform image; repeatable (default: all)")
+    i.add_argument("--estargz", action="store_true",
+                   help="as in nerdctl: convert to eStargz (the default format)")
+    i.add_argument("--oci", action="store_true", help="as in nerdctl: OCI media types (the output always has them)")
+    i.add_argument("--estargz-record-in", metavar="FILE",
+                   help="workload record (ctr-remote optimize --record-out JSON lines); its paths are "
+                        "prioritized in every layer, missing ones allowed")
+    i.add_argument("--zstdchunked-record-in", metavar="FILE", help="as --estargz-record-in, for zstd:chunked")
+    i.add_argument("--platform", action="append", default=[], type=_platform_list, metavar="OS/ARCH[/VARIANT],...",
+                   help="convert only these platforms of a multi-platform image; comma-separated and repeatable "
+                        "(default: this machine's)")
+    i.add_argument("--all-platforms", action="store_true", help="convert every platform of a multi-platform image")
     i.add_argument("--reuse", action="store_true", help="copy layers already in the target format as they are")
     i.add_argument("--overwrite", action="store_true",
                    help="replace an existing destination (only once the conversion succeeded)")
@@ -719,6 +777,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stops: _Stop
         return 128 + signum
 
 
+#: The library's caller errors name keyword arguments; the CLI user set them with these flags.
+_KEYWORD_FLAGS = {"overwrite=True": "--overwrite", "toc=": "--toc"}
+
+
 def _report(parser: argparse.ArgumentParser, exc: BaseException) -> int:
     """Print the one-line message of an input or usage error and return the exit status;
     re-raise anything else."""
@@ -732,6 +794,9 @@ def _report(parser: argparse.ArgumentParser, exc: BaseException) -> int:
     message = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         message = f"{exc.filename}: {exc.strerror}"
+    if not isinstance(exc, EStargzError):
+        for keyword, flag in _KEYWORD_FLAGS.items():
+            message = message.replace(keyword, flag)
     print(f"estargz: error: {_escape(message, backslash=False)}", file=sys.stderr)
     return 1
 

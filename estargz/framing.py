@@ -53,7 +53,13 @@ def _raw_deflate(engine: str, level: int) -> Callable[[bytes], bytes]:
         return lambda data: isal_zlib.compress(data, level, wbits=-15)
     if engine == "libdeflate":
         return lambda data: deflate.deflate_compress(data, level)
-    return lambda data: zlib.compress(data, 0, wbits=-15)
+    return _stored_deflate
+
+
+def _stored_deflate(data: bytes) -> bytes:
+    """Raw deflate of ``data`` in stored blocks (level 0)."""
+    compressor = zlib.compressobj(0, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
 
 
 #: zstd level of stargz-snapshotter's zstd:chunked.

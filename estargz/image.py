@@ -105,7 +105,8 @@ _REUSE_ANNOTATIONS = {
     FORMAT_ZSTD_CHUNKED: (MANIFEST_CHECKSUM_ANNOTATION, LEGACY_MANIFEST_CHECKSUM_ANNOTATION),
 }
 #: The :func:`estargz.convert` options :func:`convert_image` passes to every layer.
-LAYER_OPTIONS = frozenset({"chunk_size", "compression_level", "min_chunk_size", "external_toc", "keep_diff_id"})
+LAYER_OPTIONS = frozenset({"chunk_size", "compression_level", "min_chunk_size", "external_toc", "keep_diff_id",
+                           "prioritized_files", "allow_missing_prioritized"})
 
 #: ``ImageResult.layers`` value of a layer copied as it was (``reuse``).
 REUSED = "reused"
@@ -1093,7 +1094,9 @@ def convert_image(
     private key) if given. ``registry_options`` go to :class:`~estargz.RegistryClient`.
 
     ``layer_options`` go to :func:`estargz.convert` for every layer: ``chunk_size``,
-    ``compression_level``, ``min_chunk_size``, ``external_toc``, ``keep_diff_id``. With
+    ``compression_level``, ``min_chunk_size``, ``external_toc``, ``keep_diff_id``,
+    ``prioritized_files`` and ``allow_missing_prioritized`` (the same paths for every layer, as
+    nerdctl applies a workload record). With
     ``external_toc`` the TOC image of each index.json entry is added, tagged with the entry's
     tag plus ``-esgztoc``. Errors: :class:`FormatError` for a malformed source (or a name that
     points outside it), :class:`VerificationError` for a blob that does not match its digest,

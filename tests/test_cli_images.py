@@ -161,3 +161,93 @@ def test_image_convert_draws_one_progress_line_per_layer_on_a_terminal(tmp_path)
     assert status == 0
     assert f"{digest[:12]} [{'#' * 30}] 100.0%".encode() in output
     assert b"\x1b[1A" in output  # the line is redrawn in place
+
+
+def converted_platforms(capsys: pytest.CaptureFixture[str], *flags: str, source: Path, out: Path) -> set[str]:
+    assert main(["image", "convert", "-q", *flags, str(source), str(out)]) == 0
+    return {m["platform"] for m in json.loads(capsys.readouterr().out)["manifests"]}
+
+
+def test_image_convert_platforms_as_nerdctl_chooses_them(tmp_path, capsys, monkeypatch):
+    """This machine's platform by default; --platform takes comma lists and repeats;
+    --all-platforms takes every one."""
+    from test_image import two_platform_layout
+
+    source = two_platform_layout(tmp_path / "src").root
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    assert converted_platforms(capsys, source=source, out=tmp_path / "default") == {"linux/arm64/v8"}
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    assert converted_platforms(capsys, source=source, out=tmp_path / "x86") == {"linux/amd64"}
+    both = {"linux/amd64", "linux/arm64/v8"}
+    assert converted_platforms(capsys, "--all-platforms", source=source, out=tmp_path / "all") == both
+    assert converted_platforms(capsys, "--platform", "linux/arm64,linux/amd64", source=source,
+                               out=tmp_path / "comma") == both
+    assert converted_platforms(capsys, "--platform", "linux/arm64", "--platform=linux/amd64", source=source,
+                               out=tmp_path / "repeated") == both
+    with pytest.raises(SystemExit) as stop:
+        main(["image", "convert", "--all-platforms", "--platform", "linux/arm64", str(source), str(tmp_path / "x")])
+    assert stop.value.code == 2
+    assert "--platform and --all-platforms" in capsys.readouterr().err
+
+
+def test_image_convert_takes_nerdctl_format_flags(tmp_path, capsys):
+    source = oci_layout(tmp_path / "source")
+    assert main(["image", "convert", "-q", "--estargz", "--oci", str(source), str(tmp_path / "out")]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == estargz.FORMAT_ESTARGZ
+    with pytest.raises(SystemExit) as stop:
+        main(["image", "convert", "--estargz", "--zstdchunked", str(source), str(tmp_path / "both")])
+    assert stop.value.code == 2 and not (tmp_path / "both").exists()
+
+
+@pytest.mark.parametrize("flag", ["--estargz-record-in", "--zstdchunked-record-in"])
+def test_image_convert_puts_recorded_paths_first_in_every_layer(tmp_path, capsys, flag):
+    source = oci_layout(tmp_path / "source")
+    record = tmp_path / "record.jsonl"
+    record.write_text('{"path": "usr/bin/tool", "layerIndex": 0}\n{"path": "not/in/the/layer", "layerIndex": 0}\n')
+    fmt = estargz.FORMAT_ESTARGZ if flag == "--estargz-record-in" else estargz.FORMAT_ZSTD_CHUNKED_STARGZ
+    assert main(["image", "convert", "-q", "--format", fmt, flag, str(record), str(source), str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    descriptor = layer_descriptor(tmp_path / "out")
+    blob = tmp_path / "out" / "blobs" / "sha256" / descriptor["digest"].split(":", 1)[1]
+    with estargz.open(blob, annotations=descriptor["annotations"]) as reader:
+        reader.verify()
+        files = [entry.name for entry in reader if entry.type == "reg"]
+        assert files[:2] == ["usr/bin/tool", ".prefetch.landmark"]
+        assert reader.read("usr/bin/tool") == FILES["usr/bin/tool"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["image", "convert", "SRC", "DST", "--overw"],
+    ["image", "convert", "SRC", "DST", "--zstdchunk"],
+    ["image", "convert", "SRC", "DST", "--all-plat"],
+    ["convert", "SRC", "DST", "--estargz-compression", "9"],
+    ["ls", "BLOB", "--toc-dig", "sha256:00"],
+])
+def test_flags_are_taken_only_in_full(tmp_path, capsys, argv):
+    """A typo or prefix must not select another flag."""
+    source = oci_layout(tmp_path / "source")
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "keep").write_text("mine")
+    names = {"SRC": str(source), "DST": str(tmp_path / "dst"), "BLOB": str(tmp_path / "blob")}
+    with pytest.raises(SystemExit) as stop:
+        main([names.get(arg, arg) for arg in argv])
+    assert stop.value.code == 2
+    assert "unrecognized arguments: " + argv[-1 if argv[-1].startswith("--") else -2] in capsys.readouterr().err
+    assert (tmp_path / "dst" / "keep").read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["image", "convert", "SRC", "DST"], "--overwrite"),
+    (["verify", "BLOB", "--toc", "BLOB"], "--toc"),
+])
+def test_errors_name_the_flag_not_the_keyword_argument(tmp_path, argv, flag):
+    source = oci_layout(tmp_path / "source")
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "keep").write_text("mine")
+    blob = tmp_path / "layer.esgz"
+    estargz.convert(io.BytesIO(layer_tar()), blob)
+    names = {"SRC": str(source), "DST": str(tmp_path / "dst"), "BLOB": str(blob)}
+    proc = subprocess.run([sys.executable, "-m", "estargz", *[names.get(arg, arg) for arg in argv]],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("estargz: error: ") and proc.stderr.count("\n") == 1
+    assert flag in proc.stderr and "=" not in proc.stderr.replace(str(tmp_path), "")

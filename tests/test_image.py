@@ -625,8 +625,8 @@ def test_deterministic_and_progress(tmp_path: Path) -> None:
 
 def test_bad_options(tmp_path: Path) -> None:
     two_platform_layout(tmp_path / "src")
-    with pytest.raises(TypeError, match="prioritized_files"):
-        convert_image(tmp_path / "src", tmp_path / "out", prioritized_files=["etc"])
+    with pytest.raises(TypeError, match="toc_digest"):
+        convert_image(tmp_path / "src", tmp_path / "out", toc_digest="sha256:" + "0" * 64)
     with pytest.raises(ValueError):
         convert_image(tmp_path / "src", tmp_path / "out", format="gzip")
     with pytest.raises(ValueError, match="external"):  # from estargz.convert, on the first layer
