@@ -40,7 +40,7 @@ from .framing import (
     GZIP_ENGINES,
 )
 from .image import REUSED, ConvertedManifest, ImageResult, convert_image
-from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Chunk, Entry, EntryFile, Reader, VerifyReport
 from .reader import open_blob as open
 from .registry import BlobSource, RegistryClient, open_layer, parse_reference

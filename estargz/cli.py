@@ -28,7 +28,7 @@ from .framing import (
     GZIP_ENGINES,
 )
 from .image import convert_image
-from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .output import atomic_output, refuse_same_file, remove_leftovers
 from .reader import Reader, open_blob
 from .registry import Anchor, open_layer

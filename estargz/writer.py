@@ -65,7 +65,7 @@ from .framing import (
     GzipCompressor,
     ZstdCompressor,
 )
-from .layout import LANDMARK_CONTENTS, check_readable, order_entries
+from .ordering import LANDMARK_CONTENTS, check_readable, order_entries
 from .output import atomic_output
 from .tarsplit import TarSplitWriter, crc64_iso
 from .tarstream import BLOCK, TarEntry, iter_entries, padding, ustar_header
