@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = [
     "WINDOW_SIZE", "CHAR_OFFSET", "ROLLSUM_BITS", "HOLE_THRESHOLD",
-    "Chunk", "chunk_file", "chunk_files", "chunk_stream", "split_positions", "find_holes",
+    "Span", "chunk_file", "chunk_files", "chunk_stream", "split_positions", "find_holes",
 ]
 
 WINDOW_SIZE = 64
@@ -33,7 +33,7 @@ ROLLSUM_BITS = 16
 #: Zero runs at least this long become ``zeros`` chunks.
 HOLE_THRESHOLD = 1 << 10
 
-Chunk = tuple[int, int, bool]
+Span = tuple[int, int, bool]
 """(offset in the file, length, is a run of zeros)."""
 Buffer = bytes | bytearray | memoryview
 
@@ -231,7 +231,7 @@ def _data_ranges(holes: list[tuple[int, int]], size: int) -> list[tuple[int, int
     return ranges
 
 
-def chunk_file(data: Buffer) -> list[Chunk]:
+def chunk_file(data: Buffer) -> list[Span]:
     """Cut one file's content into chunks exactly as the containers/storage writer does.
 
     Returns contiguous ``(offset, length, is_zeros)`` tuples covering ``data``; ``[]`` when empty.
@@ -244,7 +244,7 @@ def chunk_file(data: Buffer) -> list[Chunk]:
     return _assemble(size, holes, split_positions(data, _data_ranges(holes, size)).tolist())
 
 
-def chunk_files(files: Sequence[Buffer]) -> list[list[Chunk]]:
+def chunk_files(files: Sequence[Buffer]) -> list[list[Span]]:
     """:func:`chunk_file` of each of many (small) files, with one vectorized pass for all of them.
 
     The files are laid end to end with :data:`WINDOW_SIZE` zero bytes before each, which gives
@@ -274,9 +274,9 @@ def chunk_files(files: Sequence[Buffer]) -> list[list[Chunk]]:
     return result
 
 
-def _assemble(size: int, holes: list[tuple[int, int]], splits: list[int]) -> list[Chunk]:
+def _assemble(size: int, holes: list[tuple[int, int]], splits: list[int]) -> list[Span]:
     """Chunks from a file's holes and split points (splits inside holes are dropped)."""
-    chunks: list[Chunk] = []
+    chunks: list[Span] = []
     start = hole_index = 0
     for end in splits + [size]:  # a split inside a hole ends at or before start: skipped
         while hole_index < len(holes) and holes[hole_index][0] < end:
@@ -307,7 +307,7 @@ def _bounded_ranges(holes: list[tuple[int, int]], start: int, end: int) -> list[
 
 
 def chunk_stream(read: Callable[[int, int], Buffer], size: int, *,
-                 window: int = 1 << 20) -> Iterator[Chunk]:
+                 window: int = 1 << 20) -> Iterator[Span]:
     """:func:`chunk_file` for a file too large for memory, read ``window`` bytes at a time.
 
     ``read(offset, length)`` must return exactly ``length`` bytes of the file at ``offset``; it is
@@ -326,7 +326,7 @@ def chunk_stream(read: Callable[[int, int], Buffer], size: int, *,
     return _chunk_stream(read, size, window)
 
 
-def _chunk_stream(read: Callable[[int, int], Buffer], size: int, window: int) -> Iterator[Chunk]:
+def _chunk_stream(read: Callable[[int, int], Buffer], size: int, window: int) -> Iterator[Span]:
     zero_context = bytes(_CONTEXT)
     chunk_start = 0  # everything before it has been yielded
     pos = 0  # next byte to read
