@@ -383,12 +383,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     with _open(args, whole=True) as blob:
         report = blob.verify(args.toc_digest)
         anchor = blob.anchor
-    summary = {"ok": True, "tocDigest": report.toc_digest, "files": report.files,
-               "chunks": report.chunks, "bytes": report.bytes}
+    summary: dict[str, object] = {"ok": True, "tocDigest": report.toc_digest, "files": report.files,
+                                  "chunks": report.chunks, "bytes": report.bytes}
     if isinstance(anchor, Anchor):
         summary["anchor"] = anchor.to_json()
     if report.diff_id is not None:
         summary["diffID"] = report.diff_id
+    if report.coverage is not None:
+        coverage = report.coverage
+        summary["covered"] = {"blobBytes": coverage.blob_bytes, "blobSize": blob.size,
+                              "blobDigest": coverage.blob_digest, "units": coverage.units,
+                              "tarEntries": coverage.tar_entries, "uncompressedBytes": coverage.uncompressed_bytes}
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -7,8 +7,8 @@ import hashlib
 import io
 import os
 import re
+import tempfile
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -21,6 +21,7 @@ from .annotations import (
     TARSPLIT_POSITION_ANNOTATION,
     TOC_DIGEST_ANNOTATION,
 )
+from .blobcheck import Coverage, check_blob_structure
 from .cstoc import CSTOCEntry, decode_cs_toc, format_rfc3339nano, parse_rfc3339
 from .errors import FormatError, LimitError, NotFoundError, VerificationError
 from .extract import ExtractReport, extract
@@ -44,6 +45,10 @@ _MAX_SYMLINKS = 40
 #: Largest chunk the reader inflates into memory.
 MAX_CHUNK_SIZE = 512 << 20
 _READ_PIECE = 1 << 20
+#: Most bytes one compressed byte inflates to (deflate's limit is 1032; zstd's is higher).
+_MAX_INFLATE_RATIO = 1 << 16
+#: Chunks larger than this are held in a temporary file, not in memory, while a file reads them.
+_SPOOL_CHUNK_SIZE = 8 << 20
 #: Zero bytes accepted after the TOC JSON (padding and end-of-archive blocks).
 _MAX_TOC_TRAILER = 64 << 10
 #: Longest entry name or link target accepted, in characters.
@@ -133,6 +138,8 @@ class VerifyReport:
     bytes: int
     diff_id: str | None = None
     """containers/storage zstd:chunked: the diffID of the tar rebuilt from tar-split and files."""
+    coverage: Coverage | None = field(default=None, compare=False)
+    """What the whole-blob check covered: blob bytes, compressed units, tar entries."""
 
 
 _COPIED_FIELDS = ("type", "size", "modtime", "link_name", "mode", "uid", "gid", "user_name",
@@ -402,17 +409,61 @@ class Reader:
 
     # -- contents --------------------------------------------------------------------------
     def read_chunk(self, chunk: Chunk, *, name: str = "") -> bytes:
-        """The uncompressed bytes of one chunk, checked against its chunk digest if it has one."""
+        """The uncompressed bytes of one chunk, checked against its chunk digest.
+
+        A chunk whose TOC entry has no chunk digest is read through its file
+        (:meth:`open`), which checks the whole file against its digest first.
+        """
+        return b"".join(self._verified_chunk(chunk, name))
+
+    def _chunk_pieces(self, chunk: Chunk, name: str) -> Iterator[bytes]:
+        """The chunk's bytes in pieces of at most 1 MiB, unchecked; FormatError if it is short."""
+        span = chunk.next_offset - chunk.offset
+        if chunk.inner_offset > _MAX_INFLATE_RATIO * span:
+            raise LimitError(f"chunk of {name!r}: inner offset {chunk.inner_offset} is more than "
+                             f"{span} compressed bytes can hold")
         want = chunk.inner_offset + chunk.chunk_size
         inflated = _InflatedStream(self._inflate(self._pieces(chunk.offset, chunk.next_offset), want))
         inflated.skip(chunk.inner_offset)
-        data = inflated.read(chunk.chunk_size)
-        if len(data) != chunk.chunk_size:
-            raise FormatError(f"chunk at offset {chunk.offset} of {name!r} holds fewer bytes than the TOC says")
-        if chunk.chunk_digest and _hex_digest(data) != chunk.chunk_digest:
-            raise VerificationError(
-                f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
-        return data
+        remaining = chunk.chunk_size
+        while remaining:
+            piece = inflated.read(min(_READ_PIECE, remaining))
+            if not piece:
+                raise FormatError(f"chunk at offset {chunk.offset} of {name!r} holds fewer bytes than the TOC says")
+            remaining -= len(piece)
+            yield piece
+
+    def _verified_chunk(self, chunk: Chunk, name: str) -> Iterator[bytes]:
+        """The chunk's pieces; VerificationError after the last one if they miss its digest."""
+        if not chunk.chunk_digest:
+            raise VerificationError(f"chunk of {name!r} at file offset {chunk.chunk_offset} has no digest: "
+                                    "read it through the file, which is checked whole")
+        chunk_hash = hashlib.sha256()
+        for piece in self._chunk_pieces(chunk, name):
+            chunk_hash.update(piece)
+            yield piece
+        if "sha256:" + chunk_hash.hexdigest() != chunk.chunk_digest:
+            raise VerificationError(f"chunk digest mismatch in {name!r} at file offset {chunk.chunk_offset}")
+
+    def _derive_chunk_digests(self, entry: Entry) -> None:
+        """Check a file that lacks chunk digests against its file digest, streaming, and record
+        the digest of each of its chunks, so later reads of single chunks are checked too."""
+        if not entry.digest:
+            raise VerificationError(f"{entry.name!r} has no digest to verify its contents")
+        file_hash = hashlib.sha256()
+        derived = []
+        for chunk in entry.chunks:
+            chunk_hash = hashlib.sha256()
+            for piece in self._chunk_pieces(chunk, entry.name):
+                chunk_hash.update(piece)
+                file_hash.update(piece)
+            derived.append("sha256:" + chunk_hash.hexdigest())
+        if "sha256:" + file_hash.hexdigest() != entry.digest:
+            raise VerificationError(f"digest mismatch for {entry.name!r}")
+        for chunk, digest in zip(entry.chunks, derived, strict=True):
+            if chunk.chunk_digest and chunk.chunk_digest != digest:
+                raise VerificationError(f"chunk digest mismatch in {entry.name!r} at file offset {chunk.chunk_offset}")
+            chunk.chunk_digest = digest
 
     def resolve(self, name: str) -> Entry:
         """The entry ``name`` leads to with its symlinks followed inside the layer, as a path
@@ -450,30 +501,30 @@ class Reader:
         with self.open(name) as f:
             return f.read()
 
-    def verify(self, toc_digest: str | None = None, *, threads: int | None = None) -> VerifyReport:
-        """Check the TOC digest (if given), every chunk digest and every file digest.
+    def verify(self, toc_digest: str | None = None, *, blob_digest: str | None = None,
+               threads: int | None = None) -> VerifyReport:
+        """Check the whole blob against its TOC, and the TOC against ``toc_digest`` (if given).
 
-        Chunks are checked per entry, so blobs whose entries share a gzip member (min-chunk-size)
-        verify too. Files are checked on ``threads`` threads (default: every CPU), so the source's
-        ``read_at`` must be thread-safe. Raises VerificationError on the first mismatch.
+        Every compressed unit (gzip member: canonical header, CRC-32, ISIZE; zstd frame:
+        canonical header, content checksum), every tar header against its TOC entry, every chunk
+        against its place and digest, every file against its digest, the padding, the tar-split,
+        the TOC's unit and the footer: a blob passes only when each of its bytes is accounted
+        for. Compression formats can encode the same data in several ways, so a change that
+        decodes to the same bytes is caught only by ``blob_digest`` (the layer descriptor's
+        digest), which is checked too when given. With ``threads`` > 1 (default: more than one
+        CPU) the blob is read and inflated on a second thread. Raises VerificationError or
+        FormatError.
         """
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
+        records = self.tar_split() if self.footer.tar_split is not None else None
+        coverage = check_blob_structure(self._source, self.footer, self.data_end, self.toc_entries, records,
+                                        threaded=(threads or os.cpu_count() or 1) > 1)
+        if blob_digest is not None and blob_digest != coverage.blob_digest:
+            raise VerificationError(f"blob digest is {coverage.blob_digest}, expected {blob_digest}")
         files = [entry for entry in self._names.values() if entry.type == "reg"]
-        if self.format == FORMAT_ZSTD_CHUNKED and self.footer.tar_split is not None:
-            # Rebuilding the tar reads every file once, checking each chunk against its digest
-            # (single-chunk files against their file digest) and each file against its CRC-64.
-            for entry in files:
-                if entry.size == 0 and entry.digest and entry.digest != _hex_digest(b""):
-                    raise VerificationError(f"digest mismatch for empty file {entry.name!r}")
-            diff_hash = hashlib.sha256()
-            for piece in self.iter_rebuilt_tar():
-                diff_hash.update(piece)
-            return VerifyReport(self.toc_digest, len(files), sum(len(e.chunks) for e in files),
-                                sum(e.size for e in files), "sha256:" + diff_hash.hexdigest())
-        with ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="estargz-verify") as pool:
-            counts = list(pool.map(self._verify_file, files))
-        return VerifyReport(self.toc_digest, len(files), sum(c for c, _ in counts), sum(n for _, n in counts))
+        return VerifyReport(self.toc_digest, len(files), sum(len(e.chunks) for e in files),
+                            sum(e.size for e in files), coverage.stream_digest, coverage)
 
     def tar_split(self) -> list[TarSplitEntry]:
         """The tar-split records of a containers/storage zstd:chunked blob, checked against the
@@ -515,37 +566,23 @@ class Reader:
 
         return iter_tar(records, content)
 
-    def _verify_file(self, entry: Entry) -> tuple[int, int]:
-        """Check one regular file; return (chunks read, bytes read)."""
-        if entry.size == 0:
-            if entry.digest and entry.digest != _hex_digest(b""):
-                raise VerificationError(f"digest mismatch for empty file {entry.name!r}")
-            return 0, 0
-        if not entry.digest and not all(c.chunk_digest for c in entry.chunks):
-            raise VerificationError(f"{entry.name!r} has no digest to verify its contents")
-        file_hash = hashlib.sha256()
-        for chunk in entry.chunks:
-            file_hash.update(self.read_chunk(chunk, name=entry.name))
-        if entry.digest and "sha256:" + file_hash.hexdigest() != entry.digest:
-            raise VerificationError(f"digest mismatch for {entry.name!r}")
-        return len(entry.chunks), entry.size
-
     def unpack(self, out: BinaryIO) -> int:
         """Write the layer as a plain tar to ``out``; return the number of bytes written.
 
-        That is the blob's data inflated, without the TOC entry. When the data has no
+        That is the blob's data inflated, without the TOC entry, checked as :meth:`verify` does:
+        each part is written only once it is checked (a file once its digests match), so a
+        bad blob stops the output before any unchecked byte. When the data has no
         end-of-archive marker (every blob with a TOC inside), one is added. Blobs that keep the
         input's bytes (keep-diff-id, containers/storage zstd:chunked) unpack to the original tar
         byte for byte whenever it ended with its marker, as tars do.
         """
-        tee = _ForwardTee(self._inflate(self._pieces(0, self.data_end)), out)
-        for _ in iter_entries(tee):  # type: ignore[arg-type]
-            pass
-        if tee.exhausted:
-            tee.write(bytes(2 * BLOCK))
-        else:
-            tee.copy_rest()
-        return tee.written
+        records = self.tar_split() if self.footer.tar_split is not None else None
+        coverage = check_blob_structure(self._source, self.footer, self.data_end, self.toc_entries, records,
+                                        threaded=(os.cpu_count() or 1) > 1, out=out)
+        if coverage.has_end_marker:
+            return coverage.written
+        out.write(bytes(2 * BLOCK))
+        return coverage.written + 2 * BLOCK
 
     def extract(self, dest: str | os.PathLike[str]) -> ExtractReport:
         """Extract the layer below ``dest``; see :func:`estargz.extract.extract`."""
@@ -717,50 +754,46 @@ class _InflatedStream:
             size -= skipped
 
 
-class _ForwardTee:
-    """A forward-only stream over inflated blocks that copies everything it passes to ``out``.
+class _HeldChunk:
+    """A chunk's checked bytes: in memory, or in a temporary file when large."""
 
-    Lets the tar parser walk the layer (seeking forward over payloads) while the bytes stream out.
-    """
+    def __init__(self, pieces: Iterator[bytes], size: int) -> None:
+        self._file: BinaryIO | None = None
+        self._data = b""
+        if size > _SPOOL_CHUNK_SIZE:
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the cache)
+            try:
+                for piece in pieces:
+                    self._file.write(piece)
+            except BaseException:
+                self._file.close()
+                raise
+        else:
+            self._data = b"".join(pieces)
 
-    def __init__(self, blocks: Iterator[bytes], out: BinaryIO) -> None:
-        self._inflated = _InflatedStream(blocks)
-        self._out = out
-        self._position = 0
-        self.written = 0
-        self.exhausted = False
+    def read(self, start: int, size: int) -> bytes:
+        if self._file is None:
+            return self._data[start:start + size]
+        self._file.seek(start)
+        return self._file.read(size)
 
-    def write(self, data: bytes) -> None:
-        self._out.write(data)
-        self.written += len(data)
-
-    def read(self, size: int) -> bytes:
-        data = self._inflated.read(size)
-        self._position += len(data)
-        self.exhausted = len(data) < size
-        self.write(data)
-        return data
-
-    def seek(self, position: int) -> int:
-        if position < self._position:
-            raise FormatError("tar stream goes backwards")
-        while self._position < position and not self.exhausted:
-            self.read(min(position - self._position, _READ_PIECE))
-        return self._position
-
-    def copy_rest(self) -> None:
-        while self.read(_READ_PIECE):
-            pass
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class EntryFile(RangeFile):
-    """Random access to one regular file; each read inflates only the chunks it touches."""
+    """Random access to one regular file; each read inflates only the chunks it touches.
+
+    No byte is returned before it is checked: each chunk against its chunk digest, and a file
+    whose TOC entry lacks chunk digests against its file digest first (streaming, once).
+    """
 
     def __init__(self, reader: Reader, entry: Entry) -> None:
         super().__init__(entry.size)
         self._reader = reader
         self.entry = entry
-        self._cached: tuple[Chunk, bytes] | None = None
+        self._cached: tuple[Chunk, _HeldChunk] | None = None
 
     def _chunk_at(self, offset: int) -> Chunk:
         chunks = self.entry.chunks
@@ -773,22 +806,37 @@ class EntryFile(RangeFile):
                 hi = mid - 1
         return chunks[lo]
 
+    def _held(self, chunk: Chunk) -> _HeldChunk:
+        if self._cached is not None and self._cached[0] is chunk:
+            return self._cached[1]
+        if not all(c.chunk_digest for c in self.entry.chunks):
+            self._reader._derive_chunk_digests(self.entry)
+        held = _HeldChunk(self._reader._verified_chunk(chunk, self.entry.name), chunk.chunk_size)
+        self._drop_cache()
+        self._cached = (chunk, held)
+        return held
+
+    def _drop_cache(self) -> None:
+        if self._cached is not None:
+            self._cached[1].close()
+            self._cached = None
+
     def pread(self, size: int, offset: int) -> bytes:
         """Up to ``size`` bytes at ``offset``, without moving the file position."""
         end = min(self.entry.size, offset + size)
         parts = []
         while offset < end:
             chunk = self._chunk_at(offset)
-            if self._cached is not None and self._cached[0] is chunk:
-                data = self._cached[1]
-            else:
-                data = self._reader.read_chunk(chunk, name=self.entry.name)
-                self._cached = (chunk, data)
-            start = offset - chunk.chunk_offset
-            piece = data[start:start + end - offset]
+            piece = self._held(chunk).read(offset - chunk.chunk_offset, end - offset)
+            if not piece:
+                raise FormatError(f"chunks of {self.entry.name!r} do not cover offset {offset}")
             parts.append(piece)
             offset += len(piece)
         return b"".join(parts)
+
+    def close(self) -> None:
+        self._drop_cache()
+        super().close()
 
 
 def open_blob(src: SourceLike, *, toc_digest: str | None = None, toc: SourceLike | None = None,
