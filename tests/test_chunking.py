@@ -110,7 +110,8 @@ def _run(steps, threads=1, min_chunk_size=0, metadata_apart=False, compressor=No
     with ThreadPoolExecutor(threads) as pool:
         sink.start()
         grouping = MemberGrouping(min_chunk_size) if min_chunk_size else None
-        pipeline = Pipeline(io.BytesIO(), sink, compressor or _Identity(), pool, grouping=grouping, metadata_apart=metadata_apart)
+        pipeline = Pipeline(io.BytesIO(), sink, compressor or _Identity(), pool, grouping=grouping,
+                            metadata_apart=metadata_apart)
         try:
             for index, (kind, value) in enumerate(steps):
                 record = _Record(str(index))

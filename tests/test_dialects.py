@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import struct
 import tarfile
 import threading
 
 import pytest
+import zstandard
 
 import estargz
 from estargz.dialects import DIALECTS, OPTIONAL_OPTIONS, LayerOptions, dialect
@@ -92,3 +95,45 @@ def test_the_chunking_thread_ends_when_the_conversion_fails(tmp_path):
         estargz.convert(path, io.BytesIO(), format=estargz.FORMAT_ZSTD_CHUNKED, threads=1)
     assert failure.value is not None
     assert len(_chunker_threads()) == before
+
+
+def _zstd_blob_with_40_byte_footer(data: bytes, toc_json: bytes) -> bytes:
+    """``data`` then the TOC in a skippable frame and the 40-byte footer (as containers/storage
+    before 1.47 and stargz-snapshotter write it)."""
+    frame = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(toc_json)
+    toc_offset = len(data) + 8
+    footer = struct.pack("<4Q", toc_offset, len(frame), len(toc_json), 1) + b"GnUlInUx"
+    return b"".join(_SKIPPABLE + struct.pack("<I", len(p)) + p for p in (frame, footer)).join((data, b""))
+
+
+_SKIPPABLE = b"\x50\x2a\x4d\x18"
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_containers_storage_toc_is_recognised_by_its_schema_not_its_spelling(indent):
+    files = [("a.txt", b"hello\n"), ("big.bin", bytes(range(256)) * 1000)]
+    blob = io.BytesIO()
+    estargz.convert(io.BytesIO(_tar(*files)), blob, format=estargz.FORMAT_ZSTD_CHUNKED)
+    with estargz.open(blob.getvalue()) as original:
+        data_end = original.data_end
+        offset, length = original.footer.toc_offset, original.footer.toc_length
+    toc = json.loads(zstandard.ZstdDecompressor().decompress(blob.getvalue()[offset:offset + length]))
+    del toc["tarSplitDigest"]
+    toc = {"entries": toc["entries"], "version": toc["version"]}  # another key order
+    toc_json = json.dumps(toc, indent=indent).encode()
+    rebuilt = _zstd_blob_with_40_byte_footer(blob.getvalue()[:data_end], toc_json)
+    with estargz.open(rebuilt) as reader:
+        assert reader.format == estargz.FORMAT_ZSTD_CHUNKED
+        assert reader.toc_digest == "sha256:" + hashlib.sha256(
+            rebuilt[reader.footer.toc_offset:reader.footer.toc_offset + reader.footer.toc_length]).hexdigest()
+        assert {name: reader.read(name) for name, _ in files} == dict(files)
+
+
+def test_a_stargz_zstd_toc_stays_stargz_under_a_40_byte_footer():
+    files = [("a.txt", b"hello\n")]
+    blob = io.BytesIO()
+    result = estargz.convert(io.BytesIO(_tar(*files)), blob, format=estargz.FORMAT_ZSTD_CHUNKED_STARGZ)
+    with estargz.open(blob.getvalue()) as reader:
+        assert reader.format == estargz.FORMAT_ZSTD_CHUNKED_STARGZ
+        assert reader.toc_digest == result.toc_digest
+        assert reader.read("a.txt") == b"hello\n"

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from ..chunking import DEFAULT_CHUNK_SIZE, MemberGrouping
+from ..cstoc import CSTOCEntry
 from ..framing import Compressor
 from ..pipeline import OrderedSink, Pipeline
 from ..tarstream import TarEntry, iter_entries
+from ..toc import TOCEntry
 
-__all__ = ["OPTIONAL_OPTIONS", "LayerOptions", "options_for", "TarInput", "Tail", "LayerWriter", "Dialect"]
+__all__ = [
+    "OPTIONAL_OPTIONS", "LayerOptions", "options_for", "TarInput", "Tail", "LayerWriter", "DecodedTOC", "Dialect",
+]
 
 #: The conversion options a dialect may or may not accept (:attr:`Dialect.accepts`).
 OPTIONAL_OPTIONS = frozenset({"chunk_size", "min_chunk_size", "prioritized_files", "external_toc", "keep_diff_id"})
@@ -92,6 +96,18 @@ class LayerWriter(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class DecodedTOC:
+    """A TOC read into the reader's entry model (eStargz :class:`~estargz.toc.TOCEntry` records)."""
+
+    version: int
+    entries: list[TOCEntry]
+    native_entries: list[CSTOCEntry] = field(default_factory=list)
+    """containers/storage: the entries as the TOC spells them (the tar-split is checked against them)."""
+    tar_split_digest: str = ""
+    """containers/storage: sha256 of the compressed tar-split, when the TOC names it."""
+
+
 class Dialect(Protocol):
     """One layer format: its names, its codec, its option rules, how it writes and reads a layer."""
 
@@ -124,6 +140,21 @@ class Dialect(Protocol):
 
     def writer(self, options: LayerOptions, stack: ExitStack) -> LayerWriter:
         """A writer for one layer; temporary files it needs are closed by ``stack``."""
+        ...
+
+    footer_kinds: frozenset[str]
+    """Footer kinds (``estargz.footer``) only this format writes."""
+
+    def inflate(self, pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]:
+        """Inflate a run of this format's members or frames (its codec's ``inflate``)."""
+        ...
+
+    def read_toc(self, toc_json: bytes) -> DecodedTOC:
+        """Decode and validate the TOC JSON into the reader's entry model."""
+        ...
+
+    def toc_digest(self, toc_json: bytes, compressed_toc: bytes | None) -> str:
+        """The digest that names the TOC in this format's annotations."""
         ...
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import mmap
 import os
 import tempfile
@@ -27,23 +28,26 @@ from ..chunking import (
     content_defined_chunks_of_files,
     content_defined_chunks_streamed,
 )
-from ..cstoc import CSTOCEncoder, CSTOCEntry
+from ..cstoc import CSTOCEncoder, CSTOCEntry, decode_cs_toc, format_rfc3339nano
 from ..errors import FormatError, UnsupportedInputError
-from ..footer import skippable_frame, zstd_chunked_footer_64
+from ..footer import ZSTD_CHUNKED_56, ZSTD_CHUNKED_64, skippable_frame, zstd_chunked_footer_64
 from ..formats import FORMAT_ZSTD_CHUNKED, ZSTD_LAYER_MEDIA_TYPE
 from ..framing import DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL, ZstdCompressor
 from ..ordering import check_readable
 from ..pipeline import OrderedSink, Pipeline
 from ..tarsplit import TarSplitWriter, crc64_iso
 from ..tarstream import BLOCK, TarEntry, padding
-from ..toc import MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE, check_encoded_size
-from .base import LayerOptions, Tail, TarInput
+from ..toc import EMPTY_DIGEST, MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE, TOCEntry, check_encoded_size
+from .base import DecodedTOC, LayerOptions, Tail, TarInput
 from .stargz_zstd import ESTARGZ_ONLY
 
-__all__ = ["CONTAINERS_STORAGE"]
+__all__ = ["CONTAINERS_STORAGE", "has_containers_storage_schema"]
 
 _COPY_BLOCK = 1 << 20
 _KEEPS_THE_TAR = "which keeps the tar as it is"
+#: Entry keys (lower case) only a containers/storage TOC has.
+_CONTAINERS_STORAGE_KEYS = frozenset({"endoffset", "chunktype", "accesstime", "changetime"})
+_JSON_SPACE = " \t\n\r"
 
 
 class _SpanPlanner:
@@ -283,6 +287,40 @@ def _add_content(pipeline: Pipeline, entry: TarEntry, records: list[CSTOCEntry],
     return crc
 
 
+def _as_toc_entry(entry: CSTOCEntry) -> TOCEntry:
+    """A containers/storage TOC entry in the eStargz model the reader's tree is built from.
+
+    A single-chunk file has no chunk digest there; its file digest checks its one chunk.
+    """
+    single_chunk = entry.type == "reg" and entry.size > 0 and not entry.chunk_size
+    return TOCEntry(
+        name=entry.name, type=entry.type, size=entry.size if entry.type == "reg" else 0,
+        modtime=format_rfc3339nano(*entry.modtime) if entry.modtime else "",
+        link_name=entry.link_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
+        offset=entry.offset, dev_major=entry.dev_major, dev_minor=entry.dev_minor,
+        xattrs=entry.xattrs, digest=entry.digest or (EMPTY_DIGEST if entry.type == "reg" else ""),
+        chunk_offset=entry.chunk_offset, chunk_size=entry.chunk_size,
+        chunk_digest=entry.digest if single_chunk else entry.chunk_digest,
+    )
+
+
+def has_containers_storage_schema(toc_json: bytes) -> bool:
+    """Whether the TOC JSON holds keys only containers/storage writes (``tarSplitDigest``; entries
+    with ``endOffset``, ``chunkType``, ``accesstime`` or ``changetime``; matched case-insensitively,
+    as Go does). JSON that does not parse says no: the stargz decoder then reports what is wrong."""
+    text = bytes(toc_json).decode("utf-8", "surrogateescape")
+    try:
+        document, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip(_JSON_SPACE)))
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(document, dict):
+        return False
+    keys = {key.lower(): value for key, value in document.items()}
+    entries = keys.get("entries")
+    return "tarsplitdigest" in keys or isinstance(entries, list) and any(
+        isinstance(entry, dict) and any(key.lower() in _CONTAINERS_STORAGE_KEYS for key in entry) for entry in entries)
+
+
 class ContainersStorage:
     """The containers/storage zstd:chunked dialect."""
 
@@ -292,6 +330,7 @@ class ContainersStorage:
     default_level = DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL
     accepts: frozenset[str] = frozenset()
     identifying_annotations: tuple[str, ...] = (MANIFEST_CHECKSUM_ANNOTATION, LEGACY_MANIFEST_CHECKSUM_ANNOTATION)
+    footer_kinds = frozenset({ZSTD_CHUNKED_56, ZSTD_CHUNKED_64})
 
     def codec(self, level: int) -> ZstdCompressor:
         return ZstdCompressor(level)
@@ -314,6 +353,19 @@ class ContainersStorage:
 
     def writer(self, options: LayerOptions, stack: ExitStack) -> _ContainersStorageWriter:
         return _ContainersStorageWriter(stack)
+
+    def inflate(self, pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]:
+        return ZstdCompressor.inflate(pieces, max_output)
+
+    def read_toc(self, toc_json: bytes) -> DecodedTOC:
+        version, entries, tar_split_digest = decode_cs_toc(toc_json)
+        return DecodedTOC(version, [_as_toc_entry(e) for e in entries], entries, tar_split_digest)
+
+    def toc_digest(self, toc_json: bytes, compressed_toc: bytes | None) -> str:
+        """sha256 of the compressed TOC (the manifest-checksum annotation)."""
+        if compressed_toc is None:
+            raise ValueError("a containers/storage TOC is always compressed")
+        return "sha256:" + hashlib.sha256(compressed_toc).hexdigest()
 
 
 CONTAINERS_STORAGE = ContainersStorage()

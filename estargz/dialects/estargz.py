@@ -4,15 +4,17 @@ tar kept byte for byte). Reading also accepts the legacy 47-byte footer."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 
 from ..annotations import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
-from ..footer import external_toc_footer, gzip_footer
+from ..footer import ESTARGZ as ESTARGZ_FOOTER
+from ..footer import ESTARGZ_EXTERNAL_TOC, ESTARGZ_LEGACY, external_toc_footer, gzip_footer
 from ..formats import FORMAT_ESTARGZ, GZIP_LAYER_MEDIA_TYPE
 from ..framing import DEFAULT_GZIP_LEVEL, GzipCompressor
 from ..pipeline import OrderedSink, Pipeline
-from .base import OPTIONAL_OPTIONS, LayerOptions, Tail
-from .stargz import StargzWriter, toc_digest, toc_tar
+from .base import OPTIONAL_OPTIONS, DecodedTOC, LayerOptions, Tail
+from .stargz import StargzWriter, read_stargz_toc, toc_digest, toc_tar
 
 __all__ = ["ESTARGZ"]
 
@@ -44,6 +46,7 @@ class EStargz:
     default_level = DEFAULT_GZIP_LEVEL
     accepts = OPTIONAL_OPTIONS
     identifying_annotations: tuple[str, ...] = (TOC_DIGEST_ANNOTATION,)
+    footer_kinds = frozenset({ESTARGZ_FOOTER, ESTARGZ_LEGACY, ESTARGZ_EXTERNAL_TOC})
 
     def codec(self, level: int) -> GzipCompressor:
         return GzipCompressor(level)
@@ -59,6 +62,15 @@ class EStargz:
 
     def writer(self, options: LayerOptions, stack: ExitStack) -> _EStargzWriter:
         return _EStargzWriter(options)
+
+    def inflate(self, pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]:
+        return GzipCompressor.inflate(pieces, max_output)
+
+    def read_toc(self, toc_json: bytes) -> DecodedTOC:
+        return read_stargz_toc(toc_json)
+
+    def toc_digest(self, toc_json: bytes, compressed_toc: bytes | None) -> str:
+        return toc_digest(toc_json)
 
 
 ESTARGZ = EStargz()

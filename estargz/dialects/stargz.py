@@ -10,11 +10,12 @@ from ..errors import UnsupportedInputError
 from ..ordering import LANDMARK_CONTENTS, check_readable, order_entries
 from ..pipeline import Pipeline
 from ..tarstream import BLOCK, TarEntry, padding, ustar_header
+from ..toc import decode_toc
 from ..toc import EMPTY_DIGEST, MAX_TOC_SIZE, TOC_NAME, TOCEncoder, TOCEntry, check_encoded_size, clean_name, \
     format_modtime
-from .base import LayerOptions, TarInput
+from .base import DecodedTOC, LayerOptions, TarInput
 
-__all__ = ["StargzWriter", "toc_tar", "toc_digest"]
+__all__ = ["StargzWriter", "toc_tar", "toc_digest", "read_stargz_toc"]
 
 _COPY_BLOCK = 1 << 20
 
@@ -162,7 +163,13 @@ def toc_tar(buffer: bytearray) -> bytearray:
     return buffer
 
 
-def toc_digest(toc_json: memoryview) -> str:
+def read_stargz_toc(toc_json: bytes) -> DecodedTOC:
+    """The stargz TOC JSON, decoded and validated."""
+    version, entries = decode_toc(toc_json)
+    return DecodedTOC(version, entries)
+
+
+def toc_digest(toc_json: bytes | memoryview) -> str:
     """The stargz TOC digest: sha256 of the TOC JSON."""
     return "sha256:" + hashlib.sha256(toc_json).hexdigest()
 

@@ -4,6 +4,7 @@ and TOC in zstd frames; the TOC in a skippable frame, then a 40-byte footer."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 
 from ..annotations import (
@@ -16,8 +17,8 @@ from ..footer import skippable_frame, zstd_chunked_footer_40
 from ..formats import FORMAT_ZSTD_CHUNKED_STARGZ, ZSTD_LAYER_MEDIA_TYPE
 from ..framing import DEFAULT_ZSTD_LEVEL, ZstdCompressor
 from ..pipeline import OrderedSink, Pipeline
-from .base import LayerOptions, Tail
-from .stargz import StargzWriter, toc_digest
+from .base import DecodedTOC, LayerOptions, Tail
+from .stargz import StargzWriter, read_stargz_toc, toc_digest
 
 __all__ = ["STARGZ_ZSTD", "ESTARGZ_ONLY"]
 
@@ -50,6 +51,7 @@ class StargzZstd:
     default_level = DEFAULT_ZSTD_LEVEL
     accepts = frozenset({"chunk_size", "min_chunk_size", "prioritized_files"})
     identifying_annotations: tuple[str, ...] = (TOC_DIGEST_ANNOTATION,)
+    footer_kinds: frozenset[str] = frozenset()  # its 40-byte footer is also containers/storage's before 1.47
 
     def codec(self, level: int) -> ZstdCompressor:
         return ZstdCompressor(level)
@@ -66,6 +68,15 @@ class StargzZstd:
 
     def writer(self, options: LayerOptions, stack: ExitStack) -> _StargzZstdWriter:
         return _StargzZstdWriter(options)
+
+    def inflate(self, pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]:
+        return ZstdCompressor.inflate(pieces, max_output)
+
+    def read_toc(self, toc_json: bytes) -> DecodedTOC:
+        return read_stargz_toc(toc_json)
+
+    def toc_digest(self, toc_json: bytes, compressed_toc: bytes | None) -> str:
+        return toc_digest(toc_json)
 
 
 STARGZ_ZSTD = StargzZstd()
