@@ -29,7 +29,7 @@ def _tar(*files: tuple[str, bytes]) -> bytes:
 
 
 def _options(**given: object) -> LayerOptions:
-    return LayerOptions(**{"chunk_size": 1 << 20, "level": 3, **given})  # type: ignore[arg-type]
+    return LayerOptions(**{"chunk_size": 1 << 20, "level": 3, **given})
 
 
 _SET = {"min_chunk_size": 1000, "prioritized_files": ("a",), "external_toc": True}
@@ -91,9 +91,8 @@ def test_the_chunking_thread_ends_when_the_conversion_fails(tmp_path):
     path = tmp_path / "layer.tar"
     path.write_bytes(_tar(*files))
     before = len(_chunker_threads())
-    with pytest.raises(UnsupportedInputError, match="not valid UTF-8") as failure:
+    with pytest.raises(UnsupportedInputError, match="not valid UTF-8"):  # its traceback holds the walk's frames
         estargz.convert(path, io.BytesIO(), format=estargz.FORMAT_ZSTD_CHUNKED, threads=1)
-    assert failure.value is not None
     assert len(_chunker_threads()) == before
 
 

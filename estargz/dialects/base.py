@@ -121,6 +121,8 @@ class Dialect(Protocol):
     """The :data:`OPTIONAL_OPTIONS` this format accepts: the only place those rules live."""
     identifying_annotations: tuple[str, ...]
     """Layer annotations, any of which marks a layer as being in this format."""
+    footer_kinds: frozenset[str]
+    """Footer kinds (``estargz.footer``) only this format writes."""
 
     def codec(self, level: int) -> Compressor:
         """The compressor of one chunk at ``level``; its ``inflate`` reads a run of them back."""
@@ -141,9 +143,6 @@ class Dialect(Protocol):
     def writer(self, options: LayerOptions, stack: ExitStack) -> LayerWriter:
         """A writer for one layer; temporary files it needs are closed by ``stack``."""
         ...
-
-    footer_kinds: frozenset[str]
-    """Footer kinds (``estargz.footer``) only this format writes."""
 
     def inflate(self, pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]:
         """Inflate a run of this format's members or frames (its codec's ``inflate``)."""

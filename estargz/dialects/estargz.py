@@ -55,7 +55,7 @@ class EStargz:
         """Every option applies."""
 
     def refusal(self, option: str) -> str:
-        raise ValueError(f"{self.name} accepts {option}")
+        return f"does not apply to --format {self.name}"
 
     def lossless(self, options: LayerOptions) -> bool:
         return options.keep_diff_id
