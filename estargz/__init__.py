@@ -40,7 +40,7 @@ from .framing import (
     GZIP_ENGINES,
 )
 from .image import REUSED, ConvertedManifest, ImageResult, convert_image
-from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .mount import mount
 from .push import PushResult, push_layout
 from .reader import Chunk, Entry, EntryFile, Reader, VerifyReport

@@ -18,7 +18,6 @@ from . import __version__
 from .errors import EStargzError
 from .formats import (
     FORMAT_ESTARGZ,
-    FORMAT_ZSTD_CHUNKED,
     FORMAT_ZSTD_CHUNKED_STARGZ,
     FORMATS,
 )
@@ -28,8 +27,9 @@ from .framing import (
     DEFAULT_ZSTD_LEVEL,
     GZIP_ENGINES,
 )
+from .dialects import dialect
 from .image import convert_image
-from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .mountcli import add_mount_commands
 from .oci import default_platform, parse_platform
 from .output import atomic_output, refuse_same_file, remove_leftovers
@@ -287,40 +287,50 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The conversion option each format flag sets, in the order the flags are checked.
+_FLAG_OPTIONS = {
+    "estargz_external_toc": "external_toc",
+    "estargz_keep_diff_id": "keep_diff_id",
+    "estargz_toc_output": "external_toc",
+    "estargz_toc_image": "external_toc",
+    "zstdchunked_chunk_size": "chunk_size",
+    "estargz_min_chunk_size": "min_chunk_size",
+    "prioritized_file": "prioritized_files",
+    "prioritized_files_from": "prioritized_files",
+    "estargz_record_in": "prioritized_files",
+    "zstdchunked_record_in": "prioritized_files",
+}
+
+
 def _layer_options(args: argparse.Namespace, layer_format: str) -> dict[str, object]:
     """The per-layer conversion options of the format flags."""
     if args.estargz_keep_diff_id and not args.estargz_external_toc:
         raise _UsageError("--estargz-keep-diff-id needs --estargz-external-toc")
-    zstd = layer_format != FORMAT_ESTARGZ
+    chosen = dialect(layer_format)
+    gzip = chosen.compression == "gzip"
     options: dict[str, object] = {
-        "compression_level": args.zstdchunked_compression_level if zstd else args.estargz_compression_level,
+        "compression_level": args.estargz_compression_level if gzip else args.zstdchunked_compression_level,
         "min_chunk_size": args.estargz_min_chunk_size,
         "external_toc": args.estargz_external_toc,
         "keep_diff_id": args.estargz_keep_diff_id,
     }
-    if layer_format != FORMAT_ZSTD_CHUNKED:
-        options["chunk_size"] = (args.zstdchunked_chunk_size if zstd else args.estargz_chunk_size) or DEFAULT_CHUNK_SIZE
+    if "chunk_size" in chosen.accepts:
+        options["chunk_size"] = (args.estargz_chunk_size if gzip else args.zstdchunked_chunk_size) or DEFAULT_CHUNK_SIZE
     return options
 
 
 def _convert_format(args: argparse.Namespace) -> str:
     """The output format from --format and the nerdctl-style --zstdchunked; refuse flags that
-    do not apply to it."""
+    the format's dialect does not accept."""
     layer_format = args.format
     if args.zstdchunked:
         if layer_format not in (FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED_STARGZ):
             raise _UsageError(f"--zstdchunked conflicts with --format {layer_format}")
         layer_format = FORMAT_ZSTD_CHUNKED_STARGZ
-    if layer_format != FORMAT_ESTARGZ:
-        for flag in ("estargz_external_toc", "estargz_keep_diff_id", "estargz_toc_output", "estargz_toc_image"):
-            if getattr(args, flag, None):
-                raise _UsageError(f"--{flag.replace('_', '-')} applies to --format estargz only")
-    if layer_format == FORMAT_ZSTD_CHUNKED:
-        for flag in ("zstdchunked_chunk_size", "estargz_min_chunk_size", "prioritized_file",
-                     "prioritized_files_from", "estargz_record_in", "zstdchunked_record_in"):
-            if getattr(args, flag, None):
-                raise _UsageError(f"--{flag.replace('_', '-')} does not apply to --format zstd:chunked, "
-                                  "which keeps the tar as it is")
+    chosen = dialect(layer_format)
+    for flag, option in _FLAG_OPTIONS.items():
+        if getattr(args, flag, None) and option not in chosen.accepts:
+            raise _UsageError(f"--{flag.replace('_', '-')} {chosen.refusal(option)}")
     return layer_format
 
 

@@ -13,7 +13,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import deflate
 import zstandard
@@ -22,7 +22,7 @@ from isal import isal_zlib
 from .errors import FormatError
 
 __all__ = [
-    "Compressor", "GzipCompressor", "ZstdCompressor", "GZIP_ENGINES", "DEFAULT_GZIP_LEVEL",
+    "Compressor", "ZerosCompressor", "GzipCompressor", "ZstdCompressor", "GZIP_ENGINES", "DEFAULT_GZIP_LEVEL",
     "DEFAULT_ZSTD_LEVEL", "DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL", "inflate_members", "inflate_frames",
 ]
 
@@ -74,6 +74,13 @@ class Compressor(Protocol):
     def compress(self, data: bytes) -> bytes: ...
 
     def inflate(self, pieces: Iterable[bytes], max_output: int | None = None) -> Iterator[bytes]: ...
+
+
+@runtime_checkable
+class ZerosCompressor(Compressor, Protocol):
+    """A compressor that makes a unit of ``size`` zero bytes without holding them in memory."""
+
+    def compress_zeros(self, size: int) -> bytes: ...
 
 
 class GzipCompressor:

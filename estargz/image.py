@@ -47,25 +47,21 @@ from .errors import (
 )
 from .formats import (
     FORMAT_ESTARGZ,
-    FORMAT_ZSTD_CHUNKED,
-    FORMAT_ZSTD_CHUNKED_STARGZ,
-    FORMATS,
 )
 from .oci import (
     CONFIG_MEDIA_TYPES,
-    GZIP_LAYER_MEDIA_TYPE,
     IMAGE_MANIFEST_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
     OCI_CONFIG_MEDIA_TYPE,
     OCI_INDEX_MEDIA_TYPE,
     OCI_MANIFEST_MEDIA_TYPE,
-    ZSTD_LAYER_MEDIA_TYPE,
     Platform,
     parse_platform,
     platform_matches,
     platform_text,
 )
+from .dialects import dialect, options_for
 from .output import atomic_output, refuse_overlap, remove_path, temp_dir
 from .push import DOCKER_PREFIX, PushResult, parse_destination, push_layout
 from .reader import open_blob
@@ -97,12 +93,6 @@ _FORMAT_ANNOTATIONS = {
     TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, LAYER_DIGEST_ANNOTATION,
     MANIFEST_CHECKSUM_ANNOTATION, MANIFEST_POSITION_ANNOTATION, TARSPLIT_POSITION_ANNOTATION,
     LEGACY_MANIFEST_CHECKSUM_ANNOTATION, LEGACY_MANIFEST_POSITION_ANNOTATION,
-}
-#: The annotation a reusable layer must carry, per target format.
-_REUSE_ANNOTATIONS = {
-    FORMAT_ESTARGZ: (TOC_DIGEST_ANNOTATION,),
-    FORMAT_ZSTD_CHUNKED_STARGZ: (TOC_DIGEST_ANNOTATION,),
-    FORMAT_ZSTD_CHUNKED: (MANIFEST_CHECKSUM_ANNOTATION, LEGACY_MANIFEST_CHECKSUM_ANNOTATION),
 }
 #: The :func:`estargz.convert` options :func:`convert_image` passes to every layer.
 LAYER_OPTIONS = frozenset({"chunk_size", "compression_level", "min_chunk_size", "external_toc", "keep_diff_id",
@@ -603,7 +593,8 @@ class _Converter:
         self.layer_progress = layer_progress
         self.options = layer_options
         self.external_toc = bool(layer_options.get("external_toc"))
-        self.lossless = format == FORMAT_ZSTD_CHUNKED or bool(layer_options.get("keep_diff_id"))
+        self.dialect = dialect(format)
+        self.lossless = self.dialect.lossless(options_for(self.dialect, **layer_options))
         self.layers: dict[str, _Layer] = {}
         self.nodes: dict[str, _Image | _Index] = {}
         self.dropped: set[str] = set()
@@ -837,11 +828,15 @@ class _Converter:
         tracker.update(layer.name, size, 1.0)
         return _Outcome(digest, result, layer)
 
+    def announced_in_target_format(self, layer: _Layer) -> bool:
+        """Whether the layer's descriptor says it is in the target format (media type and the
+        annotations that identify the format); its TOC still has to agree."""
+        return not self.external_toc and layer.media_type == self.dialect.media_type and \
+            any(key in layer.annotations for key in self.dialect.identifying_annotations)
+
     def reusable(self, blob: _Blob, layer: _Layer) -> bool:
         """Whether the layer already is in the target format, with the annotations that say so."""
-        target = GZIP_LAYER_MEDIA_TYPE if self.format == FORMAT_ESTARGZ else ZSTD_LAYER_MEDIA_TYPE
-        if self.external_toc or layer.media_type != target or \
-                not any(key in layer.annotations for key in _REUSE_ANNOTATIONS[self.format]):
+        if not self.announced_in_target_format(layer):
             return False
         try:
             with open_blob(blob, annotations=layer.annotations) as reader:
@@ -1106,8 +1101,7 @@ def convert_image(
     unknown = set(layer_options) - LAYER_OPTIONS
     if unknown:
         raise TypeError(f"convert_image() got unexpected layer options: {', '.join(sorted(unknown))}")
-    if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}")
+    dialect(format)
     if layer_jobs < 1:
         raise ValueError("layer_jobs must be at least 1")
     wanted = _parse_platforms(platforms)
@@ -1165,9 +1159,7 @@ class _RemoteConverter(_Converter):
         return super().convert_layer(number, layer, tracker, size)
 
     def reusable_remotely(self, layer: _Layer) -> bool:
-        target = GZIP_LAYER_MEDIA_TYPE if self.format == FORMAT_ESTARGZ else ZSTD_LAYER_MEDIA_TYPE
-        if self.external_toc or layer.media_type != target or \
-                not any(key in layer.annotations for key in _REUSE_ANNOTATIONS[self.format]):
+        if not self.announced_in_target_format(layer):
             return False
         try:
             with self.store.client.blob(self.store.ref.repository, layer.digest or "", layer.size) as source, \

@@ -27,7 +27,7 @@ from .chunkcache import ChunkCache
 from .cstoc import parse_rfc3339
 from .errors import EStargzError, FormatError, UnsupportedInputError
 from .layers import Layer, open_layers
-from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .overlay import Node, OverlayTree
 from .reader import Chunk, Entry, EntryFile
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .layout import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .reader import Entry, Reader
 
 __all__ = ["OPAQUE_MARKER", "WHITEOUT_PREFIX", "Node", "OverlayTree"]

@@ -24,18 +24,18 @@ from .annotations import (
     TOC_DIGEST_ANNOTATION,
 )
 from .blobcheck import Coverage, check_blob_structure
-from .cstoc import CSTOCEntry, decode_cs_toc
+from .cstoc import CSTOCEntry
+from .dialects import detect, read_toc
 from .digests import hash_digest, new_hash, sha256_digest
 from .errors import FormatError, LimitError, NotFoundError, VerificationError
 from .extract import ExtractReport, extract
 from .footer import MAX_FOOTER_SIZE, SKIPPABLE_HEADER_SIZE, Footer, parse_footer
-from .formats import FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_STARGZ
 from .framing import inflate_frames, inflate_members
-from .gojson import format_rfc3339nano, parse_rfc3339
+from .gojson import parse_rfc3339
 from .source import BLOCK_SIZE, RangeFile, Source, SourceLike, as_source, read_ranges
 from .tarsplit import FILE_TYPE, SEGMENT_TYPE, TarSplitEntry, decode_entries, iter_tar
 from .tarstream import BLOCK, iter_entries, padding, toc_header_fields
-from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, decode_toc
+from .toc import MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name
 
 __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
 
@@ -223,17 +223,14 @@ class Reader:
         self.toc_offset: int | None = self.footer.toc_offset
         """Offset of the TOC (gzip member, or zstd frame inside its skippable frame); None when
         the TOC is kept outside the blob."""
+        compressed: bytes | None = None
         if self.footer.toc_length is not None:  # zstd:chunked: the TOC is a zstd frame
-            self._inflate = inflate_frames
             self.data_end = self.footer.toc_offset - SKIPPABLE_HEADER_SIZE  # type: ignore[operator]
             compressed = source.read_at(self.footer.toc_offset, self.footer.toc_length)  # type: ignore[arg-type]
             toc_json = _read_zstd_toc(compressed, self.footer.toc_uncompressed_length)
-            self.format = FORMAT_ZSTD_CHUNKED if _is_containers_storage_toc(toc_json) else FORMAT_ZSTD_CHUNKED_STARGZ
             self.manifest_checksum: str | None = sha256_digest(compressed)
             """sha256 of the compressed TOC (zstd:chunked's manifest-checksum annotation)."""
         else:
-            self._inflate = inflate_members
-            self.format = FORMAT_ESTARGZ
             self.manifest_checksum = None
             if self.toc_offset is None:
                 if toc is None:
@@ -246,20 +243,19 @@ class Reader:
                     raise ValueError("toc= is for blobs whose TOC is kept outside; this one has its TOC inside")
                 self.data_end = self.toc_offset
                 toc_json = _read_toc(source, self.toc_offset, size - self.footer.size)
-        self.toc_digest: str = (self.manifest_checksum if self.format == FORMAT_ZSTD_CHUNKED  # type: ignore[assignment]
-                                else sha256_digest(toc_json))
+        self.dialect, decoded = read_toc(detect(self.footer.kind, annotations), toc_json)
+        """The format's dialect (:mod:`estargz.dialects`): how its TOC reads and its chunks inflate."""
+        self.format = self.dialect.name
+        self._inflate = self.dialect.inflate
+        self.toc_digest: str = self.dialect.toc_digest(toc_json, compressed)
         """The digest a manifest annotation carries for this format: sha256 of the TOC JSON
         (eStargz, stargz zstd:chunked) or of the compressed TOC (containers/storage zstd:chunked)."""
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
         _check_annotated_digests(annotations, self.manifest_checksum, sha256_digest(toc_json))
-        self.tar_split_digest = ""
-        self._cs_entries: list[CSTOCEntry] = []
-        if self.format == FORMAT_ZSTD_CHUNKED:
-            version, self._cs_entries, self.tar_split_digest = decode_cs_toc(toc_json)
-            self.version, self.toc_entries = version, [_from_cs_entry(e) for e in self._cs_entries]
-        else:
-            self.version, self.toc_entries = decode_toc(toc_json)
+        self.version, self.toc_entries = decoded.version, decoded.entries
+        self.tar_split_digest = decoded.tar_split_digest
+        self._cs_entries: list[CSTOCEntry] = decoded.native_entries
         self._names: dict[str, Entry] = {}
         self._order: list[str] = []
         self._link_targets: dict[str, Entry] = {}
@@ -811,23 +807,6 @@ def _check_tar_split_headers(records: list[TarSplitEntry], toc: list[CSTOCEntry]
         previous_size = header.size
 
 
-def _from_cs_entry(entry: CSTOCEntry) -> TOCEntry:
-    """A containers/storage TOC entry in the eStargz model the tree is built from.
-
-    A single-chunk file has no chunk digest there; its file digest checks its one chunk.
-    """
-    single_chunk = entry.type == "reg" and entry.size > 0 and not entry.chunk_size
-    return TOCEntry(
-        name=entry.name, type=entry.type, size=entry.size if entry.type == "reg" else 0,
-        modtime=format_rfc3339nano(*entry.modtime) if entry.modtime else "",
-        link_name=entry.link_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
-        offset=entry.offset, dev_major=entry.dev_major, dev_minor=entry.dev_minor,
-        xattrs=entry.xattrs, digest=entry.digest or (EMPTY_DIGEST if entry.type == "reg" else ""),
-        chunk_offset=entry.chunk_offset, chunk_size=entry.chunk_size,
-        chunk_digest=entry.digest if single_chunk else entry.chunk_digest,
-    )
-
-
 def _read_zstd_toc(compressed: bytes, uncompressed_length: int | None) -> bytes:
     """The TOC JSON from its zstd frame, checked against the length the footer gives."""
     if uncompressed_length is not None and uncompressed_length > MAX_TOC_SIZE:
@@ -838,11 +817,6 @@ def _read_zstd_toc(compressed: bytes, uncompressed_length: int | None) -> bytes:
     if uncompressed_length is not None and len(data) != uncompressed_length:
         raise FormatError(f"TOC holds {len(data)} bytes, the footer says {uncompressed_length}")
     return data
-
-
-def _is_containers_storage_toc(toc_json: bytes) -> bool:
-    """containers/storage writes compact JSON whose file entries have ``endOffset``."""
-    return toc_json.startswith(b'{"version":') and (b'"endOffset":' in toc_json or b'"tarSplitDigest":' in toc_json)
 
 
 def _read_toc(source: Source, start: int, end: int) -> bytes:

@@ -25,7 +25,7 @@ from .source import BLOCK_SIZE
 
 __all__ = [
     "WINDOW_SIZE", "CHAR_OFFSET", "ROLLSUM_BITS", "HOLE_THRESHOLD",
-    "Chunk", "chunk_file", "chunk_files", "chunk_stream", "split_positions", "find_holes",
+    "Span", "chunk_file", "chunk_files", "chunk_stream", "split_positions", "find_holes",
 ]
 
 WINDOW_SIZE = 64
@@ -35,7 +35,7 @@ ROLLSUM_BITS = 16
 #: Zero runs at least this long become ``zeros`` chunks.
 HOLE_THRESHOLD = 1 << 10
 
-Chunk = tuple[int, int, bool]
+Span = tuple[int, int, bool]
 """(offset in the file, length, is a run of zeros)."""
 Buffer = bytes | bytearray | memoryview
 
@@ -233,7 +233,7 @@ def _data_ranges(holes: list[tuple[int, int]], size: int) -> list[tuple[int, int
     return ranges
 
 
-def chunk_file(data: Buffer) -> list[Chunk]:
+def chunk_file(data: Buffer) -> list[Span]:
     """Cut one file's content into chunks exactly as the containers/storage writer does.
 
     Returns contiguous ``(offset, length, is_zeros)`` tuples covering ``data``; ``[]`` when empty.
@@ -246,7 +246,7 @@ def chunk_file(data: Buffer) -> list[Chunk]:
     return _assemble(size, holes, split_positions(data, _data_ranges(holes, size)).tolist())
 
 
-def chunk_files(files: Sequence[Buffer]) -> list[list[Chunk]]:
+def chunk_files(files: Sequence[Buffer]) -> list[list[Span]]:
     """:func:`chunk_file` of each of many (small) files, with one vectorized pass for all of them.
 
     The files are laid end to end with :data:`WINDOW_SIZE` zero bytes before each, which gives
@@ -278,9 +278,9 @@ def chunk_files(files: Sequence[Buffer]) -> list[list[Chunk]]:
     return result
 
 
-def _assemble(size: int, holes: list[tuple[int, int]], splits: list[int]) -> list[Chunk]:
+def _assemble(size: int, holes: list[tuple[int, int]], splits: list[int]) -> list[Span]:
     """Chunks from a file's holes and split points (splits inside holes are dropped)."""
-    chunks: list[Chunk] = []
+    chunks: list[Span] = []
     start = hole_index = 0
     for end in splits + [size]:  # a split inside a hole ends at or before start: skipped
         while hole_index < len(holes) and holes[hole_index][0] < end:
@@ -311,7 +311,7 @@ def _bounded_ranges(holes: list[tuple[int, int]], start: int, end: int) -> list[
 
 
 def chunk_stream(read: Callable[[int, int], Buffer], size: int, *,
-                 window: int = BLOCK_SIZE) -> Iterator[Chunk]:
+                 window: int = BLOCK_SIZE) -> Iterator[Span]:
     """:func:`chunk_file` for a file too large for memory, read ``window`` bytes at a time.
 
     ``read(offset, length)`` must return exactly ``length`` bytes of the file at ``offset``; it is
@@ -350,7 +350,7 @@ class _StreamChunker:
         self.context = _ZERO_CONTEXT
         self.hole_start = -1
 
-    def chunks(self) -> Iterator[Chunk]:
+    def chunks(self) -> Iterator[Span]:
         while self.pos < self.size:
             yield from self._window(min(self.window, self.size - self.pos))
         if self.hole_start >= 0:
@@ -364,7 +364,7 @@ class _StreamChunker:
             raise ValueError(f"read({self.pos}, {n}) returned {len(data)} bytes")
         return data
 
-    def _window(self, n: int) -> Iterator[Chunk]:
+    def _window(self, n: int) -> Iterator[Span]:
         """Classify the next ``n`` bytes, yielding every chunk they settle."""
         pos = self.pos
         data = self._read(n)
@@ -400,7 +400,7 @@ class _StreamChunker:
             self.context = _context_before(view, head, pos, skip, start, data_end)
         self.pos += n
 
-    def _emit(self, ends: list[int], holes: list[tuple[int, int]]) -> Iterator[Chunk]:
+    def _emit(self, ends: list[int], holes: list[tuple[int, int]]) -> Iterator[Span]:
         """Data chunks ending at ``ends`` and the holes between them. A split inside a hole ends
         at or before chunk_start: skipped."""
         hole_index = 0
@@ -414,7 +414,7 @@ class _StreamChunker:
         for hole in holes[hole_index:]:
             yield from self._through_hole(hole)
 
-    def _through_hole(self, hole: tuple[int, int]) -> Iterator[Chunk]:
+    def _through_hole(self, hole: tuple[int, int]) -> Iterator[Span]:
         """The data before a closed hole, then the hole."""
         closed_start, closed_end = hole
         if closed_start > self.chunk_start:

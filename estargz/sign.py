@@ -101,15 +101,18 @@ def _derive(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     return Scrypt(salt=salt, length=SecretBox.KEY_SIZE, n=n, r=r, p=p).derive(password)
 
 
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
 def _encrypt(plaintext: bytes, password: bytes) -> bytes:
     salt = os.urandom(_SALT_SIZE)
     n, r, p = _SCRYPT_WRITE
     nonce = nacl_random(SecretBox.NONCE_SIZE)
     sealed = SecretBox(_derive(password, salt, n, r, p)).encrypt(plaintext, nonce).ciphertext
-    b64 = lambda raw: base64.b64encode(raw).decode()
-    return json.dumps({"kdf": {"name": _SCRYPT_NAME, "params": {"N": n, "r": r, "p": p}, "salt": b64(salt)},
-                       "cipher": {"name": _CIPHER_NAME, "nonce": b64(nonce)},
-                       "ciphertext": b64(sealed)}, separators=(",", ":")).encode()
+    return json.dumps({"kdf": {"name": _SCRYPT_NAME, "params": {"N": n, "r": r, "p": p}, "salt": _b64(salt)},
+                       "cipher": {"name": _CIPHER_NAME, "nonce": _b64(nonce)},
+                       "ciphertext": _b64(sealed)}, separators=(",", ":")).encode()
 
 
 def _decrypt(document: bytes, password: bytes) -> bytes:

@@ -19,8 +19,8 @@ from helpers import gunzip, gzip_members, sha256
 
 import estargz
 from estargz.cli import main
-from estargz.layout import NO_PREFETCH_LANDMARK as NOLM
-from estargz.layout import PREFETCH_LANDMARK as LM
+from estargz.ordering import NO_PREFETCH_LANDMARK as NOLM
+from estargz.ordering import PREFETCH_LANDMARK as LM
 from estargz.toc import TOC_NAME
 
 MTIME = 1700000000

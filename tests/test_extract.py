@@ -114,7 +114,7 @@ def convert_refused(specs, monkeypatch) -> bytes:
     with pytest.raises(estargz.UnsupportedInputError):
         convert(specs)
     with monkeypatch.context() as patch:
-        patch.setattr(estargz.writer, "check_readable", lambda entries: None)
+        patch.setattr(estargz.dialects.stargz, "check_readable", lambda entries: None)
         return convert(specs)
 
 

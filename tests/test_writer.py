@@ -1,4 +1,4 @@
-"""Entry order (estargz.layout.order_entries) and the writer's options and output layout.
+"""Entry order (estargz.ordering.order_entries) and the writer's options and output layout.
 
 The ordering cases reproduce the expected orders of the Go reference's ``TestSort``
 (estargz/build_test.go); the writer cases convert small tars made with :mod:`tarfile` and check the
@@ -21,9 +21,9 @@ from helpers import sha256
 
 import estargz
 from estargz import FormatError, NotFoundError, read_workload_record
-from estargz.layout import NO_PREFETCH_LANDMARK as NOLM
-from estargz.layout import PREFETCH_LANDMARK as LM
-from estargz.layout import order_entries
+from estargz.ordering import NO_PREFETCH_LANDMARK as NOLM
+from estargz.ordering import PREFETCH_LANDMARK as LM
+from estargz.ordering import order_entries
 from estargz.tarstream import TarEntry
 from estargz.toc import EMPTY_DIGEST, TOC_NAME
 

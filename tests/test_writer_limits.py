@@ -113,13 +113,14 @@ def test_toc_over_the_reader_limit_is_refused(monkeypatch, mode):
     layer = make_tar(*(regular(f"dir/file{i}") for i in range(50)))
     blob = io.BytesIO()
     estargz.convert(io.BytesIO(layer), blob, **MODES[mode])
-    monkeypatch.setattr(estargz.writer, "MAX_TOC_SIZE", 2000)
+    monkeypatch.setattr(estargz.dialects.stargz, "MAX_TOC_SIZE", 2000)
+    monkeypatch.setattr(estargz.dialects.containers_storage, "MAX_TOC_SIZE", 2000)
     with pytest.raises(LimitError, match="TOC of [0-9]+ bytes exceeds the 2000-byte limit"):
         estargz.convert(io.BytesIO(layer), io.BytesIO(), **MODES[mode])
 
 
 def test_tar_split_over_the_reader_limit_is_refused(monkeypatch):
     layer = make_tar(*(regular(f"dir/file{i}") for i in range(50)))
-    monkeypatch.setattr(estargz.writer, "MAX_TAR_SPLIT_SIZE", 4000)
+    monkeypatch.setattr(estargz.dialects.containers_storage, "MAX_TAR_SPLIT_SIZE", 4000)
     with pytest.raises(LimitError, match="tar-split of [0-9]+ bytes exceeds the 4000-byte limit"):
         estargz.convert(io.BytesIO(layer), io.BytesIO(), format=estargz.FORMAT_ZSTD_CHUNKED)

@@ -1,0 +1,93 @@
+"""Where chunk and member boundaries fall: pure functions over sizes and bytes, no files.
+
+- :func:`fixed_chunks`: eStargz chunks of a file, every ``chunk_size`` bytes;
+- :class:`MemberGrouping`: min-chunk-size, small chunks sharing a member until it holds about that
+  many compressed bytes;
+- :data:`HEADER_RUN_LIMIT`: the longest run of header bytes kept in one member;
+- :func:`content_defined_chunks` and friends: containers/storage chunks (rolling checksum and zero
+  runs, see :mod:`estargz.rollsum`; numpy is imported only when they are used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from isal import isal_zlib
+
+if TYPE_CHECKING:
+    from .rollsum import Buffer
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE", "HEADER_RUN_LIMIT", "Span", "fixed_chunks", "MemberGrouping", "content_defined_chunks",
+    "content_defined_chunks_of_files", "content_defined_chunks_streamed",
+]
+
+#: eStargz chunk size when none is given.
+DEFAULT_CHUNK_SIZE = 4 << 20
+#: A run of header bytes longer than this is split into several members, bounding member size.
+HEADER_RUN_LIMIT = 4 << 20
+#: Level of the fast deflate that estimates how many compressed bytes a member holds.
+_ESTIMATE_LEVEL = 1
+
+Span = tuple[int, int, bool]
+"""A content-defined chunk: (offset in the file, length, is a run of zeros)."""
+
+
+def fixed_chunks(size: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """The (offset, length) of each chunk of a ``size``-byte file cut every ``chunk_size`` bytes."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    for offset in range(0, size, chunk_size):
+        yield offset, min(chunk_size, size - offset)
+
+
+class MemberGrouping:
+    """Decides when an open member is full under min-chunk-size.
+
+    Bytes added to the member are estimated lazily, with a fast deflate of each piece, only when
+    :meth:`full` is asked; the estimate is what the grouping compares to ``min_chunk_size``.
+    """
+
+    def __init__(self, min_chunk_size: int) -> None:
+        if min_chunk_size <= 0:
+            raise ValueError("min_chunk_size must be positive")
+        self.min_chunk_size = min_chunk_size
+        self._estimated = 0
+        self._pending: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        """Bytes that went into the open member."""
+        self._pending.append(data)
+
+    def full(self) -> bool:
+        """Whether the open member holds at least ``min_chunk_size`` estimated compressed bytes."""
+        if self._pending:
+            self._estimated += len(isal_zlib.compress(b"".join(self._pending), _ESTIMATE_LEVEL, wbits=-15))
+            self._pending = []
+        return self._estimated >= self.min_chunk_size
+
+    def reset(self) -> None:
+        """A new member was opened."""
+        self._estimated, self._pending = 0, []
+
+
+def content_defined_chunks(data: Buffer) -> list[Span]:
+    """The containers/storage chunks of one file's content."""
+    from . import rollsum
+
+    return rollsum.chunk_file(data)
+
+
+def content_defined_chunks_of_files(files: Sequence[Buffer]) -> list[list[Span]]:
+    """:func:`content_defined_chunks` of many small files in one vectorized pass."""
+    from . import rollsum
+
+    return rollsum.chunk_files(files)
+
+
+def content_defined_chunks_streamed(read: Callable[[int, int], Buffer], size: int) -> Iterator[Span]:
+    """:func:`content_defined_chunks` of a file read piecewise with ``read(offset, length)``."""
+    from . import rollsum
+
+    return rollsum.chunk_stream(read, size)
