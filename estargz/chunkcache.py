@@ -3,13 +3,14 @@ in a directory (content-addressed by chunk digest, re-checked on every load)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+
+from .digests import SHA256, sha256_digest
 
 __all__ = ["CacheStats", "ChunkCache"]
 
@@ -149,8 +150,7 @@ class ChunkCache:
                 data = f.read()
         except OSError:
             return None
-        algorithm, _, expected = digest.partition(":")
-        if algorithm != "sha256" or hashlib.sha256(data).hexdigest() != expected:
+        if not digest.startswith(f"{SHA256}:") or sha256_digest(data) != digest:
             return None
         return data
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import threading
@@ -17,6 +16,7 @@ from .annotations import (
     MANIFEST_CHECKSUM_ANNOTATION,
     TOC_DIGEST_ANNOTATION,
 )
+from .digests import sha256_digest
 from .errors import (
     EStargzError,
     FormatError,
@@ -216,7 +216,7 @@ def _read_document(path: str, what: str, descriptor: Mapping[str, Any] | None = 
     if len(data) > _MAX_LAYOUT_DOCUMENT:
         raise LimitError(f"OCI layout: {what} is larger than {_MAX_LAYOUT_DOCUMENT} bytes")
     if descriptor is not None:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = sha256_digest(data)
         if digest != descriptor.get("digest") or len(data) != descriptor.get("size"):
             raise VerificationError(f"OCI layout: {what} does not match its descriptor")
     try:
