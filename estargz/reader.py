@@ -629,7 +629,7 @@ class Reader:
             if entry.digest and hash_digest(file_hash) != entry.digest:
                 raise VerificationError(f"digest mismatch for {entry.name!r}")
 
-        return iter_tar(records, content)
+        return (bytes(piece) for piece in iter_tar(records, content))
 
     def unpack(self, out: BinaryIO) -> int:
         """Write the layer as a plain tar to ``out``; return the number of bytes written.
