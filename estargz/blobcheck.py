@@ -15,7 +15,7 @@ import struct
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from queue import Full, Queue
 from typing import BinaryIO, TypeVar
@@ -25,6 +25,7 @@ from isal import isal_zlib
 
 from .cstoc import parse_rfc3339
 from .errors import FormatError, VerificationError
+from .framing import ISAL_ERROR
 from .footer import (
     ESTARGZ,
     ESTARGZ_EXTERNAL_TOC,
@@ -183,7 +184,7 @@ def _gzip_member(cursor: _Cursor, xfl: set[int]) -> Iterator[bytes]:
             crc = isal_zlib.crc32(out, crc)
             size += len(out)
             yield out
-    except isal_zlib.error as exc:
+    except ISAL_ERROR as exc:
         raise FormatError(f"gzip member at offset {start}: corrupt data: {exc}") from None
     stored_crc, stored_size = struct.unpack("<II", cursor.take(_GZIP_TRAILER_SIZE, "a gzip trailer"))
     if stored_crc != crc & 0xFFFFFFFF or stored_size != size & 0xFFFFFFFF:
@@ -507,15 +508,7 @@ def _check_file_data(stream: _UnitStream, entry: TOCEntry, chunks: list[TOCEntry
             raise VerificationError(f"chunk of {where} at file offset {position} lies at {found} "
                                     f"(unit offset, inner offset), the TOC says {(chunk.offset, chunk.inner_offset)}")
         chunk_hash = hashlib.sha256() if len(chunks) > 1 else file_hash
-        remaining = size
-        while remaining:
-            data = stream.read(min(_PIECE, remaining), record=False)
-            if not data:
-                raise FormatError(f"the data ends inside {where}")
-            chunk_hash.update(data)
-            if chunk_hash is not file_hash:
-                file_hash.update(data)
-            remaining -= len(data)
+        _hash_payload(stream, size, where, {chunk_hash, file_hash})
         if chunk.chunk_digest and "sha256:" + chunk_hash.hexdigest() != chunk.chunk_digest:
             raise VerificationError(f"chunk digest mismatch in {where} at file offset {position}")
         position += size
@@ -523,6 +516,18 @@ def _check_file_data(stream: _UnitStream, entry: TOCEntry, chunks: list[TOCEntry
         raise FormatError(f"TOC: chunks of {where} add up to {position}, not {entry.size}")
     if entry.digest and "sha256:" + file_hash.hexdigest() != entry.digest:
         raise VerificationError(f"digest mismatch for {where}")
+
+
+def _hash_payload(stream: _UnitStream, size: int, where: str, hashes: Collection[hashlib._Hash]) -> None:
+    """Read ``size`` bytes of file payload into each of ``hashes``."""
+    remaining = size
+    while remaining:
+        data = stream.read(min(_PIECE, remaining), record=False)
+        if not data:
+            raise FormatError(f"the data ends inside {where}")
+        for each in hashes:
+            each.update(data)
+        remaining -= len(data)
 
 
 def _walk_tar(stream: _UnitStream, toc_entries: list[TOCEntry], lossless: bool) -> tuple[int, bool]:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__
 from .errors import EStargzError
@@ -60,7 +60,7 @@ Typical use:
 """
 
 
-def _progress_bar(stream=sys.stderr) -> Callable[[int, int], None]:
+def _progress_bar(stream: TextIO = sys.stderr) -> Callable[[int, int], None]:
     started = time.monotonic()
     last = [0.0]
 
@@ -84,7 +84,7 @@ def _progress_bar(stream=sys.stderr) -> Callable[[int, int], None]:
 class _LayerBars:
     """One progress line per layer on a terminal, redrawn in place at most ten times a second."""
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
         self._stream = stream
         self._layers: dict[str, tuple[int, int]] = {}
         self._drawn = 0
@@ -126,20 +126,20 @@ def _recorded_paths(args: argparse.Namespace, layer_index: int | None) -> list[s
     return paths
 
 
-def _cmd_convert(args: argparse.Namespace) -> int:
+def _prioritized_paths(args: argparse.Namespace) -> list[str]:
+    """The paths of --prioritized-file, --prioritized-files-from and the workload records."""
     prioritized = list(args.prioritized_file)
     for path in args.prioritized_files_from:
         prioritized.extend(_read_lines(path))
     prioritized.extend(_recorded_paths(args, args.record_layer_index))
-    # as ctr-remote and nerdctl do for recorded workloads
-    allow_missing = args.allow_missing_prioritized or bool(args.estargz_record_in or args.zstdchunked_record_in)
-    layer_format = _convert_format(args)
-    options = _layer_options(args, layer_format)
-    if args.estargz_keep_diff_id and prioritized:
-        raise _UsageError("--estargz-keep-diff-id keeps the layer's order: it cannot prioritize files")
+    return prioritized
+
+
+def _toc_output(args: argparse.Namespace) -> str | None:
+    """Where convert writes the external TOC: --estargz-toc-output, else next to the output."""
     if not args.estargz_external_toc and (args.estargz_toc_output or args.estargz_toc_image):
         raise _UsageError("--estargz-toc-output and --estargz-toc-image need --estargz-external-toc")
-    toc_output = args.estargz_toc_output
+    toc_output: str | None = args.estargz_toc_output
     if args.estargz_external_toc and toc_output is None:
         if args.output == "-":
             raise _UsageError("--estargz-external-toc with output - needs --estargz-toc-output")
@@ -150,6 +150,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         for path in (args.input, args.output):
             if path != "-":
                 refuse_same_file(path, toc_output)
+    return toc_output
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    prioritized = _prioritized_paths(args)
+    # as ctr-remote and nerdctl do for recorded workloads
+    allow_missing = args.allow_missing_prioritized or bool(args.estargz_record_in or args.zstdchunked_record_in)
+    layer_format = _convert_format(args)
+    options = _layer_options(args, layer_format)
+    if args.estargz_keep_diff_id and prioritized:
+        raise _UsageError("--estargz-keep-diff-id keeps the layer's order: it cannot prioritize files")
+    toc_output = _toc_output(args)
     show_progress = not args.quiet and sys.stderr.isatty()
     src = sys.stdin.buffer if args.input == "-" else args.input
     dst = sys.stdout.buffer if args.output == "-" else args.output
@@ -163,7 +175,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         **options,
     )
     summary = result.to_json()
-    if result.external_toc is not None:
+    if result.external_toc is not None and toc_output is not None:
         with atomic_output(toc_output) as out:
             out.write(result.external_toc)
         summary["tocBlobPath"] = toc_output
@@ -302,13 +314,13 @@ _FLAG_OPTIONS = {
 }
 
 
-def _layer_options(args: argparse.Namespace, layer_format: str) -> dict[str, object]:
+def _layer_options(args: argparse.Namespace, layer_format: str) -> dict[str, Any]:
     """The per-layer conversion options of the format flags."""
     if args.estargz_keep_diff_id and not args.estargz_external_toc:
         raise _UsageError("--estargz-keep-diff-id needs --estargz-external-toc")
     chosen = dialect(layer_format)
     gzip = chosen.compression == "gzip"
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "compression_level": args.estargz_compression_level if gzip else args.zstdchunked_compression_level,
         "min_chunk_size": args.estargz_min_chunk_size,
         "external_toc": args.estargz_external_toc,
@@ -322,7 +334,7 @@ def _layer_options(args: argparse.Namespace, layer_format: str) -> dict[str, obj
 def _convert_format(args: argparse.Namespace) -> str:
     """The output format from --format and the nerdctl-style --zstdchunked; refuse flags that
     the format's dialect does not accept."""
-    layer_format = args.format
+    layer_format: str = args.format
     if args.zstdchunked:
         if layer_format not in (FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED_STARGZ):
             raise _UsageError(f"--zstdchunked conflicts with --format {layer_format}")
@@ -338,7 +350,8 @@ class _UsageError(Exception):
     """A combination of flags that cannot work; reported like argparse errors (exit 2)."""
 
 
-def _open(args: argparse.Namespace, *, whole: bool = False) -> Reader:
+def _annotations(args: argparse.Namespace) -> dict[str, str]:
+    """The annotations of --annotations (a JSON file) and --annotation KEY=VALUE, the latter winning."""
     annotations: dict[str, str] = {}
     if args.annotations:
         with open(args.annotations, encoding="utf-8") as f:
@@ -352,6 +365,11 @@ def _open(args: argparse.Namespace, *, whole: bool = False) -> Reader:
         if not sep:
             raise _UsageError(f"--annotation {pair!r} is not KEY=VALUE")
         annotations[key] = value
+    return annotations
+
+
+def _open(args: argparse.Namespace, *, whole: bool = False) -> Reader:
+    annotations = _annotations(args)
     if os.path.exists(args.blob) or not _is_registry_reference(args.blob):
         if args.key:
             raise _UsageError("--key applies to registry references (a signature is kept in the registry)")
@@ -736,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: The signals that stop the CLI cleanly, and the word it reports.
-_STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+_STOP_SIGNALS: dict[int, str] = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
 
 class _Terminated(BaseException):
@@ -775,7 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stops: _StopHandler) -> int:
     try:
-        return args.handler(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except BaseException as exc:  # noqa: BLE001 (re-raised by _report unless an input error)
         # The exception a signal raised can turn into another one in the code it interrupted
         # (a lock released twice): what counts is that the signal arrived.

@@ -13,7 +13,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol, runtime_checkable
+from typing import IO, Protocol, cast, runtime_checkable
 
 import deflate
 import zstandard
@@ -45,10 +45,12 @@ GZIP_ENGINES: dict[int, tuple[str, int]] = {
 DEFAULT_GZIP_LEVEL = 4
 
 _OUTPUT_BLOCK = 1 << 20
+#: The exception isal raises on corrupt deflate data (its stub declares an instance, not a class).
+ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
 _MEMBER_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00%c\xff"
 
 
-def _raw_deflate(engine: str, level: int) -> Callable[[bytes], bytes]:
+def _raw_deflate(engine: str, level: int) -> Callable[[bytes], bytes | bytearray]:
     if engine == "isal":
         return lambda data: isal_zlib.compress(data, level, wbits=-15)
     if engine == "libdeflate":
@@ -147,33 +149,55 @@ def inflate_members(pieces: Iterable[bytes], max_output: int | None = None) -> I
     Output comes in blocks of at most 1 MiB, so memory does not depend on the data.
     Raises FormatError on corrupt data or when the input ends inside a member.
     """
-    remaining = max_output
-    inflater = None
+    inflation = _MemberInflation(max_output)
     for piece in pieces:
+        yield from inflation.feed(piece)
+        if inflation.remaining == 0:
+            return
+    if inflation.inflater is not None:
+        raise FormatError("gzip data ends in the middle of a member")
+
+
+class _MemberInflation:
+    """The state of inflating consecutive gzip members: the open member's inflater, the output left."""
+
+    def __init__(self, max_output: int | None) -> None:
+        self.inflater: isal_zlib.Decompress | None = None
+        self.remaining = max_output
+
+    def feed(self, piece: bytes) -> Iterator[bytes]:
+        """The output of ``piece``, in blocks of at most 1 MiB, stopping when no output is left."""
         while True:
-            if inflater is None:
+            if self.inflater is None:
                 if not piece:
-                    break
-                inflater = isal_zlib.decompressobj(wbits=31)
-            limit = _OUTPUT_BLOCK if remaining is None else min(_OUTPUT_BLOCK, remaining)
-            try:
-                out = inflater.decompress(piece, limit)
-            except isal_zlib.error as exc:
-                raise FormatError(f"corrupt gzip data: {exc}") from None
+                    return
+                self.inflater = isal_zlib.decompressobj(wbits=31)
+            limit = _OUTPUT_BLOCK if self.remaining is None else min(_OUTPUT_BLOCK, self.remaining)
+            out = self._decompress(self.inflater, piece, limit)
             if out:
                 yield out
-                if remaining is not None:
-                    remaining -= len(out)
-                    if remaining == 0:
-                        return
-            if inflater.eof:
-                piece, inflater = inflater.unused_data, None
+                if self._spend(len(out)):
+                    return
+            if self.inflater.eof:
+                piece, self.inflater = self.inflater.unused_data, None
                 continue
-            piece = inflater.unconsumed_tail
+            piece = self.inflater.unconsumed_tail
             if not piece and len(out) < limit:
-                break
-    if inflater is not None:
-        raise FormatError("gzip data ends in the middle of a member")
+                return
+
+    def _spend(self, size: int) -> bool:
+        """Count ``size`` bytes of output; True once no output is left."""
+        if self.remaining is None:
+            return False
+        self.remaining -= size
+        return self.remaining == 0
+
+    @staticmethod
+    def _decompress(inflater: isal_zlib.Decompress, piece: bytes, limit: int) -> bytes:
+        try:
+            return inflater.decompress(piece, limit)
+        except ISAL_ERROR as exc:
+            raise FormatError(f"corrupt gzip data: {exc}") from None
 
 
 class _PiecesReader(io.RawIOBase):
@@ -205,8 +229,10 @@ def inflate_frames(pieces: Iterable[bytes], max_output: int | None = None) -> It
     Raises FormatError on corrupt data.
     """
     remaining = max_output
+    # zstandard reads from any object with read(); its stub asks for IO[bytes].
+    source = cast("IO[bytes]", _PiecesReader(pieces))
     reader = zstandard.ZstdDecompressor().stream_reader(
-        _PiecesReader(pieces), read_size=_OUTPUT_BLOCK // 8, read_across_frames=True)
+        source, read_size=_OUTPUT_BLOCK // 8, read_across_frames=True)
     try:
         while True:
             limit = _OUTPUT_BLOCK if remaining is None else min(_OUTPUT_BLOCK, remaining)

@@ -122,7 +122,9 @@ class MountedImage:
     # -- attributes ----------------------------------------------------------------------------
     def attributes(self, node: Node) -> dict[str, int]:
         entry = node.entry
-        size = entry.size if entry.type == "reg" else len(os.fsencode(entry.link_name)) if entry.type == "symlink" else 0
+        size = len(os.fsencode(entry.link_name)) if entry.type == "symlink" else 0
+        if entry.type == "reg":
+            size = entry.size
         when = _ns(entry)
         return {"st_mode": _TYPE_BITS[entry.type] | entry.permissions, "st_ino": node.inode,
                 "st_nlink": node.nlink, "st_uid": entry.uid, "st_gid": entry.gid, "st_size": size,
@@ -327,85 +329,9 @@ def _load_fuse() -> Any:
         raise FuseUnavailableError("cannot mount: the Python package mfusepy is missing "
                                    "(pip install 'estargz[mount]')") from None
     except OSError as exc:
-        raise FuseUnavailableError(f"cannot mount: libfuse is missing ({exc}; apt-get install fuse3 libfuse3-3)") from None
+        raise FuseUnavailableError(f"cannot mount: libfuse is missing ({exc}; "
+                                   "apt-get install fuse3 libfuse3-3)") from None
     return mfusepy
-
-
-def _operations(fuse: Any, image: MountedImage, mounted: threading.Event) -> Any:
-    """The mfusepy Operations over ``image``: read-only, paths resolved in the merged tree;
-    ``mounted`` is set once libfuse has mounted the file system."""
-
-    class Operations(fuse.Operations):
-        use_ns = True
-
-        def __init__(self) -> None:
-            self._handles: dict[int, Node] = {}
-            self._next = 0
-            self._lock = threading.Lock()
-
-        def init(self, path: str) -> None:
-            mounted.set()
-
-        def _node(self, path: str) -> Node:
-            node = image.tree.lookup(path)
-            if node is None:
-                raise fuse.FuseOSError(errno.ENOENT)
-            return node
-
-        def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-            return image.attributes(self._node(path))
-
-        def readdir(self, path: str, fh: int) -> list[Any]:
-            node = self._node(path)
-            if not node.is_dir():
-                raise fuse.FuseOSError(errno.ENOTDIR)
-            parent = image.tree.lookup(path.rpartition("/")[0]) or node
-            return [(".", {"st_ino": node.inode, "st_mode": stat.S_IFDIR}, 0),
-                    ("..", {"st_ino": parent.inode, "st_mode": stat.S_IFDIR}, 0), *((name, {"st_ino": child.inode, "st_mode": _TYPE_BITS[child.entry.type]}, 0)
-                                 for name, child in node.children.items())]
-
-        def readlink(self, path: str) -> str:
-            node = self._node(path)
-            if node.entry.type != "symlink":
-                raise fuse.FuseOSError(errno.EINVAL)
-            return node.entry.link_name
-
-        def open(self, path: str, flags: int) -> int:
-            if flags & _WRITE_FLAGS:
-                raise fuse.FuseOSError(errno.EROFS)
-            node = self._node(path)
-            with self._lock:
-                self._next += 1
-                self._handles[self._next] = node
-                return self._next
-
-        def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-            node = self._handles.get(fh) or self._node(path)
-            try:
-                return image.read(node, offset, size)
-            except (EStargzError, OSError) as exc:
-                image.failed(path, exc)
-                raise fuse.FuseOSError(errno.EIO) from None
-
-        def release(self, path: str, fh: int) -> int:
-            with self._lock:
-                self._handles.pop(fh, None)
-            return 0
-
-        def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-            value = self._node(path).entry.xattrs.get(name)
-            if value is None:
-                raise fuse.FuseOSError(fuse.ENOATTR)
-            return value
-
-        def listxattr(self, path: str) -> list[str]:
-            return list(self._node(path).entry.xattrs)
-
-        def statfs(self, path: str) -> dict[str, int]:
-            return {"f_bsize": _BLOCK_SIZE, "f_frsize": _BLOCK_SIZE, "f_namemax": _NAME_MAX,
-                    "f_files": image.tree.inodes}
-
-    return Operations()
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -428,6 +354,8 @@ def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str |
     if prefetch not in PREFETCH_MODES:
         raise ValueError(f"prefetch must be one of {', '.join(PREFETCH_MODES)}, not {prefetch!r}")
     fuse = _load_fuse()
+    from .fuseops import FuseOperations
+
     mountpoint = os.fspath(mountpoint)
     if not os.path.isdir(mountpoint):
         raise FileNotFoundError(errno.ENOENT, "mount point is not a directory", mountpoint)
@@ -441,7 +369,7 @@ def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str |
     stop_figures = threading.Event()
     try:
         mounted = threading.Event()
-        operations = _operations(fuse, image, mounted)
+        operations = FuseOperations(image, mounted)
         started = _start_background(image, prefetch, stats_interval, stats_stream or sys.stderr,
                                     stop_figures, mounted, ready, mountpoint)
         with _default_stop_signals():
@@ -523,7 +451,7 @@ def unmount(mountpoint: str | os.PathLike[str]) -> None:
         raise OSError(errno.EINVAL, f"cannot unmount: {message}", mountpoint)
 
 
-def wait_for_mount(mountpoint: str, process: subprocess.Popen, timeout: float = DAEMON_START_TIMEOUT) -> bool:
+def wait_for_mount(mountpoint: str, process: subprocess.Popen[bytes], timeout: float = DAEMON_START_TIMEOUT) -> bool:
     """Wait until ``mountpoint`` is mounted (True) or ``process`` has ended or time ran out (False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

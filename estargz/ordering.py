@@ -51,67 +51,80 @@ def order_entries(
     A prioritized path that is not in the layer raises NotFoundError, or is returned in the missing
     list with ``allow_missing``.
     """
-    remaining: dict[str, TarEntry] = {}
+    mover = _Mover(_latest(entries))
+    missing: list[str] = []
+    for path in prioritized:
+        if not mover.move(clean_name(path)):
+            if not allow_missing:
+                raise NotFoundError(f"prioritized file {path!r} is not in the layer")
+            missing.append(path)
+
+    if prioritized:
+        ordered = [*mover.moved.values(), landmark(PREFETCH_LANDMARK)]
+    else:
+        ordered = [landmark(NO_PREFETCH_LANDMARK)]
+    ordered.extend(mover.remaining.values())
+    return ordered, missing
+
+
+def _latest(entries: Iterable[TarEntry]) -> dict[str, TarEntry]:
+    """The entries by cleaned name, a later one replacing an earlier one and taking its position;
+    landmarks and ``stargz.index.json`` dropped."""
+    latest: dict[str, TarEntry] = {}
     for entry in entries:
         name = clean_name(entry.name)
         if name in _RESERVED:
             continue
-        remaining.pop(name, None)
-        remaining[name] = entry
+        latest.pop(name, None)
+        latest[name] = entry
+    return latest
 
-    moved: dict[str, TarEntry] = {}
-    visited: set[str] = set()
 
-    def move_root() -> None:
-        if "" in remaining:
-            moved[""] = remaining.pop("")
+class _Mover:
+    """Moves prioritized entries out of ``remaining`` into ``moved``, each after what it needs."""
 
-    def move_ancestors(name: str) -> None:
+    def __init__(self, remaining: dict[str, TarEntry]) -> None:
+        self.remaining = remaining
+        self.moved: dict[str, TarEntry] = {}
+        self._visited: set[str] = set()
+
+    def _move_root(self) -> None:
+        if "" in self.remaining:
+            self.moved[""] = self.remaining.pop("")
+
+    def _move_ancestors(self, name: str) -> None:
         ancestors = []
         ancestor = _parent(name)
         while ancestor:
             ancestors.append(ancestor)
             ancestor = _parent(ancestor)
         for directory in reversed(ancestors):
-            if directory in remaining:
-                moved[directory] = remaining.pop(directory)
+            if directory in self.remaining:
+                self.moved[directory] = self.remaining.pop(directory)
 
-    def move(name: str) -> bool:
+    def move(self, name: str) -> bool:
         """Move ``name`` after its ancestors and, for a hardlink, after its target (a chain of any
-        length; a hardlink already followed once is not followed again, which ends a cycle)."""
+        length; a hardlink already followed once is not followed again, which ends a cycle).
+        False if ``name`` is not in the layer."""
         chain: list[str] = []
-        while name not in moved:
+        while name not in self.moved:
             if not name:  # the root: moved if the layer has an entry for it, never missing
-                move_root()
+                self._move_root()
                 break
-            entry = remaining.get(name)
+            entry = self.remaining.get(name)
             if entry is None:
                 return False
-            move_root()
-            move_ancestors(name)
+            self._move_root()
+            self._move_ancestors(name)
             chain.append(name)
-            if entry.kind != "hardlink" or name in visited:
+            if entry.kind != "hardlink" or name in self._visited:
                 break
-            visited.add(name)
+            self._visited.add(name)
             name = clean_name(entry.linkname)
         for link in reversed(chain):
-            if link in remaining:
-                moved[link] = remaining.pop(link)
+            if link in self.remaining:
+                self.moved[link] = self.remaining.pop(link)
         return True
-
-    missing: list[str] = []
-    for path in prioritized:
-        if not move(clean_name(path)):
-            if not allow_missing:
-                raise NotFoundError(f"prioritized file {path!r} is not in the layer")
-            missing.append(path)
-
-    if prioritized:
-        ordered = [*moved.values(), landmark(PREFETCH_LANDMARK)]
-    else:
-        ordered = [landmark(NO_PREFETCH_LANDMARK)]
-    ordered.extend(remaining.values())
-    return ordered, missing
 
 
 def _check_fields(entry: TarEntry) -> None:

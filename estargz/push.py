@@ -217,11 +217,7 @@ def push_layout(layout: PathLike, destination: str | Reference, *, client: Regis
             client.put_manifest(ref.repository, digest, data, media_type)
             result.manifests.append(digest)
         if sign_with is not None:
-            from .sign import sign_image
-
-            for descriptor, tag in roots:
-                identity = Reference(ref.registry, ref.repository, tag, None, ref.scheme)
-                result.signatures.append(sign_image(client, identity, descriptor["digest"], sign_with))
+            result.signatures.extend(_sign_roots(client, ref, roots, sign_with))
         for descriptor, tag in roots:
             if tag:
                 client.put_manifest(ref.repository, tag, *manifests[descriptor["digest"]])
@@ -230,6 +226,16 @@ def push_layout(layout: PathLike, destination: str | Reference, *, client: Regis
     finally:
         if own:
             client.close()
+
+
+def _sign_roots(client: RegistryClient, ref: Reference, roots: list[tuple[dict[str, Any], str | None]],
+                key: EllipticCurvePrivateKey) -> list[str]:
+    """Sign each pushed image under the tag it is pushed to; return the signatures' digests."""
+    from .sign import sign_image
+
+    return [sign_image(client, Reference(ref.registry, ref.repository, tag, None, ref.scheme),
+                       descriptor["digest"], key)
+            for descriptor, tag in roots]
 
 
 def _push_blobs(client: RegistryClient, repository: str, layout: _Layout, blobs: dict[str, int],

@@ -183,6 +183,36 @@ def _modtime(text: str) -> _dt.datetime | None:
         raise LimitError(f"modification time {text!r} is out of range") from None
 
 
+def _fill_owner_names(entry: Entry, unames: dict[int, str], gnames: dict[int, str]) -> None:
+    """Give ``entry`` the user and group names last seen for its ids when it names none;
+    remember the names it gives."""
+    if entry.user_name:
+        unames[entry.uid] = entry.user_name
+    else:
+        entry.user_name = unames.get(entry.uid, "")
+    if entry.group_name:
+        gnames[entry.gid] = entry.group_name
+    else:
+        entry.group_name = gnames.get(entry.gid, "")
+
+
+def _size_chunks(entry: Entry) -> None:
+    """Fill in the chunk sizes left 0 (the rest of the file); check that the chunks cover it contiguously."""
+    expected = 0
+    for index, chunk in enumerate(entry.chunks):
+        if chunk.chunk_size == 0:
+            chunk.chunk_size = entry.size - chunk.chunk_offset
+        if chunk.chunk_offset != expected or chunk.chunk_size <= 0:
+            raise FormatError(f"TOC: chunks of {entry.name!r} do not cover the file contiguously")
+        if chunk.chunk_size > MAX_CHUNK_SIZE:
+            raise LimitError(f"TOC: chunk of {chunk.chunk_size} bytes in {entry.name!r} is too large")
+        expected += chunk.chunk_size
+        if index + 1 == len(entry.chunks) and expected != entry.size:
+            raise FormatError(f"TOC: chunks of {entry.name!r} add up to {expected}, not {entry.size}")
+    if len(entry.chunks) == 1 and not entry.chunks[0].chunk_digest:
+        entry.chunks[0].chunk_digest = entry.digest  # one chunk holds the whole file
+
+
 def _check_entry(index: int, entry: TOCEntry) -> None:
     """Reject a TOC entry (not a chunk) that no tar entry could have produced."""
     where = f"TOC entry {index}"
@@ -286,14 +316,7 @@ class Reader:
             name = clean_name(raw.name)
             entry = Entry(name=name, **{f: getattr(raw, f) for f in _COPIED_FIELDS})
             entry.xattrs = dict(raw.xattrs)
-            if entry.user_name:
-                unames[entry.uid] = entry.user_name
-            else:
-                entry.user_name = unames.get(entry.uid, "")
-            if entry.group_name:
-                gnames[entry.gid] = entry.group_name
-            else:
-                entry.group_name = gnames.get(entry.gid, "")
+            _fill_owner_names(entry, unames, gnames)
             if entry.size < 0:
                 raise FormatError(f"TOC entry {name!r}: negative size")
             last_file = None
@@ -325,21 +348,8 @@ class Reader:
             if chunk.offset != 0 and chunk.inner_offset == 0:
                 last = chunk.offset
         for entry in self._names.values():
-            if entry.type != "reg" or entry.size == 0:
-                continue
-            expected = 0
-            for index, chunk in enumerate(entry.chunks):
-                if chunk.chunk_size == 0:
-                    chunk.chunk_size = entry.size - chunk.chunk_offset
-                if chunk.chunk_offset != expected or chunk.chunk_size <= 0:
-                    raise FormatError(f"TOC: chunks of {entry.name!r} do not cover the file contiguously")
-                if chunk.chunk_size > MAX_CHUNK_SIZE:
-                    raise LimitError(f"TOC: chunk of {chunk.chunk_size} bytes in {entry.name!r} is too large")
-                expected += chunk.chunk_size
-                if index + 1 == len(entry.chunks) and expected != entry.size:
-                    raise FormatError(f"TOC: chunks of {entry.name!r} add up to {expected}, not {entry.size}")
-            if len(entry.chunks) == 1 and not entry.chunks[0].chunk_digest:
-                entry.chunks[0].chunk_digest = entry.digest  # one chunk holds the whole file
+            if entry.type == "reg" and entry.size != 0:
+                _size_chunks(entry)
 
     def _link_tree(self) -> None:
         names = self._names
@@ -629,7 +639,7 @@ class Reader:
             if entry.digest and hash_digest(file_hash) != entry.digest:
                 raise VerificationError(f"digest mismatch for {entry.name!r}")
 
-        return iter_tar(records, content)
+        return (bytes(piece) for piece in iter_tar(records, content))
 
     def unpack(self, out: BinaryIO) -> int:
         """Write the layer as a plain tar to ``out``; return the number of bytes written.

@@ -324,7 +324,7 @@ def _check_signature(client: RegistryClient, ref: Reference, layer: Any, manifes
     if signed is None or (_hub(signed.registry), signed.repository) != (_hub(ref.registry), ref.repository) \
             or (ref.tag and signed.tag and signed.tag != ref.tag and not ref.digest):
         raise VerificationError(f"a signature for {identity!r}, not {_identity(ref)}")
-    return identity
+    return str(identity)
 
 
 def _hub(registry: str) -> str:
