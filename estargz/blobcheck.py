@@ -9,7 +9,6 @@ nothing may follow that belongs to no entry. The TOC unit and the footer close t
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 import tempfile
@@ -24,6 +23,7 @@ import zstandard
 from isal import isal_zlib
 
 from .cstoc import parse_rfc3339
+from .digests import Hasher, hash_digest, new_hash
 from .errors import FormatError, VerificationError
 from .framing import ISAL_ERROR
 from .footer import (
@@ -107,7 +107,7 @@ class _Cursor:
         self._buffer = b""
         self._index = 0
         self.units = 0
-        self.hash = hashlib.sha256()
+        self.hash = new_hash()
         """sha256 of every byte fetched so far."""
 
     def _fetch(self) -> bytes:
@@ -363,7 +363,7 @@ class _UnitStream:
         self._index = 0
         self._unit = (0, 0)
         self.position = 0
-        self.hash = hashlib.sha256() if segments is not None else None
+        self.hash = new_hash() if segments is not None else None
         self._recorded: list[bytes] = []
 
     def _next_block(self) -> bool:
@@ -497,7 +497,7 @@ def _check_file_data(stream: _UnitStream, entry: TOCEntry, chunks: list[TOCEntry
     where = repr(entry.name)
     if not entry.digest and not all(c.chunk_digest for c in chunks):
         raise VerificationError(f"{where} has no digest to verify its contents")
-    file_hash = hashlib.sha256()
+    file_hash = new_hash()
     position = 0
     for chunk in chunks:
         size = chunk.chunk_size or entry.size - chunk.chunk_offset
@@ -507,18 +507,18 @@ def _check_file_data(stream: _UnitStream, entry: TOCEntry, chunks: list[TOCEntry
         if found != (chunk.offset, chunk.inner_offset):
             raise VerificationError(f"chunk of {where} at file offset {position} lies at {found} "
                                     f"(unit offset, inner offset), the TOC says {(chunk.offset, chunk.inner_offset)}")
-        chunk_hash = hashlib.sha256() if len(chunks) > 1 else file_hash
+        chunk_hash = new_hash() if len(chunks) > 1 else file_hash
         _hash_payload(stream, size, where, {chunk_hash, file_hash})
-        if chunk.chunk_digest and "sha256:" + chunk_hash.hexdigest() != chunk.chunk_digest:
+        if chunk.chunk_digest and hash_digest(chunk_hash) != chunk.chunk_digest:
             raise VerificationError(f"chunk digest mismatch in {where} at file offset {position}")
         position += size
     if position != entry.size:
         raise FormatError(f"TOC: chunks of {where} add up to {position}, not {entry.size}")
-    if entry.digest and "sha256:" + file_hash.hexdigest() != entry.digest:
+    if entry.digest and hash_digest(file_hash) != entry.digest:
         raise VerificationError(f"digest mismatch for {where}")
 
 
-def _hash_payload(stream: _UnitStream, size: int, where: str, hashes: Collection[hashlib._Hash]) -> None:
+def _hash_payload(stream: _UnitStream, size: int, where: str, hashes: Collection[Hasher]) -> None:
     """Read ``size`` bytes of file payload into each of ``hashes``."""
     remaining = size
     while remaining:
@@ -679,6 +679,6 @@ def check_blob_structure(source: Source, footer: Footer, data_end: int, toc_entr
     tail.hash = cursor.hash
     while tail.piece():
         pass
-    digest = None if stream.hash is None else "sha256:" + stream.hash.hexdigest()
-    return Coverage(size, cursor.units, entries, stream.position, "sha256:" + cursor.hash.hexdigest(), digest,
+    digest = None if stream.hash is None else hash_digest(stream.hash)
+    return Coverage(size, cursor.units, entries, stream.position, hash_digest(cursor.hash), digest,
                     has_marker, 0 if held is None else held.written)

@@ -1,4 +1,12 @@
-"""The layer formats estargz writes and reads, and their OCI media types."""
+"""The layer formats estargz writes and reads, and their OCI media types (from :mod:`estargz.oci`)."""
+
+from .oci import (
+    GZIP_LAYER_MEDIA_TYPE,
+    OCI_CONFIG_MEDIA_TYPE,
+    OCI_INDEX_MEDIA_TYPE,
+    OCI_MANIFEST_MEDIA_TYPE,
+    ZSTD_LAYER_MEDIA_TYPE,
+)
 
 __all__ = [
     "FORMAT_ESTARGZ", "FORMAT_ZSTD_CHUNKED", "FORMAT_ZSTD_CHUNKED_STARGZ", "FORMATS",
@@ -16,8 +24,3 @@ FORMAT_ZSTD_CHUNKED = "zstd:chunked"
 FORMAT_ZSTD_CHUNKED_STARGZ = "zstd:chunked-stargz"
 FORMATS = (FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_STARGZ)
 
-GZIP_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
-ZSTD_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
-OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"

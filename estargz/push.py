@@ -13,14 +13,13 @@ naming a partial image.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
+from .digests import algorithm_of, digest_of, is_digest
 from .errors import (
     FormatError,
     LimitError,
@@ -28,7 +27,7 @@ from .errors import (
     UnsupportedInputError,
     VerificationError,
 )
-from .formats import OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
+from .oci import OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
 from .registry import (
     DEFAULT_UPLOAD_CHUNK,
     INDEX_MEDIA_TYPES,
@@ -48,7 +47,6 @@ __all__ = ["DOCKER_PREFIX", "PushResult", "parse_destination", "push_layout"]
 #: The transport prefix skopeo writes before registry references.
 DOCKER_PREFIX = "docker://"
 _MAX_DEPTH = 8
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 _DEFAULT_JOBS = 4
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -92,9 +90,9 @@ class _Layout:
         self.root = root
 
     def path(self, digest: object) -> str:
-        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        if not is_digest(digest):
             raise FormatError(f"invalid digest {digest!r} in the layout")
-        algorithm, encoded = digest.split(":")
+        algorithm, encoded = str(digest).split(":")
         return os.path.join(self.root, "blobs", algorithm, encoded)
 
     def read_json(self, name: str, limit: int = MAX_MANIFEST_SIZE) -> tuple[bytes, Any]:
@@ -152,10 +150,9 @@ def _descriptors(value: object, where: object) -> list[dict[str, Any]]:
 
 
 def _check(data: bytes, digest: object, size: object) -> None:
-    algorithm = str(digest).partition(":")[0]
     if size is not None and len(data) != size:
         raise VerificationError(f"{digest}: {len(data)} bytes, the descriptor says {size}")
-    if f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}" != digest:
+    if not is_digest(digest) or digest_of(data, algorithm_of(str(digest))) != digest:
         raise VerificationError(f"blob {digest} does not match its digest")
 
 

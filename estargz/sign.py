@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import io
 import json
 import os
@@ -34,8 +33,9 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 from nacl.utils import random as nacl_random
 
+from .digests import is_digest, sha256_digest
 from .errors import EStargzError, FormatError, NotFoundError, VerificationError
-from .formats import OCI_CONFIG_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
+from .oci import OCI_CONFIG_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
 from .registry import MAX_MANIFEST_SIZE, Reference, RegistryClient, parse_reference
 
 __all__ = [
@@ -75,7 +75,6 @@ _SALT_SIZE = 32
 _MAX_KEY_FILE = 64 << 10
 _MAX_SIGNATURES = 64
 _PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL)
-_HEX_DIGEST_RE = re.compile(r"(sha256|sha512):([0-9a-f]+)")
 _DOCKER_HUB = "docker.io"
 #: The names cosign and docker give Docker Hub in signed references.
 _DOCKER_HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
@@ -202,10 +201,10 @@ def simple_signing_payload(docker_reference: str, manifest_digest: str) -> bytes
 
 def signature_tag(manifest_digest: str) -> str:
     """``sha256-<hex>.sig``: the tag of a manifest's signatures."""
-    match = _HEX_DIGEST_RE.fullmatch(manifest_digest)
-    if not match:
+    if not is_digest(manifest_digest):
         raise ValueError(f"invalid digest {manifest_digest!r}")
-    return f"{match.group(1)}-{match.group(2)}.sig"
+    algorithm, encoded = manifest_digest.split(":")
+    return f"{algorithm}-{encoded}.sig"
 
 
 def _identity(ref: Reference) -> str:
@@ -249,7 +248,7 @@ def _existing_signatures(client: RegistryClient, repository: str, tag: str) -> l
 
 
 def _put_blob(client: RegistryClient, repository: str, data: bytes) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_digest(data)
     if not client.has_blob(repository, digest):
         client.upload_blob(repository, digest, io.BytesIO(data), len(data))
     return digest
@@ -333,7 +332,7 @@ def _hub(registry: str) -> str:
 
 
 def _fetch_small(client: RegistryClient, repository: str, digest: object, size: int) -> bytes:
-    if not isinstance(digest, str) or not _HEX_DIGEST_RE.fullmatch(digest):
+    if not isinstance(digest, str) or not is_digest(digest):
         raise VerificationError(f"a signature layer with an invalid digest {digest!r}")
     buffer = io.BytesIO()
     try:
