@@ -6,7 +6,9 @@ import base64
 import binascii
 import json
 import re
+import sys
 from dataclasses import dataclass, field
+from collections.abc import Generator
 from typing import Any
 
 from .digests import EMPTY_DIGEST
@@ -15,7 +17,7 @@ from .gojson import format_rfc3339nano, go_escape_dumped
 
 __all__ = [
     "TOC_NAME", "TOCEntry", "TOCEncoder", "encode_toc", "decode_toc", "format_modtime", "clean_name",
-    "EMPTY_DIGEST", "MAX_TOC_SIZE", "MAX_TAR_SPLIT_SIZE", "check_encoded_size",
+    "iter_toc", "EMPTY_DIGEST", "MAX_TOC_SIZE", "MAX_TAR_SPLIT_SIZE", "check_encoded_size",
 ]
 
 TOC_NAME = "stargz.index.json"
@@ -201,28 +203,98 @@ def _xattrs(entry_index: int, value: Any) -> dict[str, bytes]:
 
 def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
     """Parse TOC JSON into (version, entries). Keys match case-insensitively; unknown keys are ignored."""
+    entries: list[TOCEntry] = []
+    scan = iter_toc(data)
+    while True:
+        try:
+            entries.append(next(scan))
+        except StopIteration as stop:
+            return stop.value, entries
+
+
+def iter_toc(data: bytes) -> Generator[TOCEntry, None, int]:
+    """Parse TOC JSON entry by entry, as :func:`decode_toc` does; the generator returns the version.
+
+    Only one entry's JSON object exists at a time, so memory follows the entries kept, not the
+    parsed document. Text after the document is ignored.
+    """
     if len(data) > MAX_TOC_SIZE:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     try:
-        document, _ = json.JSONDecoder().raw_decode(data.decode("utf-8").lstrip())
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FormatError(f"TOC is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _invalid(exc) from None
+    position = _skip_space(text, 0)
+    if not text.startswith("{", position):
+        _decode_value(text, position)
         raise FormatError("TOC JSON is not an object")
-    lowered = {k.lower(): v for k, v in document.items()}
-    version = lowered.get("version", 0)
+    version: Any = 0
+    position = _skip_space(text, position + 1)
+    if text.startswith("}", position):
+        return version
+    while True:
+        if not text.startswith('"', position):
+            raise _invalid(f"expected a key at character {position}")
+        key, position = _decode_value(text, position)
+        position = _expect(text, position, ":")
+        key = key.lower()
+        if key == "entries" and text.startswith("[", position):
+            position = yield from _iter_entries(text, position)
+        else:
+            value, position = _decode_value(text, position)
+            if key == "version":
+                version = value
+            elif key == "entries" and value is not None:
+                raise FormatError("TOC entries must be a list")
+        if text.startswith("}", position):
+            break
+        position = _expect(text, position, ",")
     if type(version) is not int:
         raise FormatError("TOC version must be an integer")
-    raw_entries = lowered.get("entries")
-    if raw_entries is None:
-        raw_entries = []
-    if not isinstance(raw_entries, list):
-        raise FormatError("TOC entries must be a list")
-    entries = []
-    for index, raw in enumerate(raw_entries):
-        raw_entries[index] = None  # each parsed object is freed once converted
-        entries.append(_decode_entry(index, raw))
-    return version, entries
+    return version
+
+
+def _iter_entries(text: str, position: int) -> Generator[TOCEntry, None, int]:
+    """The entries of the array at ``position``; returns the position after it and its whitespace."""
+    position = _skip_space(text, position + 1)
+    if text.startswith("]", position):
+        return _skip_space(text, position + 1)
+    index = 0
+    while True:
+        raw, position = _decode_value(text, position)
+        yield _decode_entry(index, raw)
+        index += 1
+        if text.startswith("]", position):
+            return _skip_space(text, position + 1)
+        position = _expect(text, position, ",")
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON = json.JSONDecoder()
+
+
+def _skip_space(text: str, position: int) -> int:
+    return _SPACE.match(text, position).end()  # type: ignore[union-attr]
+
+
+def _invalid(detail: object) -> FormatError:
+    return FormatError(f"TOC is not valid JSON: {detail}")
+
+
+def _decode_value(text: str, position: int) -> tuple[Any, int]:
+    """The JSON value at ``position`` and the position after it and the whitespace that follows."""
+    try:
+        value, end = _JSON.raw_decode(text, position)
+    except (ValueError, RecursionError) as exc:
+        raise _invalid(exc) from None
+    return value, _skip_space(text, end)
+
+
+def _expect(text: str, position: int, char: str) -> int:
+    """The position after ``char`` (and whitespace), which must stand at ``position``."""
+    if not text.startswith(char, position):
+        raise _invalid(f"expected {char!r} at character {position}")
+    return _skip_space(text, position + 1)
 
 
 def _decode_entry(index: int, raw: Any) -> TOCEntry:
@@ -235,4 +307,5 @@ def _decode_entry(index: int, raw: Any) -> TOCEntry:
             continue
         json_key, attr, kind = known
         values[attr] = _field_value(index, json_key, kind, value)
+    values["type"] = sys.intern(values["type"])
     return TOCEntry(**values)
