@@ -33,7 +33,7 @@ from .gojson import format_rfc3339nano, parse_rfc3339
 from .source import BLOCK_SIZE, RangeFile, Source, SourceLike, as_source
 from .tarsplit import FILE_TYPE, SEGMENT_TYPE, TarSplitEntry, decode_entries, iter_tar
 from .tarstream import BLOCK, iter_entries, padding, toc_header_fields
-from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name, iter_toc
+from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, NO_XATTRS, TOC_NAME, TOCEntry, clean_name, iter_toc
 
 __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
 
@@ -74,8 +74,7 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _UNENCODABLE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
-#: What an entry without extended attributes or children holds: one shared, read-only mapping.
-_NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
+#: What an entry without children holds: one shared, read-only mapping.
 _NO_CHILDREN: Mapping[str, Entry] = MappingProxyType({})
 
 
@@ -110,7 +109,7 @@ class Entry:
     group_name: str = ""
     dev_major: int = 0
     dev_minor: int = 0
-    xattrs: Mapping[str, bytes] = field(default_factory=lambda: _NO_XATTRS)
+    xattrs: Mapping[str, bytes] = field(default_factory=lambda: NO_XATTRS)
     digest: str = ""
     num_link: int = 0
     chunks: Sequence[Chunk] = field(default=(), repr=False)
@@ -240,12 +239,14 @@ class Reader:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
         _check_annotated_digests(annotations, self.manifest_checksum, sha256_digest(toc_json))
         self.tar_split_digest = ""
-        self._cs_entries: list[CSTOCEntry] = []
+        self.version = 0
         self._toc_json = b""
+        self._cs_entries: list[CSTOCEntry] = []
         if self.format == FORMAT_ZSTD_CHUNKED:
             self.version, self._cs_entries, self.tar_split_digest = decode_cs_toc(toc_json)
         else:
             self._toc_json = toc_json
+        self._file_entries = 0
         self._names: dict[str, Entry] = {}
         self._order: list[str] = []
         self._link_targets: dict[str, Entry] = {}
@@ -260,10 +261,16 @@ class Reader:
         return list(self._iter_toc_entries())
 
     def _iter_toc_entries(self) -> Iterator[TOCEntry]:
+        """The TOC's entries: eStargz ones decoded from its JSON one at a time (setting the
+        version once all are read), containers/storage ones converted one at a time."""
         if self.format == FORMAT_ZSTD_CHUNKED:
             yield from map(_from_cs_entry, self._cs_entries)
         else:
             self.version = yield from iter_toc(self._toc_json)
+
+    def _iter_cs_files(self) -> Iterator[CSTOCEntry]:
+        """The containers/storage TOC's entries other than chunks."""
+        return (entry for entry in self._cs_entries if entry.type != "chunk")
 
     def _pieces(self, start: int, end: int) -> Iterator[bytes]:
         return _pieces(self._source, start, end)
@@ -285,9 +292,10 @@ class Reader:
                 data_entries.append((last_file, chunk))
                 continue
             _check_entry(index, raw)
+            self._file_entries += 1
             name = clean_name(raw.name)
             entry = Entry(name=name, **{f: getattr(raw, f) for f in _COPIED_FIELDS})
-            entry.xattrs = raw.xattrs or _NO_XATTRS
+            entry.xattrs = raw.xattrs or NO_XATTRS
             if entry.user_name:
                 unames[entry.uid] = entry.user_name
             else:
@@ -557,20 +565,19 @@ class Reader:
         data = b"".join(inflate_frames([compressed], uncompressed + 1))
         if len(data) != uncompressed:
             raise FormatError(f"tar-split holds {len(data)} bytes, the footer says {uncompressed}")
-        toc_entries = [e for e in self._cs_entries if e.type != "chunk"]
-        max_records = 2 * len(toc_entries) + 2 + uncompressed // _TAR_SPLIT_BYTES_PER_EXTRA_RECORD
+        max_records = 2 * self._file_entries + 2 + uncompressed // _TAR_SPLIT_BYTES_PER_EXTRA_RECORD
         records = decode_entries(data, max_records)
-        _check_tar_split_headers(records, toc_entries)
+        _check_tar_split_headers(records, self._iter_cs_files(), self._file_entries)
         return records
 
     def iter_rebuilt_tar(self) -> Iterator[bytes]:
         """The original tar of a containers/storage zstd:chunked blob, rebuilt from its tar-split
         and the files' chunks (as a partial pull does), each file checked against its CRC-64."""
         records = self.tar_split()
-        by_name = {clean_name(e.name): e for e in self._iter_toc_entries() if e.type != "chunk"}
+        by_name = {clean_name(e.name): e.name for e in self._iter_cs_files()}
 
         def content(record: TarSplitEntry) -> Iterator[bytes]:
-            entry = self.lookup(by_name[clean_name(record.name.decode("utf-8", "surrogateescape"))].name)
+            entry = self.lookup(by_name[clean_name(record.name.decode("utf-8", "surrogateescape"))])
             file_hash = new_hash()
             with EntryFile(self, entry) as f:
                 while block := f.read(BLOCK_SIZE):
@@ -675,12 +682,13 @@ def _check_annotated_digests(annotations: Mapping[str, str], manifest_checksum: 
                                 f"says {expected}")
 
 
-def _check_tar_split_headers(records: list[TarSplitEntry], toc: list[CSTOCEntry]) -> None:
-    """Each file record of the tar-split must match the TOC entry at the same place, and so must
-    the tar header in the segment before it (after the previous entry's padding)."""
+def _check_tar_split_headers(records: list[TarSplitEntry], toc: Iterable[CSTOCEntry], toc_count: int) -> None:
+    """Each file record of the tar-split must match the TOC entry at the same place (``toc``
+    holds ``toc_count`` entries), and so must the tar header in the segment before it (after the
+    previous entry's padding)."""
     files = [(index, record) for index, record in enumerate(records) if record.type == FILE_TYPE]
-    if len(files) != len(toc):
-        raise VerificationError(f"tar-split has {len(files)} entries, the TOC {len(toc)}")
+    if len(files) != toc_count:
+        raise VerificationError(f"tar-split has {len(files)} entries, the TOC {toc_count}")
     previous_size = 0
     for (index, record), entry in zip(files, toc, strict=True):
         where = f"entry {entry.name!r}"
@@ -715,7 +723,7 @@ def _from_cs_entry(entry: CSTOCEntry) -> TOCEntry:
         modtime=format_rfc3339nano(*entry.modtime) if entry.modtime else "",
         link_name=entry.link_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
         offset=entry.offset, dev_major=entry.dev_major, dev_minor=entry.dev_minor,
-        xattrs=entry.xattrs, digest=entry.digest or (EMPTY_DIGEST if entry.type == "reg" else ""),
+        xattrs=dict(entry.xattrs), digest=entry.digest or (EMPTY_DIGEST if entry.type == "reg" else ""),
         chunk_offset=entry.chunk_offset, chunk_size=entry.chunk_size,
         chunk_digest=entry.digest if single_chunk else entry.chunk_digest,
     )

@@ -8,8 +8,9 @@ import json
 import re
 import sys
 from dataclasses import dataclass, field
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from .digests import EMPTY_DIGEST
 from .errors import FormatError, LimitError
@@ -17,7 +18,8 @@ from .gojson import format_rfc3339nano, go_escape_dumped
 
 __all__ = [
     "TOC_NAME", "TOCEntry", "TOCEncoder", "encode_toc", "decode_toc", "format_modtime", "clean_name",
-    "iter_toc", "EMPTY_DIGEST", "MAX_TOC_SIZE", "MAX_TAR_SPLIT_SIZE", "check_encoded_size",
+    "iter_toc", "scan_toc_object", "NO_XATTRS", "EMPTY_DIGEST", "MAX_TOC_SIZE", "MAX_TAR_SPLIT_SIZE",
+    "check_encoded_size",
 ]
 
 TOC_NAME = "stargz.index.json"
@@ -49,6 +51,8 @@ _FIELDS: tuple[tuple[str, str, type], ...] = (
     ("chunkDigest", "chunk_digest", str),
 )
 _BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in _FIELDS}
+#: The extended attributes of every decoded entry that has none: one shared, read-only mapping.
+NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 
 
 @dataclass(slots=True, eq=True)
@@ -102,7 +106,8 @@ def clean_name(name: str) -> str:
                 parts.pop()
             continue
         parts.append(part)
-    return "/".join(parts)
+    cleaned = "/".join(parts)
+    return name if cleaned == name else cleaned
 
 
 def format_modtime(seconds: int, nanos: int = 0) -> str:
@@ -223,54 +228,69 @@ def iter_toc(data: bytes) -> Generator[TOCEntry, None, int]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _invalid(exc) from None
-    position = _skip_space(text, 0)
-    if not text.startswith("{", position):
-        _decode_value(text, position)
-        raise FormatError("TOC JSON is not an object")
-    version: Any = 0
-    position = _skip_space(text, position + 1)
-    if text.startswith("}", position):
-        return version
-    while True:
-        if not text.startswith('"', position):
-            raise _invalid(f"expected a key at character {position}")
-        key, position = _decode_value(text, position)
-        position = _expect(text, position, ":")
-        key = key.lower()
-        if key == "entries" and text.startswith("[", position):
-            position = yield from _iter_entries(text, position)
-        else:
-            value, position = _decode_value(text, position)
-            if key == "version":
-                version = value
-            elif key == "entries" and value is not None:
-                raise FormatError("TOC entries must be a list")
-        if text.startswith("}", position):
-            break
-        position = _expect(text, position, ",")
+        raise FormatError(f"TOC is not valid JSON: {exc}") from None
+    members, _ = yield from scan_toc_object(text, _JSON.raw_decode, "TOC JSON is not an object", _decode_entry)
+    version = members.get("version", 0)
     if type(version) is not int:
         raise FormatError("TOC version must be an integer")
+    if members.get("entries") is not None and not isinstance(members["entries"], list):
+        raise FormatError("TOC entries must be a list")
     return version
 
 
-def _iter_entries(text: str, position: int) -> Generator[TOCEntry, None, int]:
-    """The entries of the array at ``position``; returns the position after it and its whitespace."""
+Decode = Callable[[str, int], tuple[Any, int]]
+"""``json.JSONDecoder.raw_decode``: the JSON value at a position and the position after it."""
+_T = TypeVar("_T")
+_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON = json.JSONDecoder()
+
+
+def scan_toc_object(text: str, decode: Decode, not_object: str, convert: Callable[[int, Any], _T]
+                    ) -> Generator[_T, None, tuple[dict[str, Any], int]]:
+    """Walk the TOC object ``text`` holds, yielding ``convert(index, item)`` for each item of its
+    ``entries`` array as soon as that item is parsed; return its other members (keys lowercased,
+    the last of equal keys kept; ``entries`` as ``[]`` when it was an array) and the position
+    after the object and its whitespace. Keys match case-insensitively, as Go's decoder does.
+    FormatError for invalid JSON, or ``not_object`` for a JSON value that is not an object.
+    """
+    position = _skip_space(text, 0)
+    if not text.startswith("{", position):
+        _decode_value(text, position, decode)
+        raise FormatError(not_object)
+    members: dict[str, Any] = {}
+    position = _skip_space(text, position + 1)
+    if text.startswith("}", position):
+        return members, _skip_space(text, position + 1)
+    while True:
+        if not text.startswith('"', position):
+            raise _invalid(f"expected a key at character {position}")
+        key, position = _decode_value(text, position, decode)
+        position = _expect(text, position, ":")
+        key = key.lower()
+        if key == "entries" and text.startswith("[", position):
+            position = yield from _scan_array(text, position, decode, convert)
+            members[key] = []
+        else:
+            members[key], position = _decode_value(text, position, decode)
+        if text.startswith("}", position):
+            return members, _skip_space(text, position + 1)
+        position = _expect(text, position, ",")
+
+
+def _scan_array(text: str, position: int, decode: Decode, convert: Callable[[int, Any], _T]
+                ) -> Generator[_T, None, int]:
+    """The converted items of the array at ``position``; returns the position after it."""
     position = _skip_space(text, position + 1)
     if text.startswith("]", position):
         return _skip_space(text, position + 1)
     index = 0
     while True:
-        raw, position = _decode_value(text, position)
-        yield _decode_entry(index, raw)
+        item, position = _decode_value(text, position, decode)
+        yield convert(index, item)
         index += 1
         if text.startswith("]", position):
             return _skip_space(text, position + 1)
         position = _expect(text, position, ",")
-
-
-_SPACE = re.compile(r"[ \t\n\r]*")
-_JSON = json.JSONDecoder()
 
 
 def _skip_space(text: str, position: int) -> int:
@@ -281,10 +301,10 @@ def _invalid(detail: object) -> FormatError:
     return FormatError(f"TOC is not valid JSON: {detail}")
 
 
-def _decode_value(text: str, position: int) -> tuple[Any, int]:
+def _decode_value(text: str, position: int, decode: Decode) -> tuple[Any, int]:
     """The JSON value at ``position`` and the position after it and the whitespace that follows."""
     try:
-        value, end = _JSON.raw_decode(text, position)
+        value, end = decode(text, position)
     except (ValueError, RecursionError) as exc:
         raise _invalid(exc) from None
     return value, _skip_space(text, end)
