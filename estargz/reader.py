@@ -252,6 +252,7 @@ class Reader:
         self._link_targets: dict[str, Entry] = {}
         self._toc_size = len(toc_json)
         self._implicit_budget = max(_MIN_IMPLICIT_NAMES, _IMPLICIT_NAMES_PER_TOC_BYTE * len(toc_json))
+        del toc_json  # the tree is built from the decoded entries or the copy kept above
         self._build_tree(self._iter_toc_entries())
 
     @property
