@@ -246,7 +246,6 @@ class Reader:
             self.version, self._cs_entries, self.tar_split_digest = decode_cs_toc(toc_json)
         else:
             self._toc_json = toc_json
-        self._file_entries = 0
         self._names: dict[str, Entry] = {}
         self._order: list[str] = []
         self._link_targets: dict[str, Entry] = {}
@@ -293,7 +292,6 @@ class Reader:
                 data_entries.append((last_file, chunk))
                 continue
             _check_entry(index, raw)
-            self._file_entries += 1
             name = clean_name(raw.name)
             entry = Entry(name=name, **{f: getattr(raw, f) for f in _COPIED_FIELDS})
             entry.xattrs = raw.xattrs or NO_XATTRS
@@ -566,9 +564,10 @@ class Reader:
         data = b"".join(inflate_frames([compressed], uncompressed + 1))
         if len(data) != uncompressed:
             raise FormatError(f"tar-split holds {len(data)} bytes, the footer says {uncompressed}")
-        max_records = 2 * self._file_entries + 2 + uncompressed // _TAR_SPLIT_BYTES_PER_EXTRA_RECORD
+        toc_entries = list(self._iter_cs_files())
+        max_records = 2 * len(toc_entries) + 2 + uncompressed // _TAR_SPLIT_BYTES_PER_EXTRA_RECORD
         records = decode_entries(data, max_records)
-        _check_tar_split_headers(records, self._iter_cs_files(), self._file_entries)
+        _check_tar_split_headers(records, toc_entries)
         return records
 
     def iter_rebuilt_tar(self) -> Iterator[bytes]:
@@ -683,13 +682,12 @@ def _check_annotated_digests(annotations: Mapping[str, str], manifest_checksum: 
                                 f"says {expected}")
 
 
-def _check_tar_split_headers(records: list[TarSplitEntry], toc: Iterable[CSTOCEntry], toc_count: int) -> None:
-    """Each file record of the tar-split must match the TOC entry at the same place (``toc``
-    holds ``toc_count`` entries), and so must the tar header in the segment before it (after the
-    previous entry's padding)."""
+def _check_tar_split_headers(records: list[TarSplitEntry], toc: list[CSTOCEntry]) -> None:
+    """Each file record of the tar-split must match the TOC entry at the same place, and so must
+    the tar header in the segment before it (after the previous entry's padding)."""
     files = [(index, record) for index, record in enumerate(records) if record.type == FILE_TYPE]
-    if len(files) != toc_count:
-        raise VerificationError(f"tar-split has {len(files)} entries, the TOC {toc_count}")
+    if len(files) != len(toc):
+        raise VerificationError(f"tar-split has {len(files)} entries, the TOC {len(toc)}")
     previous_size = 0
     for (index, record), entry in zip(files, toc, strict=True):
         where = f"entry {entry.name!r}"
