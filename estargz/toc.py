@@ -249,7 +249,8 @@ def scan_toc_object(text: str, decode: Decode, not_object: str, convert: Callabl
                     ) -> Generator[_T, None, tuple[dict[str, Any], int]]:
     """Walk the TOC object ``text`` holds, yielding ``convert(index, item)`` for each item of its
     ``entries`` array as soon as that item is parsed; return its other members (keys lowercased,
-    the last of equal keys kept; ``entries`` as ``[]`` when it was an array) and the position
+    the last of equal keys kept; ``entries`` as ``[]`` when it was an array, which it may be
+    only once, as its items are gone by the next one) and the position
     after the object and its whitespace. Keys match case-insensitively, as Go's decoder does.
     FormatError for invalid JSON, or ``not_object`` for a JSON value that is not an object.
     """
@@ -268,6 +269,8 @@ def scan_toc_object(text: str, decode: Decode, not_object: str, convert: Callabl
         position = _expect(text, position, ":")
         key = key.lower()
         if key == "entries" and text.startswith("[", position):
+            if key in members:
+                raise FormatError("TOC holds its entries array twice")
             position = yield from _scan_array(text, position, decode, convert)
             members[key] = []
         else:

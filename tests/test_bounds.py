@@ -161,6 +161,13 @@ def test_deeply_nested_json_in_a_tar_split_record():
 
 
 @stargz_formats
+def test_entries_array_twice_is_refused(make):
+    """Entries are converted as they are parsed, so a second array cannot replace the first."""
+    entry = '{"name": "a", "type": "dir"}'
+    assert outcome(make(f'{{"version": 1, "entries": [{entry}], "Entries": [{entry}]}}'.encode())) == "FormatError"
+
+
+@stargz_formats
 @pytest.mark.parametrize("kind", ["", "file", "chunky"])
 def test_unknown_entry_type(make, kind):
     assert outcome(make(toc({"name": "x", "type": kind}))) == "FormatError"
