@@ -57,6 +57,7 @@ def test_sdist_carries_license_docs_and_what_its_tests_need(sdist_tree: Path) ->
     wanted = ["LICENSE", "CHANGELOG.md", "README.md", "tests/conftest.py", "tests/helpers.py", "tests/run.sh"]
     wanted += [str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")]
     wanted += [str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "data").rglob("*") if p.is_file()]
+    wanted += [str(p.relative_to(ROOT)) for p in (ROOT / "estargz").rglob("*.py")]
     assert [name for name in wanted if not (sdist_tree / name).is_file()] == []
     assert (sdist_tree / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()
     assert "Apache License" in (ROOT / "LICENSE").read_text() and "Version 2.0" in (ROOT / "LICENSE").read_text()
