@@ -14,7 +14,7 @@ import struct
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from queue import Full, Queue
 from typing import BinaryIO, TypeVar
@@ -438,7 +438,7 @@ def _check_header_blocks(raw: bytes, where: str) -> None:
             position += size
 
 
-def _toc_groups(toc_entries: list[TOCEntry]) -> Iterator[tuple[TOCEntry, list[TOCEntry]]]:
+def _toc_groups(toc_entries: Iterable[TOCEntry]) -> Iterator[tuple[TOCEntry, list[TOCEntry]]]:
     """Each non-chunk TOC entry with its chunks (a regular file's first chunk is the entry)."""
     current: tuple[TOCEntry, list[TOCEntry]] | None = None
     for entry in toc_entries:
@@ -530,7 +530,7 @@ def _hash_payload(stream: _UnitStream, size: int, where: str, hashes: Collection
         remaining -= len(data)
 
 
-def _walk_tar(stream: _UnitStream, toc_entries: list[TOCEntry], lossless: bool) -> tuple[int, bool]:
+def _walk_tar(stream: _UnitStream, toc_entries: Iterable[TOCEntry], lossless: bool) -> tuple[int, bool]:
     """Match the tar stream entry by entry to the TOC; return the number of entries and whether
     the stream has an end-of-archive marker."""
     groups = _toc_groups(toc_entries)
@@ -636,7 +636,7 @@ def _check_gzip_toc(source: Source, start: int, end: int, xfl: set[int]) -> None
         raise FormatError(f"{end - cursor.position} bytes between the TOC member and the footer")
 
 
-def check_blob_structure(source: Source, footer: Footer, data_end: int, toc_entries: list[TOCEntry],
+def check_blob_structure(source: Source, footer: Footer, data_end: int, toc_entries: Iterable[TOCEntry],
                          tar_split: list[TarSplitEntry] | None, *, threaded: bool = True,
                          out: BinaryIO | None = None) -> Coverage:
     """Check every byte of the blob: data units, tar stream against the TOC, TOC unit, footer.

@@ -14,18 +14,19 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import sys
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 from .digests import is_digest
 from .errors import FormatError, LimitError
-from .gojson import Time, decode_value, format_rfc3339nano, parse_rfc3339, quote
-from .toc import MAX_TOC_SIZE
+from .gojson import Time, format_rfc3339nano, parse_rfc3339, quote, raw_decode_strict
+from .toc import MAX_TOC_SIZE, NO_XATTRS, scan_toc_object
 
 __all__ = [
     "TOC_VERSION", "ENTRY_TYPES", "CHUNK_TYPE_ZEROS", "GO_ZERO_TIME", "FIELDS", "CSTOCEntry",
-    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "format_rfc3339nano", "parse_rfc3339",
+    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "iter_cs_toc", "format_rfc3339nano", "parse_rfc3339",
 ]
 
 TOC_VERSION = 1
@@ -84,7 +85,7 @@ class CSTOCEntry:
     changetime: Time | None = None
     dev_major: int = 0
     dev_minor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = field(default_factory=lambda: NO_XATTRS)
     digest: str = ""
     offset: int = 0
     end_offset: int = 0
@@ -229,6 +230,7 @@ def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
         if known is not None:
             json_key, attr, kind = known
             values[attr] = _DECODERS[kind](f"TOC entry {index}: {json_key}", value)
+    values["type"] = sys.intern(values["type"])
     entry = CSTOCEntry(**values)
     if entry.type not in ENTRY_TYPES:
         raise FormatError(f"TOC entry {index}: unknown type {entry.type!r}")
@@ -249,49 +251,48 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
     or chunk types and a ``chunk`` entry that does not follow a ``reg`` raise
     :class:`FormatError`. Bytes that are not UTF-8 are kept as surrogate escapes.
     """
+    entries: list[CSTOCEntry] = []
+    scan = iter_cs_toc(data)
+    while True:
+        try:
+            entries.append(next(scan))
+        except StopIteration as stop:
+            version, tar_split_digest = stop.value
+            return version, entries, tar_split_digest
+
+
+def iter_cs_toc(data: bytes) -> Generator[CSTOCEntry, None, tuple[int, str]]:
+    """Parse TOC JSON entry by entry, as :func:`decode_cs_toc` does; the generator returns
+    ``(version, tar_split_digest)``. Only one entry's JSON object exists at a time."""
     if len(data) > MAX_TOC_SIZE:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     text = bytes(data).decode("utf-8", "surrogateescape")
-    try:
-        document, rest = decode_value(text)
-    except (ValueError, RecursionError) as exc:
-        raise FormatError(f"TOC is not valid JSON: {exc}") from None
-    if rest:
-        raise FormatError("unexpected data after the TOC")
-    if not isinstance(document, dict):
-        raise FormatError("TOC is not a JSON object")
-    version, raw_entries, tar_split_digest = _document_fields(document)
-    entries = []
-    for index, raw in enumerate(raw_entries):
-        raw_entries[index] = None  # each parsed object is freed once converted
-        entries.append(_decode_entry(index, raw))
-    _check_chunk_order(entries)
-    return version, entries, tar_split_digest
-
-
-def _document_fields(document: dict[str, Any]) -> tuple[int, list[Any], str]:
-    """``version``, ``entries`` and ``tarSplitDigest`` of a TOC object, checked."""
-    version, raw_entries, tar_split_digest = 0, None, ""
-    for key, value in document.items():
-        lowered = key.lower()
-        if lowered == "version":
-            if type(value) is not int or not _INT64[0] <= value <= _INT64[1]:
-                raise FormatError("TOC version must be an integer")
-            version = value
-        elif lowered == "entries":
-            if value is not None and not isinstance(value, list):
-                raise FormatError("TOC entries must be an array")
-            raw_entries = value
-        elif lowered == "tarsplitdigest":
-            if not is_digest(value):
-                raise FormatError(f"invalid tarSplitDigest {value!r}")
-            tar_split_digest = value
-    return version, raw_entries or [], tar_split_digest
-
-
-def _check_chunk_order(entries: list[CSTOCEntry]) -> None:
     previous = ""
-    for index, entry in enumerate(entries):
+
+    def decode_in_order(index: int, raw: Any) -> CSTOCEntry:
+        nonlocal previous
+        entry = _decode_entry(index, raw)
         if entry.type == "chunk" and previous not in ("reg", "chunk"):
             raise FormatError(f"TOC entry {index}: chunk type without a regular file")
         previous = entry.type
+        return entry
+
+    members, end = yield from scan_toc_object(text, raw_decode_strict, "TOC is not a JSON object", decode_in_order)
+    if end != len(text):
+        raise FormatError("unexpected data after the TOC")
+    version, tar_split_digest = _document_fields(members)
+    return version, tar_split_digest
+
+
+def _document_fields(members: dict[str, Any]) -> tuple[int, str]:
+    """``version`` and ``tarSplitDigest`` of a TOC object's members (keys lowercased), checked;
+    ``entries`` must be an array or null."""
+    version = members.get("version", 0)
+    if type(version) is not int or not _INT64[0] <= version <= _INT64[1]:
+        raise FormatError("TOC version must be an integer")
+    if members.get("entries") is not None and not isinstance(members["entries"], list):
+        raise FormatError("TOC entries must be an array")
+    tar_split_digest = members.get("tarsplitdigest", "")
+    if "tarsplitdigest" in members and not is_digest(tar_split_digest):
+        raise FormatError(f"invalid tarSplitDigest {tar_split_digest!r}")
+    return version, tar_split_digest

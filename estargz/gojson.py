@@ -20,7 +20,8 @@ from typing import Any
 
 from .errors import FormatError, LimitError
 
-__all__ = ["quote", "go_escape_dumped", "decode_value", "Time", "format_rfc3339nano", "parse_rfc3339"]
+__all__ = ["quote", "go_escape_dumped", "decode_value", "raw_decode_strict", "Time", "format_rfc3339nano",
+           "parse_rfc3339"]
 
 _SPECIAL = re.compile('["\\\\\x00-\x1f<>&\u2028\u2029\ud800-\udfff]')
 #: What Go escapes and Python's ``json.dumps(..., ensure_ascii=False)`` writes raw.
@@ -81,6 +82,9 @@ def _reject_constant(name: str) -> None:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+#: ``raw_decode`` of a decoder as strict as :func:`decode_value`: the value at a position and the
+#: position after it.
+raw_decode_strict = _DECODER.raw_decode
 
 
 def decode_value(text: str) -> tuple[Any, str]:

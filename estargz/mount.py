@@ -278,7 +278,7 @@ def _key(layer: int, chunk: Chunk) -> Hashable:
     return (layer, chunk.offset, chunk.inner_offset, chunk.chunk_size)
 
 
-def _chunks_between(chunks: list[Chunk], start: int, end: int) -> Iterator[Chunk]:
+def _chunks_between(chunks: Sequence[Chunk], start: int, end: int) -> Iterator[Chunk]:
     """The chunks that hold bytes of ``[start, end)``."""
     lo, hi = 0, len(chunks)
     while lo < hi:

@@ -10,9 +10,10 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import BinaryIO
 
 from .annotations import (
@@ -35,7 +36,7 @@ from .gojson import parse_rfc3339
 from .source import BLOCK_SIZE, RangeFile, Source, SourceLike, as_source, read_ranges
 from .tarsplit import FILE_TYPE, SEGMENT_TYPE, TarSplitEntry, decode_entries, iter_tar
 from .tarstream import BLOCK, iter_entries, padding, toc_header_fields
-from .toc import MAX_TOC_SIZE, TOC_NAME, TOCEntry, clean_name
+from .toc import MAX_TOC_SIZE, NO_XATTRS, TOC_NAME, TOCEntry, clean_name
 
 __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
 
@@ -93,6 +94,10 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _UNENCODABLE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
+#: What an entry without children holds: one shared, read-only mapping.
+_NO_CHILDREN: Mapping[str, Entry] = MappingProxyType({})
+
+
 @dataclass(slots=True)
 class Chunk:
     """Where one chunk of a regular file lies: compressed range, and position in the file."""
@@ -124,11 +129,13 @@ class Entry:
     group_name: str = ""
     dev_major: int = 0
     dev_minor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = field(default_factory=lambda: NO_XATTRS)
     digest: str = ""
     num_link: int = 0
-    chunks: list[Chunk] = field(default_factory=list, repr=False)
-    children: dict[str, Entry] = field(default_factory=dict, repr=False)
+    chunks: Sequence[Chunk] = field(default=(), repr=False)
+    """The chunks of a regular file with data, in file order."""
+    children: Mapping[str, Entry] = field(default_factory=lambda: _NO_CHILDREN, repr=False)
+    """A directory's entries by name (its last name component)."""
 
     @property
     def permissions(self) -> int:
@@ -283,39 +290,54 @@ class Reader:
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
         _check_annotated_digests(annotations, self.manifest_checksum, sha256_digest(toc_json))
-        self.version, self.toc_entries = decoded.version, decoded.entries
         self.tar_split_digest = decoded.tar_split_digest
+        self.version = 0
+        self._decoded = decoded
         self._cs_entries: list[CSTOCEntry] = decoded.native_entries
         self._names: dict[str, Entry] = {}
         self._order: list[str] = []
         self._link_targets: dict[str, Entry] = {}
         self._toc_size = len(toc_json)
         self._implicit_budget = max(_MIN_IMPLICIT_NAMES, _IMPLICIT_NAMES_PER_TOC_BYTE * len(toc_json))
-        self._build_tree()
+        self._build_tree(self._iter_toc_entries())
+
+    @property
+    def toc_entries(self) -> list[TOCEntry]:
+        """The TOC's entries as written (containers/storage entries in the eStargz model), decoded
+        anew on each access."""
+        return list(self._iter_toc_entries())
+
+    def _iter_toc_entries(self) -> Iterator[TOCEntry]:
+        """The TOC's entries, decoded one at a time by its dialect; sets the version once all are read."""
+        self.version = yield from self._decoded.read_entries()
+
+    def _iter_cs_files(self) -> Iterator[CSTOCEntry]:
+        """The containers/storage TOC's entries other than chunks."""
+        return (entry for entry in self._cs_entries if entry.type != "chunk")
 
     def _pieces(self, start: int, end: int) -> Iterator[bytes]:
         return _pieces(self._source, start, end)
 
-    def _build_tree(self) -> None:
-        root = Entry(name="", type="dir", mode=0o755)
+    def _build_tree(self, toc_entries: Iterable[TOCEntry]) -> None:
+        root = Entry(name="", type="dir", mode=0o755, children={})
         names = self._names
         names[""] = root
         unames: dict[int, str] = {}
         gnames: dict[int, str] = {}
         last_file: Entry | None = None
-        data_entries: list[tuple[TOCEntry, Chunk]] = []
-        for index, raw in enumerate(self.toc_entries):
+        data_entries: list[tuple[Entry, Chunk]] = []
+        for index, raw in enumerate(toc_entries):
             if raw.type == "chunk":
                 if last_file is None:
                     raise FormatError(f"TOC entry {index}: chunk without a preceding regular file")
                 chunk = Chunk(raw.offset, raw.inner_offset, raw.chunk_offset, raw.chunk_size, raw.chunk_digest)
-                last_file.chunks.append(chunk)
-                data_entries.append((raw, chunk))
+                _add_chunk(last_file, chunk)
+                data_entries.append((last_file, chunk))
                 continue
             _check_entry(index, raw)
             name = clean_name(raw.name)
             entry = Entry(name=name, **{f: getattr(raw, f) for f in _COPIED_FIELDS})
-            entry.xattrs = dict(raw.xattrs)
+            entry.xattrs = raw.xattrs or NO_XATTRS
             _fill_owner_names(entry, unames, gnames)
             if entry.size < 0:
                 raise FormatError(f"TOC entry {name!r}: negative size")
@@ -324,8 +346,8 @@ class Reader:
                 last_file = entry
                 if entry.size > 0:
                     chunk = Chunk(raw.offset, raw.inner_offset, 0, raw.chunk_size, raw.chunk_digest)
-                    entry.chunks.append(chunk)
-                    data_entries.append((raw, chunk))
+                    _add_chunk(entry, chunk)
+                    data_entries.append((entry, chunk))
             if name == "":
                 if entry.type != "dir":
                     raise FormatError("TOC root entry is not a directory")
@@ -338,12 +360,12 @@ class Reader:
         self._link_chunks(data_entries)
         self._link_tree()
 
-    def _link_chunks(self, data_entries: list[tuple[TOCEntry, Chunk]]) -> None:
+    def _link_chunks(self, data_entries: list[tuple[Entry, Chunk]]) -> None:
         data_end = self.data_end
         last = data_end
-        for raw, chunk in reversed(data_entries):
+        for file, chunk in reversed(data_entries):
             if not 0 <= chunk.offset < data_end or chunk.inner_offset < 0:
-                raise FormatError(f"TOC entry {raw.name!r}: chunk offset {chunk.offset} is outside the data")
+                raise FormatError(f"TOC entry {file.name!r}: chunk offset {chunk.offset} is outside the data")
             chunk.next_offset = last
             if chunk.offset != 0 and chunk.inner_offset == 0:
                 last = chunk.offset
@@ -357,7 +379,7 @@ class Reader:
             entry = names[name]
             parent = self._parent_dir(name.rpartition("/")[0])
             target = self._resolve(entry) if entry.type == "hardlink" else entry
-            parent.children[name.rpartition("/")[2]] = target
+            _add_child(parent, name.rpartition("/")[2], target)
             if target.type != "dir":
                 target.num_link += 1
             elif target is entry:
@@ -381,7 +403,7 @@ class Reader:
                 raise LimitError("TOC: too many or too deep implicit parent directories for its size")
             child = Entry(name=directory, type="dir", mode=0o755)
             self._names[directory] = child
-            entry.children[directory.rpartition("/")[2]] = child
+            _add_child(entry, directory.rpartition("/")[2], child)
             entry.num_link += 1
             entry = child
         return entry
@@ -593,7 +615,7 @@ class Reader:
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
         records = self.tar_split() if self.footer.tar_split is not None else None
-        coverage = check_blob_structure(self._source, self.footer, self.data_end, self.toc_entries, records,
+        coverage = check_blob_structure(self._source, self.footer, self.data_end, self._iter_toc_entries(), records,
                                         threaded=(threads or os.cpu_count() or 1) > 1)
         if blob_digest is not None and blob_digest != coverage.blob_digest:
             raise VerificationError(f"blob digest is {coverage.blob_digest}, expected {blob_digest}")
@@ -617,7 +639,7 @@ class Reader:
         data = b"".join(inflate_frames([compressed], uncompressed + 1))
         if len(data) != uncompressed:
             raise FormatError(f"tar-split holds {len(data)} bytes, the footer says {uncompressed}")
-        toc_entries = [e for e in self._cs_entries if e.type != "chunk"]
+        toc_entries = list(self._iter_cs_files())
         max_records = 2 * len(toc_entries) + 2 + uncompressed // _TAR_SPLIT_BYTES_PER_EXTRA_RECORD
         records = decode_entries(data, max_records)
         _check_tar_split_headers(records, toc_entries)
@@ -627,10 +649,10 @@ class Reader:
         """The original tar of a containers/storage zstd:chunked blob, rebuilt from its tar-split
         and the files' chunks (as a partial pull does), each file checked against its CRC-64."""
         records = self.tar_split()
-        by_name = {clean_name(e.name): e for e in self.toc_entries if e.type != "chunk"}
+        by_name = {clean_name(e.name): e.name for e in self._iter_cs_files()}
 
         def content(record: TarSplitEntry) -> Iterator[bytes]:
-            entry = self.lookup(by_name[clean_name(record.name.decode("utf-8", "surrogateescape"))].name)
+            entry = self.lookup(by_name[clean_name(record.name.decode("utf-8", "surrogateescape"))])
             file_hash = new_hash()
             with EntryFile(self, entry) as f:
                 while block := f.read(BLOCK_SIZE):
@@ -652,7 +674,7 @@ class Reader:
         byte for byte whenever it ended with its marker, as tars do.
         """
         records = self.tar_split() if self.footer.tar_split is not None else None
-        coverage = check_blob_structure(self._source, self.footer, self.data_end, self.toc_entries, records,
+        coverage = check_blob_structure(self._source, self.footer, self.data_end, self._iter_toc_entries(), records,
                                         threaded=(os.cpu_count() or 1) > 1, out=out)
         if coverage.has_end_marker:
             return coverage.written
@@ -740,6 +762,18 @@ class _TailSource:
             self._runs.add(self._start, self._tail)
         head = self._source.read_at(offset, self._start - offset) if offset < self._start else b""
         return head + self._tail[max(offset, self._start) - self._start:end - self._start]
+
+
+def _add_chunk(file: Entry, chunk: Chunk) -> None:
+    if not isinstance(file.chunks, list):
+        file.chunks = []
+    file.chunks.append(chunk)
+
+
+def _add_child(directory: Entry, name: str, child: Entry) -> None:
+    if not isinstance(directory.children, dict):
+        directory.children = {}
+    directory.children[name] = child
 
 
 def _pieces(source: Source, start: int, end: int) -> Iterator[bytes]:

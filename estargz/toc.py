@@ -6,8 +6,11 @@ import base64
 import binascii
 import json
 import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Generator, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from .digests import EMPTY_DIGEST
 from .errors import FormatError, LimitError
@@ -15,7 +18,8 @@ from .gojson import format_rfc3339nano, go_escape_dumped
 
 __all__ = [
     "TOC_NAME", "TOCEntry", "TOCEncoder", "encode_toc", "decode_toc", "format_modtime", "clean_name",
-    "EMPTY_DIGEST", "MAX_TOC_SIZE", "MAX_TAR_SPLIT_SIZE", "check_encoded_size",
+    "iter_toc", "scan_toc_object", "NO_XATTRS", "EMPTY_DIGEST", "MAX_TOC_SIZE", "MAX_TAR_SPLIT_SIZE",
+    "check_encoded_size",
 ]
 
 TOC_NAME = "stargz.index.json"
@@ -47,6 +51,8 @@ _FIELDS: tuple[tuple[str, str, type], ...] = (
     ("chunkDigest", "chunk_digest", str),
 )
 _BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in _FIELDS}
+#: The extended attributes of every decoded entry that has none: one shared, read-only mapping.
+NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 
 
 @dataclass(slots=True, eq=True)
@@ -100,7 +106,8 @@ def clean_name(name: str) -> str:
                 parts.pop()
             continue
         parts.append(part)
-    return "/".join(parts)
+    cleaned = "/".join(parts)
+    return name if cleaned == name else cleaned
 
 
 def format_modtime(seconds: int, nanos: int = 0) -> str:
@@ -201,28 +208,116 @@ def _xattrs(entry_index: int, value: Any) -> dict[str, bytes]:
 
 def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
     """Parse TOC JSON into (version, entries). Keys match case-insensitively; unknown keys are ignored."""
+    entries: list[TOCEntry] = []
+    scan = iter_toc(data)
+    while True:
+        try:
+            entries.append(next(scan))
+        except StopIteration as stop:
+            return stop.value, entries
+
+
+def iter_toc(data: bytes) -> Generator[TOCEntry, None, int]:
+    """Parse TOC JSON entry by entry, as :func:`decode_toc` does; the generator returns the version.
+
+    Only one entry's JSON object exists at a time, so memory follows the entries kept, not the
+    parsed document. Text after the document is ignored.
+    """
     if len(data) > MAX_TOC_SIZE:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     try:
-        document, _ = json.JSONDecoder().raw_decode(data.decode("utf-8").lstrip())
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise FormatError(f"TOC is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise FormatError("TOC JSON is not an object")
-    lowered = {k.lower(): v for k, v in document.items()}
-    version = lowered.get("version", 0)
+    members, _ = yield from scan_toc_object(text, _JSON.raw_decode, "TOC JSON is not an object", _decode_entry)
+    version = members.get("version", 0)
     if type(version) is not int:
         raise FormatError("TOC version must be an integer")
-    raw_entries = lowered.get("entries")
-    if raw_entries is None:
-        raw_entries = []
-    if not isinstance(raw_entries, list):
+    if members.get("entries") is not None and not isinstance(members["entries"], list):
         raise FormatError("TOC entries must be a list")
-    entries = []
-    for index, raw in enumerate(raw_entries):
-        raw_entries[index] = None  # each parsed object is freed once converted
-        entries.append(_decode_entry(index, raw))
-    return version, entries
+    return version
+
+
+Decode = Callable[[str, int], tuple[Any, int]]
+"""``json.JSONDecoder.raw_decode``: the JSON value at a position and the position after it."""
+_T = TypeVar("_T")
+_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON = json.JSONDecoder()
+
+
+def scan_toc_object(text: str, decode: Decode, not_object: str, convert: Callable[[int, Any], _T]
+                    ) -> Generator[_T, None, tuple[dict[str, Any], int]]:
+    """Walk the TOC object ``text`` holds, yielding ``convert(index, item)`` for each item of its
+    ``entries`` array as soon as that item is parsed; return its other members (keys lowercased,
+    the last of equal keys kept; ``entries`` as ``[]`` when it was an array, which it may be
+    only once, as its items are gone by the next one) and the position
+    after the object and its whitespace. Keys match case-insensitively, as Go's decoder does.
+    FormatError for invalid JSON, or ``not_object`` for a JSON value that is not an object.
+    """
+    position = _skip_space(text, 0)
+    if not text.startswith("{", position):
+        _decode_value(text, position, decode)
+        raise FormatError(not_object)
+    members: dict[str, Any] = {}
+    position = _skip_space(text, position + 1)
+    if text.startswith("}", position):
+        return members, _skip_space(text, position + 1)
+    while True:
+        if not text.startswith('"', position):
+            raise _invalid(f"expected a key at character {position}")
+        key, position = _decode_value(text, position, decode)
+        position = _expect(text, position, ":")
+        key = key.lower()
+        if key == "entries" and text.startswith("[", position):
+            if key in members:
+                raise FormatError("TOC holds its entries array twice")
+            position = yield from _scan_array(text, position, decode, convert)
+            members[key] = []
+        else:
+            members[key], position = _decode_value(text, position, decode)
+        if text.startswith("}", position):
+            return members, _skip_space(text, position + 1)
+        position = _expect(text, position, ",")
+
+
+def _scan_array(text: str, position: int, decode: Decode, convert: Callable[[int, Any], _T]
+                ) -> Generator[_T, None, int]:
+    """The converted items of the array at ``position``; returns the position after it."""
+    position = _skip_space(text, position + 1)
+    if text.startswith("]", position):
+        return _skip_space(text, position + 1)
+    index = 0
+    while True:
+        item, position = _decode_value(text, position, decode)
+        yield convert(index, item)
+        index += 1
+        if text.startswith("]", position):
+            return _skip_space(text, position + 1)
+        position = _expect(text, position, ",")
+
+
+def _skip_space(text: str, position: int) -> int:
+    return _SPACE.match(text, position).end()  # type: ignore[union-attr]
+
+
+def _invalid(detail: object) -> FormatError:
+    return FormatError(f"TOC is not valid JSON: {detail}")
+
+
+def _decode_value(text: str, position: int, decode: Decode) -> tuple[Any, int]:
+    """The JSON value at ``position`` and the position after it and the whitespace that follows."""
+    try:
+        value, end = decode(text, position)
+    except (ValueError, RecursionError) as exc:
+        raise _invalid(exc) from None
+    return value, _skip_space(text, end)
+
+
+def _expect(text: str, position: int, char: str) -> int:
+    """The position after ``char`` (and whitespace), which must stand at ``position``."""
+    if not text.startswith(char, position):
+        raise _invalid(f"expected {char!r} at character {position}")
+    return _skip_space(text, position + 1)
 
 
 def _decode_entry(index: int, raw: Any) -> TOCEntry:
@@ -235,4 +330,5 @@ def _decode_entry(index: int, raw: Any) -> TOCEntry:
             continue
         json_key, attr, kind = known
         values[attr] = _field_value(index, json_key, kind, value)
+    values["type"] = sys.intern(values["type"])
     return TOCEntry(**values)

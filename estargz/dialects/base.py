@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
@@ -100,8 +100,9 @@ class LayerWriter(Protocol):
 class DecodedTOC:
     """A TOC read into the reader's entry model (eStargz :class:`~estargz.toc.TOCEntry` records)."""
 
-    version: int
-    entries: list[TOCEntry]
+    read_entries: Callable[[], Generator[TOCEntry, None, int]]
+    """The entries, decoded anew one at a time on each call (only the entry being read is held);
+    the generator returns the TOC version and raises a FormatError on a bad TOC."""
     native_entries: list[CSTOCEntry] = field(default_factory=list)
     """containers/storage: the entries as the TOC spells them (the tar-split is checked against them)."""
     tar_split_digest: str = ""
@@ -149,7 +150,7 @@ class Dialect(Protocol):
         ...
 
     def read_toc(self, toc_json: bytes) -> DecodedTOC:
-        """Decode and validate the TOC JSON into the reader's entry model."""
+        """The TOC JSON in the reader's entry model; its entries are decoded and validated as read."""
         ...
 
     def toc_digest(self, toc_json: bytes, compressed_toc: bytes | None) -> str:

@@ -4,6 +4,7 @@ between them; the compact TOC and the tar-split in skippable frames, then a 64-b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -11,7 +12,7 @@ import mmap
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import BinaryIO
@@ -287,6 +288,12 @@ def _add_content(pipeline: Pipeline, entry: TarEntry, records: list[CSTOCEntry],
     return crc
 
 
+def _iter_as_toc_entries(version: int, entries: list[CSTOCEntry]) -> Generator[TOCEntry, None, int]:
+    """``entries`` converted one at a time; returns ``version``."""
+    yield from map(_as_toc_entry, entries)
+    return version
+
+
 def _as_toc_entry(entry: CSTOCEntry) -> TOCEntry:
     """A containers/storage TOC entry in the eStargz model the reader's tree is built from.
 
@@ -298,7 +305,7 @@ def _as_toc_entry(entry: CSTOCEntry) -> TOCEntry:
         modtime=format_rfc3339nano(*entry.modtime) if entry.modtime else "",
         link_name=entry.link_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
         offset=entry.offset, dev_major=entry.dev_major, dev_minor=entry.dev_minor,
-        xattrs=entry.xattrs, digest=entry.digest or (EMPTY_DIGEST if entry.type == "reg" else ""),
+        xattrs=dict(entry.xattrs), digest=entry.digest or (EMPTY_DIGEST if entry.type == "reg" else ""),
         chunk_offset=entry.chunk_offset, chunk_size=entry.chunk_size,
         chunk_digest=entry.digest if single_chunk else entry.chunk_digest,
     )
@@ -359,7 +366,7 @@ class ContainersStorage:
 
     def read_toc(self, toc_json: bytes) -> DecodedTOC:
         version, entries, tar_split_digest = decode_cs_toc(toc_json)
-        return DecodedTOC(version, [_as_toc_entry(e) for e in entries], entries, tar_split_digest)
+        return DecodedTOC(functools.partial(_iter_as_toc_entries, version, entries), entries, tar_split_digest)
 
     def toc_digest(self, toc_json: bytes, compressed_toc: bytes | None) -> str:
         """sha256 of the compressed TOC (the manifest-checksum annotation)."""

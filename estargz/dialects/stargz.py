@@ -3,6 +3,7 @@ eStargz order (or input order for keep-diff-id), chunks every ``chunk_size`` byt
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from ..chunking import MemberGrouping, fixed_chunks
@@ -10,9 +11,8 @@ from ..errors import UnsupportedInputError
 from ..ordering import LANDMARK_CONTENTS, check_readable, order_entries
 from ..pipeline import Pipeline
 from ..tarstream import BLOCK, TarEntry, padding, ustar_header
-from ..toc import decode_toc
 from ..toc import EMPTY_DIGEST, MAX_TOC_SIZE, TOC_NAME, TOCEncoder, TOCEntry, check_encoded_size, clean_name, \
-    format_modtime
+    format_modtime, iter_toc
 from .base import DecodedTOC, LayerOptions, TarInput
 
 __all__ = ["StargzWriter", "toc_tar", "toc_digest", "read_stargz_toc"]
@@ -164,9 +164,8 @@ def toc_tar(buffer: bytearray) -> bytearray:
 
 
 def read_stargz_toc(toc_json: bytes) -> DecodedTOC:
-    """The stargz TOC JSON, decoded and validated."""
-    version, entries = decode_toc(toc_json)
-    return DecodedTOC(version, entries)
+    """The stargz TOC JSON, whose entries are parsed one at a time as read."""
+    return DecodedTOC(functools.partial(iter_toc, toc_json))
 
 
 def toc_digest(toc_json: bytes | memoryview) -> str:
