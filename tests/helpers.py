@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import ssl
+import sys
 import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 __all__ = ["sha256", "clean", "gzip_members", "gunzip"]
 
@@ -42,3 +46,33 @@ def gzip_members(blob: bytes) -> list[int]:
 def gunzip(blob: bytes) -> bytes:
     """Every member inflated (gzip.decompress reads multi-member streams)."""
     return gzip.decompress(blob)
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A loopback test server on daemon threads; connections the client drops or times out (a
+    body it would not read, a deadline it enforced) are no error."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, no request log; GET and HEAD go to ``_serve``."""
+
+    protocol_version = "HTTP/1.1"
+    server: Any
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_HEAD(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        raise NotImplementedError

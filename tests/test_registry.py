@@ -15,18 +15,16 @@ import json
 import random
 import re
 import socket
-import sys
 import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from helpers import sha256
+from helpers import QuietHandler, QuietServer, sha256
 
 import estargz
 from estargz import (
@@ -401,7 +399,7 @@ class FakeRegistry:
         self.redirect_to: str | None = None  # blob GETs answered 307 to this origin's /storage/
         self.log: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
-        self.server = _QuietServer(("127.0.0.1", 0), _FakeHandler)
+        self.server = QuietServer(("127.0.0.1", 0), _FakeHandler)
         self.server.fake = self  # type: ignore[attr-defined]
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
@@ -419,28 +417,7 @@ class FakeRegistry:
         self.server.server_close()
 
 
-class _QuietServer(ThreadingHTTPServer):
-    """Daemon threads; connections the client drops (a body it would not read) are no error."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-class _FakeHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Any
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        self._serve()
+class _FakeHandler(QuietHandler):
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

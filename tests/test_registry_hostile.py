@@ -19,13 +19,12 @@ import sys
 import tarfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from helpers import sha256
+from helpers import QuietHandler, QuietServer, sha256
 
 import estargz
 from estargz import EStargzError, FormatError, RegistryClient, RegistryError, VerificationError
@@ -47,7 +46,7 @@ class Hostile:
     def __init__(self, address: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Route] = {}
         self.log: list[tuple[str, str, str | None, bytes]] = []
-        self.server = _Server((address, 0), _Handler)
+        self.server = QuietServer((address, 0), _Handler)
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.server.hostile = self  # type: ignore[attr-defined]
@@ -64,26 +63,7 @@ class Hostile:
         self.server.server_close()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Any
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        self._serve()
+class _Handler(QuietHandler):
 
     def do_POST(self) -> None:
         self._serve()
