@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
-import tarfile
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,27 @@ def test_sdist_tests_pass_from_the_extracted_sdist(sdist_tree: Path) -> None:
                             cwd=sdist_tree, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout
+
+
+def test_wheel_built_from_the_sdist_imports_every_module(sdist_tree: Path, tmp_path: Path) -> None:
+    """The wheel a user's pip builds from the sdist holds every module of the package: each one
+    imports from the unpacked wheel alone, whatever this checkout's install provides."""
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"),
+                    str(sdist_tree)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("estargz-*.whl")
+    unpacked = tmp_path / "wheel"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(unpacked)
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "estargz").rglob("*.py"))
+    # __main__ runs the CLI when imported: it is located, not imported.
+    script = ("import importlib, importlib.util, sys\n"
+              "for name in sys.argv[1:]:\n"
+              "    name = name.removesuffix('.__init__')\n"
+              "    print(importlib.util.find_spec(name).origin if name.endswith('__main__')\n"
+              "          else importlib.import_module(name).__file__)\n")
+    result = subprocess.run([sys.executable, "-P", "-c", script, *modules], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(unpacked)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = result.stdout.split()
+    assert len(files) == len(modules)
+    assert [f for f in files if not Path(f).is_relative_to(unpacked)] == []
