@@ -917,8 +917,9 @@ class _Converter:
                                         f"after a lossless conversion, the config says {diff_ids[number]}")
             diff_ids[number] = result.diff_id
             annotations = {k: v for k, v in (source.get("annotations") or {}).items() if k not in _FORMAT_ANNOTATIONS}
+            merged = {**annotations, **result.annotations}
             layers.append({"mediaType": result.media_type, "digest": result.blob_digest, "size": result.blob_size,
-                           "annotations": {**annotations, **result.annotations}})
+                           **({"annotations": merged} if merged else {})})
         config_raw = image.config_raw if config == image.config else _dumps(config)
         config_digest = self.put(config_raw)
         manifest = dict(image.manifest)

@@ -17,18 +17,15 @@ import zstandard
 from .compression import DECOMPRESS_ERRORS, MAGIC_SIZE, decompressed
 from .digests import hash_digest, new_hash
 from .errors import FormatError
+from .formats import FORMAT_UNCOMPRESSED, FORMAT_ZSTD
 from .oci import OCI_LAYER_MEDIA_TYPE, ZSTD_LAYER_MEDIA_TYPE
 from .source import BLOCK_SIZE
 
 __all__ = [
-    "FORMAT_ZSTD", "FORMAT_UNCOMPRESSED", "PLAIN_FORMATS", "DEFAULT_PLAIN_ZSTD_LEVEL", "MIN_ZSTD_LEVEL",
+    "FORMAT_ZSTD", "FORMAT_UNCOMPRESSED", "DEFAULT_PLAIN_ZSTD_LEVEL", "MIN_ZSTD_LEVEL",
     "MAX_ZSTD_LEVEL", "PlainFormat", "PlainResult", "plain_format", "check_level", "write_plain",
 ]
 
-#: Plain zstd layers (``application/vnd.oci.image.layer.v1.tar+zstd``), no TOC.
-FORMAT_ZSTD = "zstd"
-#: Uncompressed layers (``application/vnd.oci.image.layer.v1.tar``).
-FORMAT_UNCOMPRESSED = "uncompressed"
 #: nerdctl's ``--zstd-compression-level`` default.
 DEFAULT_PLAIN_ZSTD_LEVEL = 3
 MIN_ZSTD_LEVEL = 1
@@ -46,7 +43,7 @@ class PlainFormat:
     compressed: bool
 
 
-PLAIN_FORMATS: dict[str, PlainFormat] = {
+_PLAIN_FORMATS: dict[str, PlainFormat] = {
     FORMAT_ZSTD: PlainFormat(FORMAT_ZSTD, ZSTD_LAYER_MEDIA_TYPE, compressed=True),
     FORMAT_UNCOMPRESSED: PlainFormat(FORMAT_UNCOMPRESSED, OCI_LAYER_MEDIA_TYPE, compressed=False),
 }
@@ -54,7 +51,7 @@ PLAIN_FORMATS: dict[str, PlainFormat] = {
 
 def plain_format(name: object) -> PlainFormat | None:
     """The plain format called ``name``, or None for any other name."""
-    return PLAIN_FORMATS.get(name) if isinstance(name, str) else None
+    return _PLAIN_FORMATS.get(name) if isinstance(name, str) else None
 
 
 def check_level(chosen: PlainFormat, level: int | None) -> int | None:
