@@ -248,6 +248,7 @@ def _cmd_image_convert(args: argparse.Namespace) -> int:
         raise _UsageError("--sign needs a registry DESTINATION (the signature is stored there)")
     result = convert_image(
         args.source, args.destination,
+        insecure=args.insecure,
         sign_with=_private_key(args.sign) if args.sign else None,
         format=layer_format,
         platforms=_image_platforms(args),
@@ -281,7 +282,7 @@ def _public_key(path: str) -> Any:
 
 
 def _cmd_image_push(args: argparse.Namespace) -> int:
-    result = push_layout(args.layout, args.destination, jobs=args.jobs,
+    result = push_layout(args.layout, args.destination, jobs=args.jobs, insecure=args.insecure,
                          sign_with=_private_key(args.sign) if args.sign else None)
     print(json.dumps(result.to_json(), indent=2))
     return 0
@@ -324,7 +325,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
     key = _private_key(args.key)
     ref = parse_destination(args.reference)
-    with RegistryClient(ref.registry, scheme=ref.scheme) as client:
+    with RegistryClient(ref.registry, scheme=ref.scheme, insecure=args.insecure) as client:
         digest = client.get_manifest(ref.repository, ref.reference).digest
         signature = sign_image(client, ref, digest, key)
     print(json.dumps({"reference": str(ref), "manifestDigest": digest, "signatureManifest": signature}, indent=2))
@@ -412,7 +413,8 @@ def _open(args: argparse.Namespace, *, whole: bool = False) -> Reader:
         layer = int(layer)
     verify_with = _public_key(args.key) if args.key else None
     source, descriptor = open_layer(args.blob, layer, platform=args.platform, username=args.username,
-                                    password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"), verify_with=verify_with)
+                                    password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"), verify_with=verify_with,
+                                    insecure=args.insecure)
     anchored = {**annotations, **descriptor.get("annotations", {})}  # the checked manifest's win
     local: Source = source
     try:
@@ -654,6 +656,12 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _add_insecure(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow plain HTTP and unverified TLS certificates for the registry (HTTPS is "
+                             "tried first, without verification; plain HTTP when the registry does not speak TLS)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="estargz", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"estargz {__version__}")
@@ -702,6 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "registry reference HOST/REPO:TAG (the image is pushed, tag last)")
     i.add_argument("--sign", metavar="KEY",
                    help="sign the pushed image with this private key (password from COSIGN_PASSWORD)")
+    _add_insecure(i)
     _add_format_options(i)
     i.add_argument("--estargz", action="store_true",
                    help="as in nerdctl: convert to eStargz (the default format)")
@@ -736,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sign", metavar="KEY",
                    help="sign the pushed image with this private key (password from COSIGN_PASSWORD)")
     p.add_argument("--jobs", type=_at_least_one, default=4, metavar="N", help="blobs sent at once (default 4)")
+    _add_insecure(p)
 
     k = command("keygen", _cmd_keygen,
                 "Write an ECDSA P-256 key pair for signing: PREFIX.key (encrypted as cosign does, "
@@ -749,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("reference", help="HOST/REPO:TAG or HOST/REPO@DIGEST (docker:// prefix accepted)")
     g.add_argument("--key", required=True, metavar="KEY",
                    help="private key (encrypted sigstore/cosign PEM, password from COSIGN_PASSWORD; or PKCS#8 PEM)")
+    _add_insecure(g)
 
     for name, handler, text in (
         ("info", _cmd_info, "Show the footer, TOC digest and entry counts of a blob as JSON."),
@@ -777,6 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
         remote.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                             help="platform of a multi-platform image (default: this machine's)")
         remote.add_argument("--username", help="registry user; the password comes from ESTARGZ_REGISTRY_PASSWORD")
+        _add_insecure(remote)
         remote.add_argument("--key", metavar="PUB",
                             help="public key: require the image's signature by it, and read the layer "
                                  "anchored on the signed manifest")

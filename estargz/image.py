@@ -1091,6 +1091,7 @@ def convert_image(
     archive: bool | None = None,
     overwrite: bool = False,
     registry_options: Mapping[str, Any] | None = None,
+    insecure: bool = False,
     sign_with: EllipticCurvePrivateKey | None = None,
     **layer_options: Any,
 ) -> ImageResult:
@@ -1123,7 +1124,8 @@ def convert_image(
     ``docker://``) and ``destination`` a registry reference ``host/repo:tag``: blobs are
     downloaded (digest-checked), the image is built in a temporary layout and pushed with
     :func:`estargz.push.push_layout` (``ImageResult.pushed``), signed with ``sign_with`` (an ECDSA
-    private key) if given. ``registry_options`` go to :class:`~estargz.RegistryClient`.
+    private key) if given. ``registry_options`` go to :class:`~estargz.RegistryClient`; ``insecure``
+    allows plain HTTP and unverified TLS for both registries (see :class:`~estargz.RegistryClient`).
 
     ``layer_options`` go to :func:`estargz.convert` for every layer: ``chunk_size``,
     ``compression_level``, ``min_chunk_size``, ``external_toc``, ``keep_diff_id``,
@@ -1144,6 +1146,7 @@ def convert_image(
     wanted = _parse_platforms(platforms)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // layer_jobs)
+    registry_options = {**(registry_options or {}), **({"insecure": True} if insecure else {})}
     source_ref = _registry_reference(source)
     destination_ref = _registry_reference(destination)
     if sign_with is not None and destination_ref is None:

@@ -129,7 +129,7 @@ def write_plain(src: BinaryIO, out: BinaryIO, *, format: str, compression_level:
     if level is not None:
         compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True,
                                               write_content_size=False)
-        sink = compressor.stream_writer(blob, closefd=False)
+        sink = compressor.stream_writer(blob, closefd=False)  # type: ignore[arg-type]
     try:
         while block := tar.read(BLOCK_SIZE):
             diff_hasher.update(block)

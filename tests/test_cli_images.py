@@ -114,19 +114,19 @@ def pushed(tmp_path_factory, skopeo, docker_registry) -> str:
 
 @pytest.mark.interop
 def test_ls_and_cat_read_a_registry_layer_lazily(pushed, capsysbinary):
-    assert main(["ls", pushed, "--layer", "0"]) == 0
+    assert main(["ls", "--insecure", pushed, "--layer", "0"]) == 0
     listed = capsysbinary.readouterr().out.decode().split()
     assert set(FILES) <= set(listed) and ".no.prefetch.landmark" in listed
-    assert main(["cat", pushed, "usr/bin/tool"]) == 0
+    assert main(["cat", "--insecure", pushed, "usr/bin/tool"]) == 0
     assert capsysbinary.readouterr().out == FILES["usr/bin/tool"]
 
 
 @pytest.mark.interop
 def test_cat_and_verify_over_the_registry_as_a_process(pushed):
-    cat = subprocess.run([sys.executable, "-m", "estargz", "cat", pushed, "etc/hostname", "usr/bin/tool"],
+    cat = subprocess.run([sys.executable, "-m", "estargz", "cat", "--insecure", pushed, "etc/hostname", "usr/bin/tool"],
                          capture_output=True)
     assert cat.returncode == 0 and cat.stdout == FILES["etc/hostname"] + FILES["usr/bin/tool"]
-    verify = subprocess.run([sys.executable, "-m", "estargz", "verify", pushed, "--layer", "-1"],
+    verify = subprocess.run([sys.executable, "-m", "estargz", "verify", "--insecure", pushed, "--layer", "-1"],
                             capture_output=True, text=True)
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True
 
@@ -135,10 +135,35 @@ def test_cat_and_verify_over_the_registry_as_a_process(pushed):
 def test_registry_errors_are_one_line(pushed):
     host = pushed.split("/", 1)[0]
     for reference, expected in ((f"{host}/cli/missing:v1", "not found"), (pushed + "-nope", "")):
-        proc = subprocess.run([sys.executable, "-m", "estargz", "ls", reference], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "estargz", "ls", "--insecure", reference], capture_output=True,
+                              text=True)
         assert proc.returncode == 1
         assert proc.stderr.startswith("estargz: error: ") and proc.stderr.count("\n") == 1
         assert expected in proc.stderr.lower()
+
+
+@pytest.mark.interop
+def test_plain_http_registry_needs_insecure(pushed, tmp_path):
+    """The loopback registry speaks plain HTTP: every command refuses it without --insecure."""
+    source = oci_layout(tmp_path / "source")
+    host = pushed.split("/", 1)[0]
+    for argv in (["ls", pushed], ["ls", f"http://{pushed}"], ["image", "push", str(source), f"{host}/cli/pushed:v1"],
+                 ["image", "convert", pushed, str(tmp_path / "out")]):
+        proc = subprocess.run([sys.executable, "-m", "estargz", *argv], capture_output=True, text=True)
+        assert proc.returncode == 1, argv
+        assert proc.stderr.startswith("estargz: error: ") and proc.stderr.count("\n") == 1
+        assert "use --insecure" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    done = subprocess.run([sys.executable, "-m", "estargz", "image", "convert", "-q", "--insecure", "--zstd", pushed,
+                           f"{host}/cli/zstd:v1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with estargz.RegistryClient(host, insecure=True) as client:
+        [layer] = client.get_manifest("cli/zstd", "v1").content["layers"]
+        with client.blob("cli/zstd", layer["digest"], layer["size"]) as blob:
+            data = blob.read_at(0, layer["size"])
+    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    with tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)), mode="r|") as tar:
+        assert {m.name: tar.extractfile(m).read() for m in tar if m.name in FILES} == FILES
 
 
 def test_image_convert_draws_one_progress_line_per_layer_on_a_terminal(tmp_path):
