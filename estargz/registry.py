@@ -1,6 +1,6 @@
 """Lazy reading of layers from an OCI distribution registry, by HTTP range requests.
 
->>> source, descriptor = open_layer("127.0.0.1:5000/app:latest", 0)   # doctest: +SKIP
+>>> source, descriptor = open_layer("127.0.0.1:5000/app:latest", 0, insecure=True)   # doctest: +SKIP
 >>> with source, estargz.open(source, annotations=descriptor.get("annotations")) as blob:  # doctest: +SKIP
 ...     data = blob.read("etc/os-release")
 
