@@ -111,7 +111,8 @@ class _Counted:
 
 def write_plain(src: BinaryIO, out: BinaryIO, *, format: str, compression_level: int | None = None,
                 threads: int = 1, progress: Progress | None = None, total: int = 0) -> PlainResult:
-    """Write the layer tar read from ``src`` (a buffered stream: plain, gzip or zstd) to ``out`` in
+    """Write the layer tar read from ``src`` (a buffered stream with ``peek``, such as
+    :class:`io.BufferedReader`: plain, gzip or zstd) to ``out`` in
     the plain ``format``, streaming. ``threads`` zstd workers; the bytes are the same for any
     number. ``progress(done, total)`` follows the bytes read from ``src``. A damaged compressed
     input raises :class:`FormatError`."""
@@ -121,7 +122,9 @@ def write_plain(src: BinaryIO, out: BinaryIO, *, format: str, compression_level:
     level = check_level(chosen, compression_level)
     if threads < 1:
         raise ValueError("threads must be at least 1")
-    head = src.peek(MAGIC_SIZE)[:MAGIC_SIZE] if hasattr(src, "peek") else b""
+    if not hasattr(src, "peek"):
+        raise TypeError("src must be a buffered stream with peek(), such as io.BufferedReader")
+    head = src.peek(MAGIC_SIZE)[:MAGIC_SIZE]
     tar = decompressed(src, head)
     blob = _Counted(out)
     diff_hasher, tar_size = new_hash(), 0
