@@ -86,11 +86,12 @@ def main() -> None:
         source_registry, source_port = registry(work / "a")
         try:
             source = f"127.0.0.1:{source_port}/bench/src:bench"
-            push_layout(work / "layout", source)
+            push_layout(work / "layout", source, insecure=True)
             commands = {
-                "estargz image convert (eStargz)": [sys.executable, "-m", "estargz", "image", "convert", "-q", source],
+                "estargz image convert (eStargz)": [sys.executable, "-m", "estargz", "image", "convert", "-q",
+                                                    "--insecure", source],
                 "estargz image convert (zstd:chunked)": [sys.executable, "-m", "estargz", "image", "convert", "-q",
-                                                         "--format", "zstd:chunked", source],
+                                                         "--insecure", "--format", "zstd:chunked", source],
                 "skopeo copy (as it is)": ["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
                                            f"docker://{source}"],
                 "skopeo copy --dest-compress-format zstd:chunked": [

@@ -18,6 +18,8 @@ from . import __version__
 from .errors import EStargzError
 from .formats import (
     FORMAT_ESTARGZ,
+    FORMAT_UNCOMPRESSED,
+    FORMAT_ZSTD,
     FORMAT_ZSTD_CHUNKED_STARGZ,
     FORMATS,
 )
@@ -33,6 +35,7 @@ from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .mountcli import add_mount_commands
 from .oci import default_platform, parse_platform
 from .output import atomic_output, refuse_same_file, remove_leftovers
+from .plain import DEFAULT_PLAIN_ZSTD_LEVEL
 from .push import DOCKER_PREFIX, parse_destination, push_layout
 from .reader import Reader, open_blob
 from .registry import Anchor, RegistryClient, open_layer
@@ -204,17 +207,48 @@ def _record_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"prioritized_files": _recorded_paths(args, None), "allow_missing_prioritized": True}
 
 
-def _cmd_image_convert(args: argparse.Namespace) -> int:
+#: The flags of ``image convert`` that choose a lazy-pulling format or set its options.
+_LAZY_FLAGS = ("format", "estargz", "zstdchunked", "zstdchunked_compression_level", "zstdchunked_chunk_size",
+               "estargz_compression_level", "estargz_chunk_size", "estargz_min_chunk_size", "estargz_external_toc",
+               "estargz_keep_diff_id", "estargz_record_in", "zstdchunked_record_in")
+
+
+def _plain_format(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The plain format of --zstd or --uncompress and its options; refuse the lazy-format flags."""
+    if args.zstd and args.uncompress:
+        raise _UsageError("--zstd and --uncompress exclude each other")
+    flag = "--zstd" if args.zstd else "--uncompress"
+    given = [f"--{name.replace('_', '-')}" for name in _LAZY_FLAGS
+             if getattr(args, name) and (name != "format" or args.format != FORMAT_ESTARGZ)]
+    if given:
+        raise _UsageError(f"{flag} writes plain layers without a TOC: it cannot take {', '.join(given)}")
+    if args.uncompress:
+        if args.zstd_compression_level is not None:
+            raise _UsageError("--zstd-compression-level needs --zstd")
+        return FORMAT_UNCOMPRESSED, {}
+    return FORMAT_ZSTD, {"compression_level": args.zstd_compression_level}
+
+
+def _lazy_format(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The lazy-pulling format of --format, --estargz or --zstdchunked and its options."""
+    if args.zstd_compression_level is not None:
+        raise _UsageError("--zstd-compression-level needs --zstd")
     if args.estargz and args.zstdchunked:
         raise _UsageError("--estargz and --zstdchunked exclude each other")
     layer_format = _convert_format(args)
     if args.estargz and layer_format != FORMAT_ESTARGZ:
         raise _UsageError(f"--estargz conflicts with --format {layer_format}")
+    return layer_format, {**_layer_options(args, layer_format), **_record_options(args)}
+
+
+def _cmd_image_convert(args: argparse.Namespace) -> int:
+    layer_format, options = _plain_format(args) if args.zstd or args.uncompress else _lazy_format(args)
     bars = _LayerBars() if not args.quiet and sys.stderr.isatty() else None
     if args.sign and not _is_registry_reference(args.destination.removeprefix(DOCKER_PREFIX)):
         raise _UsageError("--sign needs a registry DESTINATION (the signature is stored there)")
     result = convert_image(
         args.source, args.destination,
+        insecure=args.insecure,
         sign_with=_private_key(args.sign) if args.sign else None,
         format=layer_format,
         platforms=_image_platforms(args),
@@ -223,8 +257,7 @@ def _cmd_image_convert(args: argparse.Namespace) -> int:
         layer_jobs=args.layer_jobs,
         layer_progress=bars,
         overwrite=args.overwrite,
-        **_layer_options(args, layer_format),
-        **_record_options(args),
+        **options,
     )
     if bars is not None:
         bars.draw()
@@ -249,7 +282,7 @@ def _public_key(path: str) -> Any:
 
 
 def _cmd_image_push(args: argparse.Namespace) -> int:
-    result = push_layout(args.layout, args.destination, jobs=args.jobs,
+    result = push_layout(args.layout, args.destination, jobs=args.jobs, insecure=args.insecure,
                          sign_with=_private_key(args.sign) if args.sign else None)
     print(json.dumps(result.to_json(), indent=2))
     return 0
@@ -292,7 +325,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
     key = _private_key(args.key)
     ref = parse_destination(args.reference)
-    with RegistryClient(ref.registry, scheme=ref.scheme) as client:
+    with RegistryClient(ref.registry, scheme=ref.scheme, insecure=args.insecure) as client:
         digest = client.get_manifest(ref.repository, ref.reference).digest
         signature = sign_image(client, ref, digest, key)
     print(json.dumps({"reference": str(ref), "manifestDigest": digest, "signatureManifest": signature}, indent=2))
@@ -321,7 +354,8 @@ def _layer_options(args: argparse.Namespace, layer_format: str) -> dict[str, Any
     chosen = dialect(layer_format)
     gzip = chosen.compression == "gzip"
     options: dict[str, Any] = {
-        "compression_level": args.estargz_compression_level if gzip else args.zstdchunked_compression_level,
+        "compression_level": (DEFAULT_GZIP_LEVEL if args.estargz_compression_level is None
+                              else args.estargz_compression_level) if gzip else args.zstdchunked_compression_level,
         "min_chunk_size": args.estargz_min_chunk_size,
         "external_toc": args.estargz_external_toc,
         "keep_diff_id": args.estargz_keep_diff_id,
@@ -379,7 +413,8 @@ def _open(args: argparse.Namespace, *, whole: bool = False) -> Reader:
         layer = int(layer)
     verify_with = _public_key(args.key) if args.key else None
     source, descriptor = open_layer(args.blob, layer, platform=args.platform, username=args.username,
-                                    password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"), verify_with=verify_with)
+                                    password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"), verify_with=verify_with,
+                                    insecure=args.insecure)
     anchored = {**annotations, **descriptor.get("annotations", {})}  # the checked manifest's win
     local: Source = source
     try:
@@ -595,7 +630,7 @@ def _add_format_options(c: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL} for zstd:chunked as podman uses)")
     c.add_argument("--zstdchunked-chunk-size", type=_positive, default=0, metavar="BYTES",
                    help=f"largest chunk per zstd frame (default 0 = {DEFAULT_CHUNK_SIZE})")
-    c.add_argument("--estargz-compression-level", type=_level, default=DEFAULT_GZIP_LEVEL, metavar="N",
+    c.add_argument("--estargz-compression-level", type=_level, default=None, metavar="N",
                    help=f"gzip level 0-9 (default {DEFAULT_GZIP_LEVEL}); each level is at least as dense as "
                         "the Go reference at the same level")
     c.add_argument("--estargz-chunk-size", type=_positive, default=0, metavar="BYTES",
@@ -619,6 +654,12 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
+
+
+def _add_insecure(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow plain HTTP and unverified TLS certificates for the registry (HTTPS is "
+                             "tried first, without verification; plain HTTP when the registry does not speak TLS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -660,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = image_commands.add_parser(
         "convert", help="Convert every layer of an image; write an OCI layout or archive.",
         description="Convert every layer of an OCI layout, OCI archive or docker save archive to eStargz "
-                    "or zstd:chunked, and write the image (manifests, configs, index, tags) as an OCI "
+                    "or zstd:chunked (or plain zstd or uncompressed layers), and write the image (manifests, configs, index, tags) as an OCI "
                     "layout directory or archive (DESTINATION ending in .tar). No daemon needed.")
     i.set_defaults(handler=_cmd_image_convert)
     i.add_argument("source", help="OCI layout directory, OCI archive, docker save archive, or registry "
@@ -669,10 +710,17 @@ def build_parser() -> argparse.ArgumentParser:
                                        "registry reference HOST/REPO:TAG (the image is pushed, tag last)")
     i.add_argument("--sign", metavar="KEY",
                    help="sign the pushed image with this private key (password from COSIGN_PASSWORD)")
+    _add_insecure(i)
     _add_format_options(i)
     i.add_argument("--estargz", action="store_true",
                    help="as in nerdctl: convert to eStargz (the default format)")
     i.add_argument("--oci", action="store_true", help="as in nerdctl: OCI media types (the output always has them)")
+    i.add_argument("--zstd", action="store_true",
+                   help="as in nerdctl: plain zstd layers (tar+zstd, no TOC; diffIDs unchanged)")
+    i.add_argument("--zstd-compression-level", type=_zstd_level, default=None, metavar="N",
+                   help=f"with --zstd: zstd level 1-22 (default {DEFAULT_PLAIN_ZSTD_LEVEL})")
+    i.add_argument("--uncompress", action="store_true",
+                   help="as in nerdctl: uncompressed layers (tar, no TOC; diffIDs unchanged)")
     i.add_argument("--estargz-record-in", metavar="FILE",
                    help="workload record (ctr-remote optimize --record-out JSON lines); its paths are "
                         "prioritized in every layer, missing ones allowed")
@@ -697,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sign", metavar="KEY",
                    help="sign the pushed image with this private key (password from COSIGN_PASSWORD)")
     p.add_argument("--jobs", type=_at_least_one, default=4, metavar="N", help="blobs sent at once (default 4)")
+    _add_insecure(p)
 
     k = command("keygen", _cmd_keygen,
                 "Write an ECDSA P-256 key pair for signing: PREFIX.key (encrypted as cosign does, "
@@ -710,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("reference", help="HOST/REPO:TAG or HOST/REPO@DIGEST (docker:// prefix accepted)")
     g.add_argument("--key", required=True, metavar="KEY",
                    help="private key (encrypted sigstore/cosign PEM, password from COSIGN_PASSWORD; or PKCS#8 PEM)")
+    _add_insecure(g)
 
     for name, handler, text in (
         ("info", _cmd_info, "Show the footer, TOC digest and entry counts of a blob as JSON."),
@@ -738,6 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
         remote.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                             help="platform of a multi-platform image (default: this machine's)")
         remote.add_argument("--username", help="registry user; the password comes from ESTARGZ_REGISTRY_PASSWORD")
+        _add_insecure(remote)
         remote.add_argument("--key", metavar="PUB",
                             help="public key: require the image's signature by it, and read the layer "
                                  "anchored on the signed manifest")

@@ -1,4 +1,5 @@
-"""The layer formats estargz writes and reads, and their OCI media types (from :mod:`estargz.oci`)."""
+"""The layer formats estargz writes and reads, and their OCI media types (from :mod:`estargz.oci`):
+the lazy-pulling formats (:mod:`estargz.dialects`) and the plain ones (:mod:`estargz.plain`)."""
 
 from .oci import (
     GZIP_LAYER_MEDIA_TYPE,
@@ -9,7 +10,8 @@ from .oci import (
 )
 
 __all__ = [
-    "FORMAT_ESTARGZ", "FORMAT_ZSTD_CHUNKED", "FORMAT_ZSTD_CHUNKED_STARGZ", "FORMATS",
+    "FORMAT_ESTARGZ", "FORMAT_ZSTD_CHUNKED", "FORMAT_ZSTD_CHUNKED_STARGZ", "FORMATS", "FORMAT_ZSTD",
+    "FORMAT_UNCOMPRESSED", "PLAIN_FORMATS",
     "GZIP_LAYER_MEDIA_TYPE", "ZSTD_LAYER_MEDIA_TYPE", "OCI_MANIFEST_MEDIA_TYPE", "OCI_INDEX_MEDIA_TYPE",
     "OCI_CONFIG_MEDIA_TYPE",
 ]
@@ -24,3 +26,9 @@ FORMAT_ZSTD_CHUNKED = "zstd:chunked"
 FORMAT_ZSTD_CHUNKED_STARGZ = "zstd:chunked-stargz"
 FORMATS = (FORMAT_ESTARGZ, FORMAT_ZSTD_CHUNKED, FORMAT_ZSTD_CHUNKED_STARGZ)
 
+
+#: Plain zstd layers without a TOC (``nerdctl image convert --zstd``); image conversion only.
+FORMAT_ZSTD = "zstd"
+#: Uncompressed layers (``nerdctl image convert --uncompress``); image conversion only.
+FORMAT_UNCOMPRESSED = "uncompressed"
+PLAIN_FORMATS = (FORMAT_ZSTD, FORMAT_UNCOMPRESSED)

@@ -63,6 +63,7 @@ from .oci import (
 )
 from .dialects import dialect, options_for
 from .output import atomic_output, refuse_overlap, remove_path, temp_dir
+from .plain import PlainResult, check_level, plain_format, write_plain
 from .push import DOCKER_PREFIX, PushResult, parse_destination, push_layout
 from .reader import open_blob
 from .registry import Manifest, Reference, RegistryClient, parse_reference
@@ -133,8 +134,9 @@ class ImageResult:
     destination: str
     format: str
     manifests: tuple[ConvertedManifest, ...]
-    layers: dict[str, BuildResult | str]
-    """Source layer digest -> its :class:`BuildResult`, or :data:`REUSED`."""
+    layers: dict[str, BuildResult | PlainResult | str]
+    """Source layer digest -> its :class:`BuildResult` (:class:`~estargz.plain.PlainResult` for the
+    plain formats), or :data:`REUSED`."""
     toc_images: tuple[ConvertedManifest, ...] = ()
     """With ``external_toc``: the TOC image manifests (tags end in ``-esgztoc``)."""
     skipped: tuple[str, ...] = ()
@@ -499,7 +501,7 @@ class _Root:
 @dataclass
 class _Outcome:
     source_digest: str
-    result: BuildResult | None
+    result: BuildResult | PlainResult | None
     """None when the layer was copied as it was."""
     layer: _Layer
 
@@ -593,8 +595,9 @@ class _Converter:
         self.layer_progress = layer_progress
         self.options = layer_options
         self.external_toc = bool(layer_options.get("external_toc"))
-        self.dialect = dialect(format)
-        self.lossless = self.dialect.lossless(options_for(self.dialect, **layer_options))
+        self.plain = plain_format(format)
+        self.dialect = None if self.plain else dialect(format)
+        self.lossless = self.dialect is None or self.dialect.lossless(options_for(self.dialect, **layer_options))
         self.layers: dict[str, _Layer] = {}
         self.nodes: dict[str, _Image | _Index] = {}
         self.dropped: set[str] = set()
@@ -817,22 +820,37 @@ class _Converter:
             digest = _check(blob, layer.name, layer.digest, layer.size)
             if layer.diff_id is not None and digest != layer.diff_id and _diff_id(blob) != layer.diff_id:
                 raise VerificationError(f"{layer.name}: the layer's diffID is not {layer.diff_id}")
-            if self.reuse and self.reusable(blob, layer):
+            if self.in_plain_target_format(layer) or (self.reuse and self.reusable(blob, layer)):
                 self.copy_blob(blob, digest)
                 tracker.update(layer.name, size, 1.0)
                 return _Outcome(digest, None, layer)
             temp = os.path.join(self.build, "blobs", "sha256", f".layer-{number}")
-            result = convert(io.BufferedReader(blob.view(), BLOCK_SIZE), temp, format=self.format,
-                             threads=self.threads, progress=tracker.for_layer(layer.name, size), **self.options)
+            source = io.BufferedReader(blob.view(), BLOCK_SIZE)
+            progress = tracker.for_layer(layer.name, size)
+            result: BuildResult | PlainResult
+            if self.plain is not None:
+                with atomic_output(temp) as out:
+                    result = write_plain(source, out, format=self.format, threads=self.threads, progress=progress,
+                                         total=blob.size, compression_level=self.options.get("compression_level"))
+            else:
+                result = convert(source, temp, format=self.format, threads=self.threads, progress=progress,
+                                 **self.options)
         os.replace(temp, os.path.join(self.build, _blob_name(result.blob_digest)))
         tracker.update(layer.name, size, 1.0)
         return _Outcome(digest, result, layer)
 
+    def in_plain_target_format(self, layer: _Layer) -> bool:
+        """Whether the target format is plain and the layer already is in it: its media type,
+        and no annotations of a lazy-pulling format (whose TOC a plain layer does not keep)."""
+        return self.plain is not None and layer.media_type == self.plain.media_type \
+            and not _FORMAT_ANNOTATIONS & layer.annotations.keys()
+
     def announced_in_target_format(self, layer: _Layer) -> bool:
         """Whether the layer's descriptor says it is in the target format (media type and the
         annotations that identify the format); its TOC still has to agree."""
-        return not self.external_toc and layer.media_type == self.dialect.media_type and \
-            any(key in layer.annotations for key in self.dialect.identifying_annotations)
+        return self.dialect is not None and not self.external_toc \
+            and layer.media_type == self.dialect.media_type \
+            and any(key in layer.annotations for key in self.dialect.identifying_annotations)
 
     def reusable(self, blob: _Blob, layer: _Layer) -> bool:
         """Whether the layer already is in the target format, with the annotations that say so."""
@@ -899,8 +917,9 @@ class _Converter:
                                         f"after a lossless conversion, the config says {diff_ids[number]}")
             diff_ids[number] = result.diff_id
             annotations = {k: v for k, v in (source.get("annotations") or {}).items() if k not in _FORMAT_ANNOTATIONS}
+            merged = {**annotations, **result.annotations}
             layers.append({"mediaType": result.media_type, "digest": result.blob_digest, "size": result.blob_size,
-                           "annotations": {**annotations, **result.annotations}})
+                           **({"annotations": merged} if merged else {})})
         config_raw = image.config_raw if config == image.config else _dumps(config)
         config_digest = self.put(config_raw)
         manifest = dict(image.manifest)
@@ -1046,6 +1065,18 @@ def _target(source: PathLike | None, destination: PathLike, overwrite: bool) -> 
     return target
 
 
+def _check_format(format: str, layer_options: Mapping[str, Any]) -> None:
+    """Refuse (ValueError) an unknown format, and options a plain format does not take."""
+    chosen = plain_format(format)
+    if chosen is None:
+        dialect(format)
+        return
+    given = sorted(k for k, v in layer_options.items() if k != "compression_level" and v)
+    if given:
+        raise ValueError(f"the {format} format keeps no TOC and takes no {', '.join(given)}")
+    check_level(chosen, layer_options.get("compression_level"))
+
+
 def convert_image(
     source: PathLike,
     destination: PathLike,
@@ -1060,11 +1091,18 @@ def convert_image(
     archive: bool | None = None,
     overwrite: bool = False,
     registry_options: Mapping[str, Any] | None = None,
+    insecure: bool = False,
     sign_with: EllipticCurvePrivateKey | None = None,
     **layer_options: Any,
 ) -> ImageResult:
     """Convert every layer of an image to ``format`` and write the image as an OCI layout, or
     push it to a registry.
+
+    ``format`` is a lazy-pulling format (``estargz.FORMATS``) or a plain one, as nerdctl's
+    ``--zstd`` and ``--uncompress`` write: :data:`~estargz.plain.FORMAT_ZSTD` (zstd at
+    ``compression_level``, default 3) or :data:`~estargz.plain.FORMAT_UNCOMPRESSED`. Plain formats
+    keep the tar bytes, so the diffIDs do not change; layers already in the plain format (and
+    without the annotations of a lazy-pulling format) are copied as they are.
 
     ``source`` is an OCI image layout directory, an OCI archive (an uncompressed tar of a layout),
     or a ``docker save`` archive (legacy, or the newer layout with manifest.json), as a tar or a
@@ -1086,7 +1124,8 @@ def convert_image(
     ``docker://``) and ``destination`` a registry reference ``host/repo:tag``: blobs are
     downloaded (digest-checked), the image is built in a temporary layout and pushed with
     :func:`estargz.push.push_layout` (``ImageResult.pushed``), signed with ``sign_with`` (an ECDSA
-    private key) if given. ``registry_options`` go to :class:`~estargz.RegistryClient`.
+    private key) if given. ``registry_options`` go to :class:`~estargz.RegistryClient`; ``insecure``
+    allows plain HTTP and unverified TLS for both registries (see :class:`~estargz.RegistryClient`).
 
     ``layer_options`` go to :func:`estargz.convert` for every layer: ``chunk_size``,
     ``compression_level``, ``min_chunk_size``, ``external_toc``, ``keep_diff_id``,
@@ -1101,12 +1140,13 @@ def convert_image(
     unknown = set(layer_options) - LAYER_OPTIONS
     if unknown:
         raise TypeError(f"convert_image() got unexpected layer options: {', '.join(sorted(unknown))}")
-    dialect(format)
+    _check_format(format, layer_options)
     if layer_jobs < 1:
         raise ValueError("layer_jobs must be at least 1")
     wanted = _parse_platforms(platforms)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // layer_jobs)
+    registry_options = {**(registry_options or {}), **({"insecure": True} if insecure else {})}
     source_ref = _registry_reference(source)
     destination_ref = _registry_reference(destination)
     if sign_with is not None and destination_ref is None:

@@ -39,7 +39,8 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     stats = mount(args.source, args.mountpoint, layer=_layer(args.layer), platform=args.platform,
                   toc_digest=args.toc_digest, prefetch=args.prefetch, cache_size=args.cache_size,
                   cache_dir=args.cache_dir, cache_dir_size=args.cache_dir_size, stats_interval=args.stats,
-                  username=args.username, password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"))
+                  username=args.username, password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"),
+                  insecure=args.insecure)
     print(json.dumps(stats.to_json()), file=sys.stderr)
     return 0
 
@@ -53,6 +54,8 @@ def _daemonize(args: argparse.Namespace) -> int:
                         ("--cache-dir", args.cache_dir), ("--stats", args.stats), ("--username", args.username)):
         if value is not None:
             command += [flag, str(value)]
+    if args.insecure:
+        command.append("--insecure")
     log = open(args.log, "ab") if args.log else open(os.devnull, "wb")  # noqa: SIM115 (handed to the child)
     with log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -98,5 +101,7 @@ def add_mount_commands(command: Callable[[str, Callable[[argparse.Namespace], in
     m.add_argument("-d", "--daemon", action="store_true", help="run in the background once mounted")
     m.add_argument("--log", metavar="FILE", help="with --daemon: append messages and figures to FILE")
     m.add_argument("--username", help="registry user; the password comes from ESTARGZ_REGISTRY_PASSWORD")
+    m.add_argument("--insecure", action="store_true",
+                   help="allow plain HTTP and unverified TLS certificates for the registry")
     u = command("umount", _cmd_umount, "Unmount a file system that mount made (as fusermount3 -u).")
     u.add_argument("mountpoint")

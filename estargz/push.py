@@ -1,6 +1,6 @@
 """Push an OCI image layout to a registry.
 
->>> result = push_layout("converted-layout/", "127.0.0.1:5000/app:esgz")   # doctest: +SKIP
+>>> result = push_layout("converted-layout/", "127.0.0.1:5000/app:esgz", insecure=True)   # doctest: +SKIP
 >>> result.digest                                                          # doctest: +SKIP
 'sha256:…'
 

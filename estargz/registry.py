@@ -1,6 +1,6 @@
 """Lazy reading of layers from an OCI distribution registry, by HTTP range requests.
 
->>> source, descriptor = open_layer("127.0.0.1:5000/app:latest", 0)   # doctest: +SKIP
+>>> source, descriptor = open_layer("127.0.0.1:5000/app:latest", 0, insecure=True)   # doctest: +SKIP
 >>> with source, estargz.open(source, annotations=descriptor.get("annotations")) as blob:  # doctest: +SKIP
 ...     data = blob.read("etc/os-release")
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import ipaddress
 import json
 import random
 import re
@@ -57,7 +56,7 @@ from .oci import (
     platform_text,
 )
 from .source import BLOCK_SIZE
-from .transport import TRANSIENT_ERRORS, TRANSPORT_ERRORS, DeadlineExceeded, Response, Transport
+from .transport import TRANSIENT_ERRORS, TRANSPORT_ERRORS, DeadlineExceeded, Response, Transport, is_tls_failure
 
 
 if TYPE_CHECKING:
@@ -95,6 +94,8 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_TOKEN_LIFETIME = 60.0
 _MAX_TOKEN_LIFETIME = 86400.0
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,8192}")
+_INSECURE_HINT = ("for a registry without TLS or with a certificate that cannot be verified, "
+                  "use --insecure (insecure=True)")
 #: Seconds a request may take, connect, headers and body together, before the body's share.
 DEFAULT_DEADLINE = 60.0
 _DEADLINE_BYTES_PER_SECOND = 1 << 20  # every MiB a request expects adds a second
@@ -148,17 +149,6 @@ def _hostname(registry: str) -> str:
     return registry.partition(":")[0]
 
 
-def _default_scheme(registry: str) -> str:
-    """``http`` for loopback registries (as docker allows them insecure), else ``https``."""
-    host = _hostname(registry)
-    if host == "localhost":
-        return "http"
-    try:
-        return "http" if ipaddress.ip_address(host).is_loopback else "https"
-    except ValueError:
-        return "https"
-
-
 def _check_repository(repository: str) -> None:
     if not _REPOSITORY_RE.fullmatch(repository):
         raise ValueError(f"invalid repository name {repository!r}")
@@ -174,8 +164,9 @@ def parse_reference(text: str) -> Reference:
 
     Without a host-like first component (one with a dot or a port, or ``localhost``) the
     registry is Docker Hub, with ``library/`` added to one-component names, as docker does.
-    Without a tag or digest the tag is ``latest``. The scheme is ``http`` for loopback hosts and
-    ``https`` otherwise unless a prefix forces it. Raises ValueError on a malformed reference.
+    Without a tag or digest the tag is ``latest``. The scheme is ``https`` unless an ``http://``
+    prefix asks for plain HTTP (which a client refuses unless ``insecure``). Raises ValueError on
+    a malformed reference.
     """
     rest = text.strip()
     scheme = None
@@ -204,7 +195,7 @@ def parse_reference(text: str) -> Reference:
     _check_repository(repository)
     if tag is None and not digest:
         tag = "latest"
-    return Reference(registry, repository, tag, digest or None, scheme or _default_scheme(registry))
+    return Reference(registry, repository, tag, digest or None, scheme or "https")
 
 
 # -- manifests -------------------------------------------------------------------------------
@@ -501,12 +492,18 @@ class RegistryClient:
     ``backoff`` seconds (or ``Retry-After``, at most 10 s a wait), never past ``max_retry_time``
     seconds after the first try. Redirects are followed (up to 5). Proxies come from
     ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``.
+
+    The registry is spoken to over HTTPS with verified certificates, whatever its host (loopback
+    included). ``insecure`` (the CLI's ``--insecure``, as nerdctl's ``--insecure-registry``)
+    skips certificate verification and, when the registry answers the TLS handshake with
+    something else before any HTTPS answer came, goes on over plain HTTP; ``scheme="http"``
+    (an ``http://`` reference prefix) means plain HTTP from the start and needs ``insecure`` too.
     """
 
-    def __init__(self, registry: str, *, scheme: str | None = None, username: str | None = None,
-                 password: str | None = None, auth: Auth | None = None, retries: int = 3,
-                 timeout: float = 30.0, deadline: float = DEFAULT_DEADLINE, backoff: float = 0.5,
-                 max_retry_time: float = 60.0, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, registry: str, *, scheme: str | None = None, insecure: bool = False,
+                 username: str | None = None, password: str | None = None, auth: Auth | None = None,
+                 retries: int = 3, timeout: float = 30.0, deadline: float = DEFAULT_DEADLINE,
+                 backoff: float = 0.5, max_retry_time: float = 60.0, ssl_context: ssl.SSLContext | None = None,
                  proxies: Mapping[str, str] | None = None) -> None:
         if not _HOST_RE.fullmatch(registry):
             raise ValueError(f"invalid registry host {registry!r}")
@@ -515,14 +512,19 @@ class RegistryClient:
         if username is not None and auth is not None:
             raise ValueError("give username and password, or auth, not both")
         self.registry = registry
-        self.scheme = (scheme or _default_scheme(registry)).lower()
+        self.scheme = (scheme or "https").lower()
         if self.scheme not in ("http", "https"):
             raise ValueError(f"scheme must be http or https, not {scheme!r}")
+        if self.scheme == "http" and not insecure:
+            raise ValueError(f"plain HTTP to {registry} is refused: {_INSECURE_HINT}")
+        self.insecure = insecure
+        self._tls_answered = False
         self._origin = (self.scheme, _ENDPOINTS.get(registry, registry).lower())
         self.retries, self.timeout, self.backoff, self.max_retry_time = retries, timeout, backoff, max_retry_time
         self.deadline = deadline
         self.auth = Auth(Credentials(username, password)) if username is not None else auth or Auth()  # type: ignore[arg-type]
-        self._transport = Transport(connect_timeout=timeout, ssl_context=ssl_context, proxies=proxies)
+        self._transport = Transport(connect_timeout=timeout, ssl_context=ssl_context, proxies=proxies,
+                                    verify_tls=not insecure)
         self._lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._bearer: dict[str, str] | None = None
@@ -618,7 +620,11 @@ class RegistryClient:
             resp = self._transport.send(call.method, call.url, send, call.seconds, call.body)
             call.stats.request()
         except TRANSPORT_ERRORS as exc:
+            if self._fall_back_to_http(call, exc):
+                return _AGAIN
             return self._failed(call, exc)
+        if _origin_of(call.url) == self._origin and self._origin[0] == "https":
+            self._tls_answered = True
         try:
             return self._answer(call, resp, handle, send.get("Authorization"))
         except TRANSPORT_ERRORS as exc:
@@ -637,10 +643,29 @@ class RegistryClient:
             send = {k: v for k, v in send.items() if k.lower() != "authorization"}
         return send
 
+    def _fall_back_to_http(self, call: _Call, exc: BaseException) -> bool:
+        """With ``insecure``: whether a failed TLS handshake with the registry, which never
+        answered over HTTPS, moves this and every later request to plain HTTP."""
+        https = ("https", self._origin[1])
+        if not self.insecure or not is_tls_failure(exc) or _origin_of(call.url) != https:
+            return False
+        with self._lock:
+            if self._tls_answered:
+                return False
+            self._origin = ("http", self._origin[1])
+            self.scheme = "http"
+        call.url = "http" + call.url[len("https"):]
+        if call.first_origin == https:
+            call.first_origin = self._origin
+        return True
+
     def _failed(self, call: _Call, exc: BaseException) -> _Retry:
         """A retry after a transient transport failure; the typed error for any other."""
         if isinstance(exc, DeadlineExceeded):
             raise self._late(call.method, call.url, call.seconds) from exc
+        if is_tls_failure(exc):
+            hint = "" if self.insecure else f": {_INSECURE_HINT}"
+            raise RegistryError(f"{call.method} {call.url}: TLS failed ({_one_line(exc)[:200]}){hint}") from exc
         if isinstance(exc, TRANSIENT_ERRORS):
             return _Retry(exc, self._delay(call.attempt, None))
         raise RegistryError(f"{call.method} {call.url}: {_one_line(exc)}") from exc

@@ -11,6 +11,7 @@ import ssl
 import threading
 import time
 import urllib.request
+import warnings
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -18,7 +19,9 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-__all__ = ["Transport", "Response", "Deadline", "DeadlineExceeded", "TRANSIENT_ERRORS", "TRANSPORT_ERRORS"]
+__all__ = [
+    "Transport", "Response", "Deadline", "DeadlineExceeded", "TRANSIENT_ERRORS", "TRANSPORT_ERRORS", "is_tls_failure",
+]
 
 
 class DeadlineExceeded(urllib3.exceptions.TimeoutError):
@@ -31,6 +34,20 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: Every failure of the transport itself (a request that got no usable answer).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError, ValueError)
+
+def is_tls_failure(exc: BaseException) -> bool:
+    """Whether a transport failure is a failed TLS handshake or certificate check (a server that
+    does not speak TLS answers the handshake with something else)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (ssl.SSLError, urllib3.exceptions.SSLError)):
+            return True
+        seen.add(id(current))
+        nested = [arg for arg in current.args if isinstance(arg, BaseException)]
+        current = current.__cause__ or current.__context__ or (nested[0] if nested else None)
+    return False
+
 
 _POOLS = 8  # origins kept: the registry, its token realm, storage redirects
 _POOL_SIZE = 32  # kept-alive connections per origin, one per concurrent reader thread
@@ -192,14 +209,28 @@ class Response:
         self._raw.release_conn()
 
 
+def _unverified_context() -> ssl.SSLContext:
+    """A TLS context that checks neither the certificate nor the host name."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class Transport:
     """Pooled HTTP(S) connections, through ``HTTPS_PROXY``/``HTTP_PROXY`` unless ``NO_PROXY``
-    names the host. Thread-safe."""
+    names the host. Thread-safe. With ``verify_tls`` false, HTTPS certificates are not checked."""
 
     def __init__(self, *, connect_timeout: float, ssl_context: ssl.SSLContext | None = None,
-                 proxies: Mapping[str, str] | None = None) -> None:
+                 proxies: Mapping[str, str] | None = None, verify_tls: bool = True) -> None:
         self.connect_timeout = connect_timeout
         self._pool_options: dict[str, Any] = {"maxsize": _POOL_SIZE, "retries": False}
+        if not verify_tls:
+            if ssl_context is not None:
+                raise ValueError("give an ssl_context or turn TLS verification off, not both")
+            ssl_context = _unverified_context()
+            self._pool_options["cert_reqs"] = "CERT_NONE"
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         if ssl_context is not None:
             self._pool_options["ssl_context"] = ssl_context
         self._proxies = dict(urllib.request.getproxies_environment() if proxies is None else proxies)

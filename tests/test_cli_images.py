@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 import estargz
 from estargz.cli import main
@@ -113,19 +114,19 @@ def pushed(tmp_path_factory, skopeo, docker_registry) -> str:
 
 @pytest.mark.interop
 def test_ls_and_cat_read_a_registry_layer_lazily(pushed, capsysbinary):
-    assert main(["ls", pushed, "--layer", "0"]) == 0
+    assert main(["ls", "--insecure", pushed, "--layer", "0"]) == 0
     listed = capsysbinary.readouterr().out.decode().split()
     assert set(FILES) <= set(listed) and ".no.prefetch.landmark" in listed
-    assert main(["cat", pushed, "usr/bin/tool"]) == 0
+    assert main(["cat", "--insecure", pushed, "usr/bin/tool"]) == 0
     assert capsysbinary.readouterr().out == FILES["usr/bin/tool"]
 
 
 @pytest.mark.interop
 def test_cat_and_verify_over_the_registry_as_a_process(pushed):
-    cat = subprocess.run([sys.executable, "-m", "estargz", "cat", pushed, "etc/hostname", "usr/bin/tool"],
+    cat = subprocess.run([sys.executable, "-m", "estargz", "cat", "--insecure", pushed, "etc/hostname", "usr/bin/tool"],
                          capture_output=True)
     assert cat.returncode == 0 and cat.stdout == FILES["etc/hostname"] + FILES["usr/bin/tool"]
-    verify = subprocess.run([sys.executable, "-m", "estargz", "verify", pushed, "--layer", "-1"],
+    verify = subprocess.run([sys.executable, "-m", "estargz", "verify", "--insecure", pushed, "--layer", "-1"],
                             capture_output=True, text=True)
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True
 
@@ -134,10 +135,35 @@ def test_cat_and_verify_over_the_registry_as_a_process(pushed):
 def test_registry_errors_are_one_line(pushed):
     host = pushed.split("/", 1)[0]
     for reference, expected in ((f"{host}/cli/missing:v1", "not found"), (pushed + "-nope", "")):
-        proc = subprocess.run([sys.executable, "-m", "estargz", "ls", reference], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "estargz", "ls", "--insecure", reference], capture_output=True,
+                              text=True)
         assert proc.returncode == 1
         assert proc.stderr.startswith("estargz: error: ") and proc.stderr.count("\n") == 1
         assert expected in proc.stderr.lower()
+
+
+@pytest.mark.interop
+def test_plain_http_registry_needs_insecure(pushed, tmp_path):
+    """The loopback registry speaks plain HTTP: every command refuses it without --insecure."""
+    source = oci_layout(tmp_path / "source")
+    host = pushed.split("/", 1)[0]
+    for argv in (["ls", pushed], ["ls", f"http://{pushed}"], ["image", "push", str(source), f"{host}/cli/pushed:v1"],
+                 ["image", "convert", pushed, str(tmp_path / "out")]):
+        proc = subprocess.run([sys.executable, "-m", "estargz", *argv], capture_output=True, text=True)
+        assert proc.returncode == 1, argv
+        assert proc.stderr.startswith("estargz: error: ") and proc.stderr.count("\n") == 1
+        assert "use --insecure" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    done = subprocess.run([sys.executable, "-m", "estargz", "image", "convert", "-q", "--insecure", "--zstd", pushed,
+                           f"{host}/cli/zstd:v1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with estargz.RegistryClient(host, insecure=True) as client:
+        [layer] = client.get_manifest("cli/zstd", "v1").content["layers"]
+        with client.blob("cli/zstd", layer["digest"], layer["size"]) as blob:
+            data = blob.read_at(0, layer["size"])
+    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    with tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)), mode="r|") as tar:
+        assert {m.name: tar.extractfile(m).read() for m in tar if m.name in FILES} == FILES
 
 
 def test_image_convert_draws_one_progress_line_per_layer_on_a_terminal(tmp_path):
@@ -251,3 +277,65 @@ def test_errors_name_the_flag_not_the_keyword_argument(tmp_path, argv, flag):
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("estargz: error: ") and proc.stderr.count("\n") == 1
     assert flag in proc.stderr and "=" not in proc.stderr.replace(str(tmp_path), "")
+
+
+@pytest.mark.parametrize("flags, media_type", [
+    (["--zstd"], "application/vnd.oci.image.layer.v1.tar+zstd"),
+    (["--zstd", "--zstd-compression-level", "19"], "application/vnd.oci.image.layer.v1.tar+zstd"),
+    (["--uncompress"], "application/vnd.oci.image.layer.v1.tar"),
+])
+def test_image_convert_writes_plain_layers_as_nerdctl(tmp_path, capsys, flags, media_type):
+    source = oci_layout(tmp_path / "source")
+    assert main(["image", "convert", "-q", *flags, str(source), str(tmp_path / "out")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == ("zstd" if "--zstd" in flags else "uncompressed")
+    descriptor = layer_descriptor(tmp_path / "out")
+    assert descriptor["mediaType"] == media_type and "annotations" not in descriptor
+    blob = (tmp_path / "out" / "blobs" / "sha256" / descriptor["digest"].split(":", 1)[1]).read_bytes()
+    assert "sha256:" + hashlib.sha256(blob).hexdigest() == descriptor["digest"] and len(blob) == descriptor["size"]
+    tar = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob)).read() if "--zstd" in flags else blob
+    assert tar == layer_tar()
+    assert layer_descriptor(source)["digest"] in json.loads(
+        (tmp_path / "out" / "blobs" / "sha256" / config_digest(tmp_path / "out")).read_text())["rootfs"]["diff_ids"]
+    assert main(["image", "convert", "-q", str(tmp_path / "out"), str(tmp_path / "back")]) == 0
+    capsys.readouterr()
+    back = layer_descriptor(tmp_path / "back")
+    with estargz.open(tmp_path / "back" / "blobs" / "sha256" / back["digest"].split(":", 1)[1],
+                      annotations=back["annotations"]) as reader:
+        reader.verify()
+        assert {name: reader.read(name) for name in FILES} == FILES
+
+
+def config_digest(layout: Path) -> str:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_text())
+    return manifest["config"]["digest"][7:]
+
+
+def test_zstd_level_changes_the_blob(tmp_path, capsys):
+    source = oci_layout(tmp_path / "source")
+    for name, flags in (("default", []), ("level-3", ["--zstd-compression-level", "3"]),
+                        ("level-19", ["--zstd-compression-level", "19"])):
+        assert main(["image", "convert", "-q", "--zstd", *flags, str(source), str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    digests = {name: layer_descriptor(tmp_path / name)["digest"] for name in ("default", "level-3", "level-19")}
+    assert digests["default"] == digests["level-3"] != digests["level-19"]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--zstd", "--estargz-chunk-size", "4096", "--estargz-external-toc"],
+     "--zstd writes plain layers without a TOC: it cannot take --estargz-chunk-size, --estargz-external-toc"),
+    (["--uncompress", "--zstdchunked"], "--uncompress writes plain layers without a TOC: it cannot take --zstdchunked"),
+    (["--zstd", "--format", "zstd:chunked"], "it cannot take --format"),
+    (["--zstd", "--estargz-compression-level", "9"], "it cannot take --estargz-compression-level"),
+    (["--zstd", "--uncompress"], "--zstd and --uncompress exclude each other"),
+    (["--uncompress", "--zstd-compression-level", "5"], "--zstd-compression-level needs --zstd"),
+    (["--zstd-compression-level", "5"], "--zstd-compression-level needs --zstd"),
+])
+def test_plain_output_flag_conflicts_are_one_line_usage_errors(tmp_path, argv, named):
+    source = oci_layout(tmp_path / "source")
+    proc = subprocess.run([sys.executable, "-m", "estargz", "image", "convert", *argv, str(source),
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    *_, last = proc.stderr.splitlines()
+    assert last.startswith("estargz: error: ") and named in last

@@ -57,7 +57,7 @@ def fake() -> Iterator[FakeRegistry]:
 
 def _open(fake: FakeRegistry, blob: bytes) -> tuple[BlobSource, estargz.Reader]:
     digest = fake.add_blob(blob)
-    source = RegistryClient(fake.host, timeout=5).blob("lib/img", digest, len(blob))
+    source = RegistryClient(fake.host, timeout=5, insecure=True).blob("lib/img", digest, len(blob))
     return source, estargz.open(source)
 
 
@@ -137,7 +137,7 @@ def test_annotated_toc_is_read_alone(fake: FakeRegistry) -> None:
     out = io.BytesIO()
     result = estargz.convert(io.BytesIO(_tar(FILES)), out, format=estargz.FORMAT_ZSTD_CHUNKED)
     digest = fake.add_blob(out.getvalue())
-    with RegistryClient(fake.host, timeout=5).blob("lib/img", digest, len(out.getvalue())) as source, \
+    with RegistryClient(fake.host, timeout=5, insecure=True).blob("lib/img", digest, len(out.getvalue())) as source, \
             estargz.open(source, annotations=result.annotations) as blob:
         toc_length = int(result.annotations[MANIFEST_POSITION_ANNOTATION].split(":")[1])
         assert source.requests == 1 and source.bytes_transferred == toc_length

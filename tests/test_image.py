@@ -25,6 +25,7 @@ from helpers import sha256
 
 import estargz
 from estargz.image import REF_NAME_ANNOTATION, REUSED, ImageResult, convert_image
+from estargz.plain import FORMAT_UNCOMPRESSED, FORMAT_ZSTD
 
 FORMATS = [estargz.FORMAT_ESTARGZ, estargz.FORMAT_ZSTD_CHUNKED, estargz.FORMAT_ZSTD_CHUNKED_STARGZ]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -670,3 +671,133 @@ def test_skopeo_reads_and_copies(tmp_path: Path, skopeo: Path, fmt: str) -> None
     assert json.loads(run("inspect", "--raw", f"oci:{tmp_path / 'all'}:v1")) == json.loads(
         read_blob(tmp_path / "out", checked.tags["v1"]))
     assert set(check_layout(tmp_path / "all", fmt).images) == {"linux/amd64", "linux/arm64/v8"}
+
+
+# -- plain outputs (nerdctl --zstd, --uncompress) -----------------------------------------------
+
+PLAIN = {FORMAT_ZSTD: LAYER_TYPES["zstd"], FORMAT_UNCOMPRESSED: LAYER_TYPES["tar"]}
+
+
+def check_plain_layout(root: Path, fmt: str, source: Layout) -> dict[str, list[dict]]:
+    """Check a plain-format layout against ``source``: media types, blob digests, diffIDs equal to
+    the source's, and layers holding the source layers' tar bytes. Platform -> layer descriptors."""
+    images: dict[str, list[dict]] = {}
+    index = json.loads((root / "index.json").read_text())
+    pending = list(index["manifests"])
+    while pending:
+        entry = pending.pop()
+        document = json.loads(read_blob(root, entry))
+        if entry["mediaType"] == OCI_INDEX:
+            pending.extend(document["manifests"])
+            continue
+        config = json.loads(read_blob(root, document["config"]))
+        for layer, diff_id in zip(document["layers"], config["rootfs"]["diff_ids"], strict=True):
+            assert layer["mediaType"] == PLAIN[fmt]
+            assert not set(layer.get("annotations", {})) - {"org.example.layer"}
+            tar = decompress(read_blob(root, layer))
+            assert diff_id in source.diff_ids.values() and sha256(tar) == diff_id
+            assert files_of(tar) == next(source.layers[d] for d, i in source.diff_ids.items() if i == diff_id)
+        images[f"{config['os']}/{config['architecture']}"] = document["layers"]
+    return images
+
+
+@pytest.mark.parametrize("fmt", list(PLAIN))
+def test_plain_formats_keep_the_tar_and_the_diff_ids(tmp_path: Path, fmt: str) -> None:
+    source = two_platform_layout(tmp_path / "src")
+    result = convert_image(tmp_path / "src", tmp_path / "out", format=fmt)
+    assert result.format == fmt
+    images = check_plain_layout(tmp_path / "out", fmt, source)
+    assert set(images) == {"linux/amd64", "linux/arm64"}
+    assert images["linux/amd64"][0]["annotations"] == {"org.example.layer": "base"}
+    # a layer already in the target format is copied, byte for byte; the others are re-encoded
+    plain_layer = APP if fmt == FORMAT_ZSTD else EXTRA
+    copied = {d for d, r in result.layers.items() if r == REUSED}
+    assert copied == {d for d, files in source.layers.items() if files == plain_layer}
+    layer_digests = {layer["digest"] for layers in images.values() for layer in layers}
+    assert copied <= layer_digests
+    for outcome in result.layers.values():
+        if outcome != REUSED:
+            assert outcome.media_type == PLAIN[fmt] and outcome.blob_digest in layer_digests
+    # back to eStargz: the files of every source layer
+    convert_image(tmp_path / "out", tmp_path / "back", format=estargz.FORMAT_ESTARGZ, platforms=None)
+    assert set(check_layout(tmp_path / "back", estargz.FORMAT_ESTARGZ, source).images) == {
+        "linux/amd64", "linux/arm64/v8"}
+
+
+def test_plain_zstd_is_reproducible_with_any_thread_count(tmp_path: Path) -> None:
+    two_platform_layout(tmp_path / "src")
+    outputs = []
+    for threads in (1, 2, 3):
+        out = tmp_path / f"out{threads}"
+        convert_image(tmp_path / "src", out, format=FORMAT_ZSTD, threads=threads, compression_level=19)
+        outputs.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    assert outputs[0] == outputs[1] == outputs[2]
+    source_blobs = {p.read_bytes() for p in (tmp_path / "src" / "blobs" / "sha256").iterdir()}
+    converted = [data for data in outputs[0].values()
+                 if data.startswith(b"\x28\xb5\x2f\xfd") and data not in source_blobs]
+    assert converted
+    for blob in converted:
+        frame = zstandard.get_frame_parameters(blob)
+        assert frame.has_checksum and frame.content_size == zstandard.CONTENTSIZE_UNKNOWN
+
+
+def test_plain_zstd_re_encodes_lazy_zstd_layers(tmp_path: Path) -> None:
+    source = two_platform_layout(tmp_path / "src")
+    convert_image(tmp_path / "src", tmp_path / "chunked", format=estargz.FORMAT_ZSTD_CHUNKED)
+    lazy = {layer["digest"] for layers in check_layout(tmp_path / "chunked", estargz.FORMAT_ZSTD_CHUNKED).images
+            .values() for layer, _ in layers}
+    result = convert_image(tmp_path / "chunked", tmp_path / "out", format=FORMAT_ZSTD)
+    assert REUSED not in result.layers.values() and set(result.layers) == lazy
+    images = check_plain_layout(tmp_path / "out", FORMAT_ZSTD, source)
+    assert not lazy & {layer["digest"] for layers in images.values() for layer in layers}
+
+
+@pytest.mark.parametrize("fmt, options, message", [
+    (FORMAT_ZSTD, {"chunk_size": 1 << 20}, "takes no chunk_size"),
+    (FORMAT_ZSTD, {"external_toc": True}, "takes no external_toc"),
+    (FORMAT_ZSTD, {"compression_level": 23}, "must be 1-22"),
+    (FORMAT_UNCOMPRESSED, {"compression_level": 3}, "no compression level"),
+])
+def test_plain_format_options_refused(tmp_path: Path, fmt: str, options: dict, message: str) -> None:
+    two_platform_layout(tmp_path / "src")
+    with pytest.raises(ValueError, match=message):
+        convert_image(tmp_path / "src", tmp_path / "out", format=fmt, **options)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", list(PLAIN))
+def test_plain_formats_refuse_bad_layers(tmp_path: Path, fmt: str) -> None:
+    layout = Layout(tmp_path / "src")
+    tar = layer_tar(BASE)
+    truncated = gzip.compress(tar)[:-40]
+    layout.layers[sha256(truncated)], layout.diff_ids[sha256(truncated)] = BASE, sha256(tar)
+    layout.tag((layout.image([layout.blob(truncated, LAYER_TYPES["gzip"])]), "truncated"))
+    with pytest.raises(estargz.FormatError, match="cannot decompress"):
+        convert_image(tmp_path / "src", tmp_path / "out", format=fmt)
+    other = gzip.compress(layer_tar(APP))
+    layout.layers[sha256(other)], layout.diff_ids[sha256(other)] = APP, sha256(tar)
+    layout.tag((layout.image([layout.blob(other, LAYER_TYPES["gzip"])]), "wrong-diff-id"))
+    with pytest.raises(estargz.VerificationError, match="diffID"):
+        convert_image(tmp_path / "src", tmp_path / "out", format=fmt)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("fmt", list(PLAIN))
+def test_skopeo_copies_plain_layouts(tmp_path: Path, skopeo: Path, fmt: str) -> None:
+    source = two_platform_layout(tmp_path / "src")
+    convert_image(tmp_path / "src", tmp_path / "out", format=fmt, platforms=["linux/amd64"])
+    layers = check_plain_layout(tmp_path / "out", fmt, source)["linux/amd64"]
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([str(skopeo), *args], capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    run("copy", "-q", "--preserve-digests", "--dest-oci-accept-uncompressed-layers",
+        f"oci:{tmp_path / 'out'}:amd64-only", f"oci:{tmp_path / 'copy'}:amd64-only")
+    inspected = json.loads(run("inspect", f"oci:{tmp_path / 'copy'}:amd64-only"))
+    assert inspected["Layers"] == [layer["digest"] for layer in layers]
+    raw = json.loads(run("inspect", "--raw", f"oci:{tmp_path / 'copy'}:amd64-only"))
+    assert [layer["mediaType"] for layer in raw["layers"]] == [PLAIN[fmt]] * len(layers)
+    assert check_plain_layout(tmp_path / "copy", fmt, source)["linux/amd64"] == layers

@@ -300,7 +300,7 @@ def test_registry_manifest_and_config(pushed: Pushed, skopeo: Path) -> None:
     config = skopeo_run(skopeo, "inspect", "--config", "--raw", "--tls-verify=false", ref)
     assert config == pushed.config_raw
     assert json.loads(config)["rootfs"]["diff_ids"] == json.loads(pushed.config_raw)["rootfs"]["diff_ids"]
-    with RegistryClient(pushed.registry) as client:
+    with RegistryClient(pushed.registry, insecure=True) as client:
         assert client.get_manifest(pushed.repository, TAG).digest == sha256(pushed.manifest_raw)
 
 
@@ -336,9 +336,9 @@ def test_lazy_read_from_registry(pushed: Pushed) -> None:
     if pushed.variant.external_toc:
         layer_digest = pushed.manifest["layers"][1]["digest"]
         toc_digest = sha256(pushed.toc_blobs[layer_digest])
-        toc_source, toc_descriptor = open_layer(pushed.ref(TOC_TAG), toc_digest)
+        toc_source, toc_descriptor = open_layer(pushed.ref(TOC_TAG), toc_digest, insecure=True)
         assert toc_descriptor["annotations"] == {estargz.LAYER_DIGEST_ANNOTATION: layer_digest}
-    source, descriptor = open_layer(pushed.ref(), 1)
+    source, descriptor = open_layer(pushed.ref(), 1, insecure=True)
     try:
         assert descriptor == pushed.manifest["layers"][1]
         assert source.size == descriptor["size"]
@@ -366,7 +366,7 @@ def test_lazy_read_from_registry(pushed: Pushed) -> None:
 def test_lazy_read_python_layer(pushed: Pushed) -> None:
     """The small gzip-sourced layer read lazily too: a file, and the hardlink to it."""
     toc = pushed.toc_blobs.get(pushed.manifest["layers"][0]["digest"])
-    source, descriptor = open_layer(pushed.ref(), 0)
+    source, descriptor = open_layer(pushed.ref(), 0, insecure=True)
     with source, estargz.open(source, annotations=descriptor["annotations"], toc=toc) as reader:
         assert reader.read("usr/lib/python3/json/scanner.py") == (Path(json.__file__).parent / "scanner.py").read_bytes()
         assert reader.read("etc/os-release.hardlink") == b"ID=estargz-test\nVERSION_ID=1\n"
@@ -378,7 +378,7 @@ def test_toc_image(pushed: Pushed, skopeo: Path) -> None:
     naming its layer in containerd.io/snapshot/stargz/layer.digest."""
     if not pushed.variant.external_toc:
         with pytest.raises(estargz.NotFoundError):
-            open_layer(pushed.ref(TOC_TAG), 0)
+            open_layer(pushed.ref(TOC_TAG), 0, insecure=True)
         return
     ref = f"docker://{pushed.ref(TOC_TAG)}"
     raw = skopeo_run(skopeo, "inspect", "--raw", "--tls-verify=false", ref)

@@ -496,16 +496,16 @@ def test_mount_image_from_registry(fuse: None, tmp_path: Path, skopeo: Path, doc
     proc = subprocess.run([str(skopeo), "copy", "-q", "--preserve-digests", "--dest-tls-verify=false",
                            f"oci:{layout}:v1", f"docker://{ref}"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    with mounted(ref, tmp_path / "mnt") as mount:
+    with mounted(ref, tmp_path / "mnt", "--insecure") as mount:
         compare_tree(mount.path, applied(LAYERS))
     stats = mount.stats()
     total = sum(blob.stat().st_size for blob, _ in blobs)
     assert stats["errors"] == 0 and stats["bytesFetched"] <= total + 64 * stats["requests"]
-    with mounted(ref, tmp_path / "mnt2", "--layer", "1") as mount:
+    with mounted(ref, tmp_path / "mnt2", "--layer", "1", "--insecure") as mount:
         compare_tree(mount.path, applied([middle_layer()]))
     assert "no TOC digest" not in mount.log.read_text()
     blob_ref = f"{docker_registry.host}/estargz/mount@{blobs[2][1].blob_digest}"
-    with mounted(blob_ref, tmp_path / "mnt3") as mount:
+    with mounted(blob_ref, tmp_path / "mnt3", "--insecure") as mount:
         compare_tree(mount.path, applied([top_layer()]))
     assert f"layer {blobs[2][1].blob_digest}: no TOC digest from a checked manifest" in mount.log.read_text()
 

@@ -72,7 +72,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_push_layout_pulls_back_with_skopeo(source: Path, docker_registry: Any, skopeo: Path,
                                             tmp_path: Path) -> None:
     ref = f"{docker_registry.host}/push/plain:{TAG}"
-    result = push_layout(source, ref)
+    result = push_layout(source, ref, insecure=True)
     entry = tagged(source, TAG)
     assert result.digest == entry["digest"] and result.tags == [TAG]
     assert sorted(result.uploaded) == sorted(set(blobs_of(source)) - {entry["digest"]})
@@ -81,7 +81,7 @@ def test_push_layout_pulls_back_with_skopeo(source: Path, docker_registry: Any, 
     pull(skopeo, ref, tmp_path / "pulled")
     assert blobs_of(tmp_path / "pulled") == blobs_of(source)
 
-    again = push_layout(source, f"docker://{ref}")
+    again = push_layout(source, f"docker://{ref}", insecure=True)
     assert again.uploaded == [] and sorted(again.existing) == sorted(result.uploaded)
 
 
@@ -91,7 +91,7 @@ def test_converted_image_pushed_matches_local_conversion(source: Path, docker_re
     local = tmp_path / "local"
     convert_image(source, local, format=layer_format)
     ref = f"{docker_registry.host}/push/converted-{layer_format.replace(':', '-')}:{TAG}"
-    result = convert_image(source, f"docker://{ref}", format=layer_format)
+    result = convert_image(source, f"docker://{ref}", format=layer_format, insecure=True)
     assert result.pushed is not None and result.pushed.digest == tagged(local, TAG)["digest"]
     assert result.destination == f"{docker_registry.host}/{ref.split('/', 1)[1].split(':')[0]}@{result.pushed.digest}"
     pull(skopeo, ref, tmp_path / "pulled")
@@ -101,11 +101,11 @@ def test_converted_image_pushed_matches_local_conversion(source: Path, docker_re
 def test_registry_to_registry_conversion(source: Path, docker_registry: Any, skopeo: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     plain = f"{docker_registry.host}/push/r2r-source:{TAG}"
-    push_layout(source, plain)
+    push_layout(source, plain, insecure=True)
     local = tmp_path / "local"
     convert_image(source, local)
     converted = f"{docker_registry.host}/push/r2r-esgz:{TAG}"
-    result = convert_image(plain, converted)
+    result = convert_image(plain, converted, insecure=True)
     assert result.pushed is not None and result.pushed.digest == tagged(local, TAG)["digest"]
     pull(skopeo, converted, tmp_path / "pulled")
     assert blobs_of(tmp_path / "pulled") == blobs_of(local)
@@ -116,7 +116,7 @@ def test_registry_to_registry_conversion(source: Path, docker_registry: Any, sko
     download = BlobSource.download
     monkeypatch.setattr(BlobSource, "download", lambda self, out: (downloaded.append(self.digest), download(self, out)))
     copy = f"{docker_registry.host}/push/r2r-copy:{TAG}"
-    again = convert_image(f"docker://{converted}", copy, reuse=True)
+    again = convert_image(f"docker://{converted}", copy, reuse=True, insecure=True)
     assert set(again.layers.values()) == {estargz.REUSED}
     assert again.pushed is not None and again.pushed.digest == result.pushed.digest
     assert again.pushed.uploaded == [] and again.pushed.mounted
@@ -139,7 +139,7 @@ def test_layout_with_two_images_is_refused(source: Path, docker_registry: Any, t
     index["manifests"].append({"mediaType": manifest["mediaType"], "digest": sha256(raw), "size": len(raw)})
     (layout / "index.json").write_text(json.dumps(index))
     with pytest.raises(UnsupportedInputError, match="2 images"):
-        push_layout(layout, f"{docker_registry.host}/push/two:{TAG}")
+        push_layout(layout, f"{docker_registry.host}/push/two:{TAG}", insecure=True)
 
 
 def test_corrupt_blob_leaves_no_tag(source: Path, docker_registry: Any, tmp_path: Path) -> None:
@@ -151,8 +151,8 @@ def test_corrupt_blob_leaves_no_tag(source: Path, docker_registry: Any, tmp_path
     data[len(data) // 2] ^= 1
     path.write_bytes(bytes(data))
     with pytest.raises(VerificationError, match=manifest["layers"][1]["digest"]):
-        push_layout(layout, f"{docker_registry.host}/push/corrupt:{TAG}")
-    with RegistryClient(docker_registry.host) as client, pytest.raises(NotFoundError):
+        push_layout(layout, f"{docker_registry.host}/push/corrupt:{TAG}", insecure=True)
+    with RegistryClient(docker_registry.host, insecure=True) as client, pytest.raises(NotFoundError):
         client.get_manifest("push/corrupt", TAG)
 
 
@@ -221,7 +221,7 @@ def proxy(docker_registry: Any) -> Iterator[DroppingProxy]:
 def test_upload_survives_a_dropped_connection(source: Path, proxy: DroppingProxy, docker_registry: Any,
                                                    skopeo: Path, tmp_path: Path) -> None:
     ref = f"{proxy.host}/push/resumed:{TAG}"
-    result = push_layout(source, ref, chunk_size=256 << 10, jobs=1, backoff=0.01)
+    result = push_layout(source, ref, chunk_size=256 << 10, jobs=1, backoff=0.01, insecure=True)
     assert proxy.dropped == 1
     assert result.digest == tagged(source, TAG)["digest"]
     pull(skopeo, f"{docker_registry.host}/push/resumed:{TAG}", tmp_path / "pulled")
@@ -302,7 +302,7 @@ def test_upload_goes_on_from_where_the_registry_got() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     data = random.Random(7).randbytes(600_000)
     try:
-        with RegistryClient(f"127.0.0.1:{server.server_address[1]}", backoff=0.01) as client:
+        with RegistryClient(f"127.0.0.1:{server.server_address[1]}", backoff=0.01, insecure=True) as client:
             client.upload_blob("r", sha256(data), io.BytesIO(data), len(data), chunk_size=200_000)
     finally:
         server.shutdown()
@@ -325,7 +325,7 @@ def test_upload_location_on_another_origin_is_refused() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with RegistryClient(f"127.0.0.1:{server.server_address[1]}") as client, \
+        with RegistryClient(f"127.0.0.1:{server.server_address[1]}", insecure=True) as client, \
                 pytest.raises(FormatError, match="another origin"):
             client.upload_blob("r", sha256(b"data"), io.BytesIO(b"data"), 4)
     finally:
@@ -341,13 +341,13 @@ def test_cli_image_push(source: Path, docker_registry: Any, tmp_path: Path) -> N
                               cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=300, check=False)
 
     ref = f"docker://{docker_registry.host}/push/cli:{TAG}"
-    done = cli("image", "push", str(source), ref)
+    done = cli("image", "push", "--insecure", str(source), ref)
     assert done.returncode == 0, done.stderr
     pushed = json.loads(done.stdout)
     assert pushed["digest"] == tagged(source, TAG)["digest"] and pushed["tags"] == [TAG]
     refused = cli("image", "convert", str(source), str(tmp_path / "out"), "--sign", "k.key")
     assert refused.returncode == 2 and "--sign needs a registry DESTINATION" in refused.stderr
-    missing = cli("image", "push", str(tmp_path / "nothing"), ref)
+    missing = cli("image", "push", "--insecure", str(tmp_path / "nothing"), ref)
     assert missing.returncode == 1 and missing.stderr.startswith("estargz: error:")
     assert missing.stderr.strip().count("\n") == 0
 
@@ -356,10 +356,10 @@ def test_reused_layers_go_to_another_registry(source: Path, docker_registry: Any
     """Reused without conversion, but the destination (another registry name) has none of the
     blobs: they are downloaded, checked and uploaded."""
     converted = f"{docker_registry.host}/push/other-src:{TAG}"
-    first = convert_image(source, converted)
+    first = convert_image(source, converted, insecure=True)
     other = DroppingProxy(docker_registry.host, after=1 << 40)
     try:
-        result = convert_image(converted, f"{other.host}/push/other-dst:{TAG}", reuse=True)
+        result = convert_image(converted, f"{other.host}/push/other-dst:{TAG}", reuse=True, insecure=True)
     finally:
         other.close()
     assert set(result.layers.values()) == {estargz.REUSED}
@@ -369,7 +369,7 @@ def test_reused_layers_go_to_another_registry(source: Path, docker_registry: Any
 
 def blobs_of_registry(host: str, repository: str) -> list[str]:
     """The config and layer digests of the tagged image in a repository."""
-    with RegistryClient(host) as client:
+    with RegistryClient(host, insecure=True) as client:
         manifest = client.get_manifest(repository, TAG).content
     return [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
 
@@ -379,7 +379,7 @@ def test_an_unused_upload_is_cancelled() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with RegistryClient(f"127.0.0.1:{server.server_address[1]}") as client:
+        with RegistryClient(f"127.0.0.1:{server.server_address[1]}", insecure=True) as client:
             location = client.mount_blob("r", sha256(b"x"), "elsewhere")
             assert location is not None and handler.uploads
             client.cancel_upload("r", location)

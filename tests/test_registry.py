@@ -57,9 +57,9 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("127.0.0.1:5000/app:v1", Reference("127.0.0.1:5000", "app", "v1", None, "http")),
-    ("localhost/a/b/c", Reference("localhost", "a/b/c", "latest", None, "http")),
-    ("[::1]:5000/x:y", Reference("[::1]:5000", "x", "y", None, "http")),
+    ("127.0.0.1:5000/app:v1", Reference("127.0.0.1:5000", "app", "v1", None, "https")),
+    ("localhost/a/b/c", Reference("localhost", "a/b/c", "latest", None, "https")),
+    ("[::1]:5000/x:y", Reference("[::1]:5000", "x", "y", None, "https")),
     ("registry.example.com/team/app", Reference("registry.example.com", "team/app", "latest", None, "https")),
     (f"registry.example.com:443/app@{DIGEST}", Reference("registry.example.com:443", "app", None, DIGEST, "https")),
     (f"quay.io/org/app:1.2@{DIGEST}", Reference("quay.io", "org/app", "1.2", DIGEST, "https")),
@@ -213,7 +213,7 @@ def expected_names(remote: Remote) -> set[str]:
 
 @pytest.mark.parametrize("fmt", estargz.FORMATS)
 def test_list_reads_only_footer_and_toc(remote: Remote, expected_names: set[str], fmt: str) -> None:
-    source, descriptor = open_layer(remote.ref(f":{_tag(fmt)}"))
+    source, descriptor = open_layer(remote.ref(f":{_tag(fmt)}"), insecure=True)
     with source:
         assert descriptor["digest"] == remote.results[fmt].blob_digest
         assert descriptor["annotations"] == remote.results[fmt].annotations
@@ -228,7 +228,7 @@ def test_list_reads_only_footer_and_toc(remote: Remote, expected_names: set[str]
 
 @pytest.mark.parametrize("fmt", estargz.FORMATS)
 def test_read_one_small_file(remote: Remote, fmt: str) -> None:
-    source, descriptor = open_layer(remote.ref(f":{_tag(fmt)}"))
+    source, descriptor = open_layer(remote.ref(f":{_tag(fmt)}"), insecure=True)
     with source, estargz.open(source, annotations=descriptor["annotations"]) as blob:
         opened = source.bytes_transferred
         assert blob.read("etc/hello.txt") == HELLO
@@ -244,7 +244,7 @@ def test_read_one_small_file(remote: Remote, fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", estargz.FORMATS)
 def test_verify_whole_layer_over_http(remote: Remote, fmt: str) -> None:
-    source, descriptor = open_layer(remote.ref(f":{_tag(fmt)}"), timeout=10)
+    source, descriptor = open_layer(remote.ref(f":{_tag(fmt)}"), timeout=10, insecure=True)
     with source, estargz.open(source, annotations=descriptor["annotations"]) as blob:
         opened = (source.bytes_transferred, source.requests)
         report = blob.verify(remote.results[fmt].toc_digest, threads=4)
@@ -258,11 +258,11 @@ def test_verify_whole_layer_over_http(remote: Remote, fmt: str) -> None:
 
 
 def test_manifest_digest_reference(remote: Remote) -> None:
-    source, descriptor = open_layer(remote.ref(f"@{remote.manifests['estargz']}"))
+    source, descriptor = open_layer(remote.ref(f"@{remote.manifests['estargz']}"), insecure=True)
     with source, estargz.open(source, annotations=descriptor["annotations"]) as blob:
         assert descriptor["digest"] == remote.results["estargz"].blob_digest
         assert blob.read("etc/hello.txt") == HELLO
-    client = RegistryClient(remote.host)
+    client = RegistryClient(remote.host, insecure=True)
     with client:
         manifest = client.get_manifest(REPO, _tag("estargz"))
         assert manifest.digest == remote.manifests["estargz"] and manifest.media_type == OCI_MANIFEST
@@ -272,7 +272,7 @@ def test_manifest_digest_reference(remote: Remote) -> None:
 @pytest.mark.parametrize("fmt", estargz.FORMATS)
 def test_blob_digest_reference(remote: Remote, fmt: str) -> None:
     digest = remote.results[fmt].blob_digest
-    source, descriptor = open_layer(remote.ref(f"@{digest}"))
+    source, descriptor = open_layer(remote.ref(f"@{digest}"), insecure=True)
     with source:
         assert descriptor == {"mediaType": "application/octet-stream", "digest": digest,
                               "size": len(remote.blobs[fmt])}
@@ -286,47 +286,47 @@ def test_layer_selection(remote: Remote) -> None:
     ref = remote.ref(":two-layers")
     for index, fmt in ((0, "estargz"), (1, "zstd:chunked"), (-1, "zstd:chunked"),
                        (remote.results["estargz"].blob_digest, "estargz")):
-        source, descriptor = open_layer(ref, index)
+        source, descriptor = open_layer(ref, index, insecure=True)
         with source, estargz.open(source, annotations=descriptor["annotations"]) as blob:
             assert descriptor["digest"] == remote.results[fmt].blob_digest
             assert blob.format == fmt
     with pytest.raises(ValueError, match="2 layers"):
-        open_layer(ref)
+        open_layer(ref, insecure=True)
     with pytest.raises(NotFoundError):
-        open_layer(ref, 2)
+        open_layer(ref, 2, insecure=True)
     with pytest.raises(NotFoundError):
-        open_layer(ref, remote.results["zstd:chunked-stargz"].blob_digest)
+        open_layer(ref, remote.results["zstd:chunked-stargz"].blob_digest, insecure=True)
 
 
 def test_index_with_two_platforms(remote: Remote) -> None:
     ref = remote.ref(":multiarch")
     for platform, fmt in (("linux/amd64", "estargz"), ("linux/arm64", "zstd:chunked"),
                           ("linux/arm64/v8", "zstd:chunked")):
-        source, descriptor = open_layer(ref, 0, platform=platform)
+        source, descriptor = open_layer(ref, 0, platform=platform, insecure=True)
         with source, estargz.open(source, annotations=descriptor["annotations"]) as blob:
             assert descriptor["digest"] == remote.results[fmt].blob_digest
             assert blob.read("etc/hello.txt") == HELLO
-    with RegistryClient(remote.host) as client:
+    with RegistryClient(remote.host, insecure=True) as client:
         index = client.get_manifest(REPO, "multiarch")
         assert index.is_index and index.digest == remote.manifests["index"]
         default = {"linux/amd64": "amd64-only", "linux/arm64": "arm64-only"}.get(default_platform())
         if default is not None:
             assert client.resolve_manifest(REPO, index).digest == client.get_manifest(REPO, default).digest
     with pytest.raises(NotFoundError, match="linux/amd64, linux/arm64/v8"):
-        open_layer(ref, 0, platform="linux/s390x")
+        open_layer(ref, 0, platform="linux/s390x", insecure=True)
     with pytest.raises(NotFoundError):
-        open_layer(ref, 0, platform="windows/amd64")
+        open_layer(ref, 0, platform="windows/amd64", insecure=True)
     with pytest.raises(ValueError):
-        open_layer(ref, 0, platform="linux")
+        open_layer(ref, 0, platform="linux", insecure=True)
 
 
 def test_wrong_digests(remote: Remote) -> None:
     missing = "sha256:" + "0" * 64
     with pytest.raises(NotFoundError):  # neither a blob nor a manifest
-        open_layer(remote.ref(f"@{missing}"))
+        open_layer(remote.ref(f"@{missing}"), insecure=True)
     with pytest.raises(NotFoundError):
-        open_layer(remote.ref(f"@{missing}"), 0)
-    with RegistryClient(remote.host) as client:
+        open_layer(remote.ref(f"@{missing}"), 0, insecure=True)
+    with RegistryClient(remote.host, insecure=True) as client:
         with pytest.raises(NotFoundError):
             BlobSource(client, REPO, missing)
         # A descriptor whose size is wrong: the registry's Content-Range total gives it away.
@@ -347,17 +347,17 @@ def test_wrong_digests(remote: Remote) -> None:
 
 def test_missing_repository_and_tag(remote: Remote) -> None:
     with pytest.raises(NotFoundError, match="MANIFEST_UNKNOWN|NAME_UNKNOWN"):
-        open_layer(f"{remote.host}/no/such/repo:latest")
+        open_layer(f"{remote.host}/no/such/repo:latest", insecure=True)
     with pytest.raises(NotFoundError):
-        open_layer(remote.ref(":no-such-tag"))
-    with RegistryClient(remote.host) as client, pytest.raises(NotFoundError, match="HTTP 404"):
+        open_layer(remote.ref(":no-such-tag"), insecure=True)
+    with RegistryClient(remote.host, insecure=True) as client, pytest.raises(NotFoundError, match="HTTP 404"):
         BlobSource(client, "no/such/repo", remote.results["estargz"].blob_digest)
 
 
 def test_read_ranges_on_the_registry(remote: Remote) -> None:
     blob = remote.blobs["estargz"]
     ranges = [(0, 10), (5000, 300), (len(blob) - 51, 51), (100, 0), (5000, 300)]
-    with RegistryClient(remote.host) as client:
+    with RegistryClient(remote.host, insecure=True) as client:
         source = client.blob(REPO, remote.results["estargz"].blob_digest, len(blob))
         assert source.read_ranges(ranges) == [blob[o:o + n] for o, n in ranges]
         assert source.requests == 1  # one multipart/byteranges answer
@@ -368,7 +368,7 @@ def test_concurrent_reads_share_nothing(remote: Remote) -> None:
     blob = remote.blobs["zstd:chunked"]
     rng = random.Random(7)
     ranges = [(o, rng.randrange(1, 5000)) for o in (rng.randrange(0, len(blob) - 5000) for _ in range(64))]
-    with RegistryClient(remote.host) as client:
+    with RegistryClient(remote.host, insecure=True) as client:
         source = client.blob(REPO, remote.results["zstd:chunked"].blob_digest)
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(lambda r: source.read_at(*r), ranges))
@@ -540,7 +540,7 @@ BLOB = random.Random(3).randbytes(300_000)
 
 
 def _client(fake: FakeRegistry, **options: Any) -> RegistryClient:
-    return RegistryClient(fake.host, **{"backoff": 0.01, "timeout": 5, **options})
+    return RegistryClient(fake.host, **{"backoff": 0.01, "timeout": 5, "insecure": True, **options})
 
 
 def test_bearer_token_anonymous(fake: FakeRegistry) -> None:
@@ -640,7 +640,7 @@ def test_retry_time_is_bounded(fake: FakeRegistry) -> None:
 def test_connection_refused_is_typed() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
-        client = RegistryClient(f"127.0.0.1:{sock.getsockname()[1]}", retries=1, backoff=0.01)
+        client = RegistryClient(f"127.0.0.1:{sock.getsockname()[1]}", retries=1, backoff=0.01, insecure=True)
         with client, pytest.raises(EStargzError, match="gave up after 2 attempts") as caught:
             client.ping()
     assert str(caught.value).endswith(": Connection refused (gave up after 2 attempts)")
@@ -695,7 +695,7 @@ def test_manifest_checks(fake: FakeRegistry) -> None:
             client.get_manifest("lib/img", "garbage")
         with pytest.raises(ValueError):
             client.get_manifest("lib/img", "bad/tag")
-    source, descriptor = open_layer(f"{fake.host}/lib/img:good", backoff=0.01)
+    source, descriptor = open_layer(f"{fake.host}/lib/img:good", backoff=0.01, insecure=True)
     with source:
         assert descriptor["size"] == len(BLOB) and source.read_at(0, 3) == BLOB[:3]
 

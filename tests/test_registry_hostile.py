@@ -43,10 +43,10 @@ Route = Callable[["_Handler"], None]
 class Hostile:
     """An HTTP(S) server whose answers the test scripts per path; logs what it was sent."""
 
-    def __init__(self, address: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, address: str = "127.0.0.1", tls: ssl.SSLContext | None = None, port: int = 0) -> None:
         self.routes: dict[str, Route] = {}
         self.log: list[tuple[str, str, str | None, bytes]] = []
-        self.server = QuietServer((address, 0), _Handler)
+        self.server = QuietServer((address, port), _Handler)
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.server.hostile = self  # type: ignore[attr-defined]
@@ -129,7 +129,7 @@ def no_credential_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def _client(server: Hostile, **options: Any) -> RegistryClient:
-    return RegistryClient(server.host, **{"backoff": 0.01, "retries": 1, "timeout": 5, **options})
+    return RegistryClient(server.host, **{"backoff": 0.01, "retries": 1, "timeout": 5, "insecure": True, **options})
 
 
 def _challenge(realm: str) -> Route:
@@ -200,6 +200,71 @@ def test_realm_downgrading_https_to_http_gets_no_credentials(tls: tuple[ssl.SSLC
         assert secure.authorizations()[-2:] == [BASIC, "Bearer good"]
     finally:
         secure.close()
+
+
+# -- plain HTTP and unverified TLS only when asked ---------------------------------------------
+def _basic_only(handler: _Handler) -> None:
+    if handler.headers.get("Authorization") == BASIC:
+        handler.send(200, b"{}")
+    else:
+        handler.send(401, b"", {"WWW-Authenticate": 'Basic realm="r"'})
+
+
+def test_plain_http_registry_is_refused_without_insecure(hostile: Hostile, capsys: pytest.CaptureFixture[str]) -> None:
+    hostile.routes["/v2/"] = _basic_only
+    with RegistryClient(hostile.host, username=USER, password=PASSWORD, retries=0) as client, \
+            pytest.raises(RegistryError, match=r"GET https://127\.0\.0\.1:\d+/v2/: TLS failed .*use --insecure"):
+        client.ping()
+    with pytest.raises(ValueError, match=r"plain HTTP to 127\.0\.0\.1:\d+ is refused: .*use --insecure"):
+        RegistryClient(hostile.host, scheme="http")
+    for reference in (f"{hostile.host}/lib/img:v1", f"http://{hostile.host}/lib/img:v1"):
+        assert main(["ls", reference]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("estargz: error: ") and err.count("\n") == 1 and "use --insecure" in err
+    assert hostile.log == []  # nothing, credentials least of all, went over plain HTTP
+    with RegistryClient(hostile.host, username=USER, password=PASSWORD, retries=0, insecure=True) as client:
+        client.ping()
+        assert client.scheme == "http"
+    assert hostile.authorizations() == [None, BASIC]
+
+
+def test_insecure_skips_certificate_checks_and_stays_on_https(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    secure = Hostile(tls=tls[0])
+    try:
+        secure.routes["/v2/"] = lambda handler: handler.send(200, b"{}")
+        with RegistryClient(secure.host, retries=0) as client, \
+                pytest.raises(RegistryError, match="certificate verify failed.*use --insecure"):
+            client.ping()
+        assert secure.log == []
+        with RegistryClient(secure.host, retries=0, insecure=True) as client:
+            client.ping()
+            assert client.scheme == "https"
+        with RegistryClient(secure.host, retries=0, ssl_context=tls[1]) as client:
+            client.ping()
+        assert [path for _, path, _, _ in secure.log] == ["/v2/", "/v2/"]
+    finally:
+        secure.close()
+
+
+def test_insecure_never_falls_back_to_http_after_an_https_answer(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """A registry reached over HTTPS that later answers without TLS (another server on its port)
+    gets no request, and no credentials, over plain HTTP."""
+    secure = Hostile(tls=tls[0])
+    secure.routes["/v2/"] = _basic_only
+    client = RegistryClient(secure.host, username=USER, password=PASSWORD, retries=1, backoff=0.01, insecure=True)
+    with client:
+        client.ping()
+        assert secure.authorizations() == [None, BASIC]
+        secure.close()
+        client.close()  # the next request connects anew
+        plain = Hostile(port=int(secure.host.rsplit(":", 1)[1]))
+        try:
+            plain.routes["/v2/"] = _basic_only
+            with pytest.raises(RegistryError, match="TLS failed"):
+                client.ping()
+            assert plain.log == [] and client.scheme == "https"
+        finally:
+            plain.close()
 
 
 def test_redirect_to_another_host_drops_authorization(hostile: Hostile, elsewhere: Hostile) -> None:
@@ -342,11 +407,11 @@ def test_wrong_toc_anchor_is_refused(hostile: Hostile) -> None:
     layer, blob = _layer()
     wrong = sha256(b"another toc")
     _serve_image(hostile, blob, _descriptor(layer, **{"containerd.io/snapshot/stargz/toc.digest": wrong}))
-    source, descriptor = open_layer(f"{hostile.host}/lib/img:v1")
+    source, descriptor = open_layer(f"{hostile.host}/lib/img:v1", insecure=True)
     with source, pytest.raises(VerificationError, match=f"annotation .* {wrong}"):
         estargz.open(source, annotations=descriptor["annotations"])
-    assert main(["ls", f"{hostile.host}/lib/img:v1"]) == 1
-    assert main(["ls", f"{hostile.host}/lib/img:v1", "--annotation",  # the manifest's anchor wins
+    assert main(["ls", "--insecure", f"{hostile.host}/lib/img:v1"]) == 1
+    assert main(["ls", "--insecure", f"{hostile.host}/lib/img:v1", "--annotation",  # the manifest's anchor wins
                  f"containerd.io/snapshot/stargz/toc.digest={layer.toc_digest}"]) == 1
 
 
@@ -355,7 +420,7 @@ def test_info_says_how_the_toc_is_anchored(hostile: Hostile, capsys: pytest.Capt
     manifest = _serve_image(hostile, blob, _descriptor(layer))
     anchors = {}
     for ref in ("lib/img:v1", f"lib/img@{manifest}", f"lib/img@{layer.blob_digest}"):
-        assert main(["info", f"{hostile.host}/{ref}"]) == 0
+        assert main(["info", "--insecure", f"{hostile.host}/{ref}"]) == 0
         anchors[ref] = json.loads(capsys.readouterr().out)["anchor"]
     assert anchors["lib/img:v1"] == {"kind": "tag", "manifest": manifest, "tocDigest": layer.toc_digest,
                                      "annotation": "containerd.io/snapshot/stargz/toc.digest"}
@@ -368,13 +433,13 @@ def test_verify_checks_the_whole_blob_digest(hostile: Hostile, capsys: pytest.Ca
     tampered = bytearray(blob)
     tampered[len(blob) // 2] ^= 1
     _serve_image(hostile, blob, _descriptor(layer), served_blob=bytes(tampered))
-    assert main(["verify", f"{hostile.host}/lib/img:v1"]) == 1
+    assert main(["verify", "--insecure", f"{hostile.host}/lib/img:v1"]) == 1
     assert f"expected {layer.blob_digest}" in capsys.readouterr().err
     _serve_image(hostile, blob, _descriptor(layer), served_blob=blob + b"extra")
-    assert main(["verify", f"{hostile.host}/lib/img:v1"]) == 1
+    assert main(["verify", "--insecure", f"{hostile.host}/lib/img:v1"]) == 1
     assert "bytes" in capsys.readouterr().err
     _serve_image(hostile, blob, _descriptor(layer))
-    assert main(["verify", f"{hostile.host}/lib/img:v1"]) == 0
+    assert main(["verify", "--insecure", f"{hostile.host}/lib/img:v1"]) == 0
     assert json.loads(capsys.readouterr().out)["anchor"]["kind"] == "tag"
 
 
@@ -390,7 +455,7 @@ def test_index_child_with_the_wrong_digest_is_refused(hostile: Hostile) -> None:
         200, index, {"Content-Type": "application/vnd.oci.image.index.v1+json"})
     hostile.routes[f"/v2/lib/img/manifests/{claimed}"] = child  # served under a digest it does not have
     with pytest.raises(VerificationError, match=f"expected {claimed}"):
-        open_layer(f"{hostile.host}/lib/img:multi", platform="linux/amd64")
+        open_layer(f"{hostile.host}/lib/img:multi", platform="linux/amd64", insecure=True)
 
 
 @pytest.mark.parametrize("annotations", [[], {"a": 1}, "x"])
@@ -398,7 +463,7 @@ def test_descriptor_fields_of_the_wrong_type(hostile: Hostile, annotations: Any)
     layer, blob = _layer()
     _serve_image(hostile, blob, {**_descriptor(layer), "annotations": annotations})
     with pytest.raises(FormatError, match="annotations"):
-        open_layer(f"{hostile.host}/lib/img:v1")
+        open_layer(f"{hostile.host}/lib/img:v1", insecure=True)
 
 
 # -- credentials from config files and helpers -------------------------------------------------
@@ -488,10 +553,11 @@ def test_http_proxy_from_the_environment(hostile: Hostile, monkeypatch: pytest.M
     target = "127.0.0.2:9"  # nothing listens there: only the proxy can answer
     monkeypatch.setenv("HTTP_PROXY", hostile.url)
     monkeypatch.setenv("NO_PROXY", "example.invalid")
-    with RegistryClient(target, retries=0) as client:
+    with RegistryClient(target, scheme="http", retries=0, insecure=True) as client:
         client.ping()
     assert [path for _, path, _, _ in hostile.log] == [f"http://{target}/v2/"]
     monkeypatch.setenv("NO_PROXY", "127.0.0.2")
-    with RegistryClient(target, retries=0) as client, pytest.raises(RegistryError, match="refused"):
+    with RegistryClient(target, scheme="http", retries=0, insecure=True) as client, \
+            pytest.raises(RegistryError, match="refused"):
         client.ping()
     assert len(hostile.log) == 1

@@ -137,14 +137,14 @@ def signed(tmp_path_factory: pytest.TempPathFactory, docker_registry: Any,
     """The test image converted to eStargz, pushed and signed, and the plain image pushed unsigned."""
     root = source_layout(tmp_path_factory.mktemp("sign") / "src").root
     ref = f"{docker_registry.host}/sign/app:{TAG}"
-    result = convert_image(root, ref, sign_with=load_private_key(key_pair[0], PASSWORD))
-    plain = push_layout(root, f"{docker_registry.host}/sign/app:plain")
+    result = convert_image(root, ref, sign_with=load_private_key(key_pair[0], PASSWORD), insecure=True)
+    plain = push_layout(root, f"{docker_registry.host}/sign/app:plain", insecure=True)
     return {"ref": ref, "digest": result.pushed.digest, "plain": plain.digest, "host": docker_registry.host,
             "signatures": result.pushed.signatures}
 
 
 def test_signature_is_a_sigstore_attachment(signed: dict[str, Any], key_pair: tuple[bytes, bytes]) -> None:
-    with RegistryClient(signed["host"]) as client:
+    with RegistryClient(signed["host"], insecure=True) as client:
         attachment = client.get_manifest("sign/app", f"sha256-{signed['digest'][7:]}.sig")
         assert [attachment.digest] == signed["signatures"]
         [layer] = attachment.content["layers"]
@@ -162,7 +162,7 @@ def test_signature_is_a_sigstore_attachment(signed: dict[str, Any], key_pair: tu
 def test_verify_good_and_bad(signed: dict[str, Any], key_pair: tuple[bytes, bytes]) -> None:
     public = load_public_key(key_pair[1])
     other = ec.generate_private_key(ec.SECP256R1())
-    with RegistryClient(signed["host"]) as client:
+    with RegistryClient(signed["host"], insecure=True) as client:
         assert verify_image(client, signed["ref"], signed["digest"], public).manifest_digest == signed["digest"]
         with pytest.raises(VerificationError, match="does not match the key"):
             verify_image(client, signed["ref"], signed["digest"], other.public_key())
@@ -181,7 +181,7 @@ def test_verify_good_and_bad(signed: dict[str, Any], key_pair: tuple[bytes, byte
 
 def test_tampered_and_moved_signatures_fail(signed: dict[str, Any], key_pair: tuple[bytes, bytes]) -> None:
     public = load_public_key(key_pair[1])
-    with RegistryClient(signed["host"]) as client:
+    with RegistryClient(signed["host"], insecure=True) as client:
         attachment = client.get_manifest("sign/app", f"sha256-{signed['digest'][7:]}.sig")
         # The signature of one image put where another image's signatures go.
         client.put_manifest("sign/app", f"sha256-{signed['plain'][7:]}.sig", attachment.data,
@@ -201,22 +201,22 @@ def test_tampered_and_moved_signatures_fail(signed: dict[str, Any], key_pair: tu
 
 
 def test_lazy_read_anchored_on_the_signature(signed: dict[str, Any], key_pair: tuple[bytes, bytes]) -> None:
-    source, descriptor = open_layer(signed["ref"], 1, verify_with=load_public_key(key_pair[1]))
+    source, descriptor = open_layer(signed["ref"], 1, verify_with=load_public_key(key_pair[1]), insecure=True)
     with source, estargz.open(source, annotations=descriptor["annotations"]) as blob:
         assert blob.read(SMALL_FILE) == SMALL_TEXT
     assert source.anchor.kind == "signature" and source.anchor.manifest == signed["digest"]
     assert source.anchor.toc_digest == descriptor["annotations"][estargz.TOC_DIGEST_ANNOTATION]
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
     with pytest.raises(VerificationError):
-        open_layer(signed["ref"], 1, verify_with=other)
+        open_layer(signed["ref"], 1, verify_with=other, insecure=True)
 
 
 def test_signed_layer_without_toc_digest_is_refused(signed: dict[str, Any], key_pair: tuple[bytes, bytes]) -> None:
     ref = f"{signed['host']}/sign/app:plain"
-    with RegistryClient(signed["host"]) as client:
+    with RegistryClient(signed["host"], insecure=True) as client:
         sign_image(client, ref, signed["plain"], load_private_key(key_pair[0], PASSWORD))
     with pytest.raises(VerificationError, match="no TOC digest annotation"):
-        open_layer(ref, 0, verify_with=load_public_key(key_pair[1]))
+        open_layer(ref, 0, verify_with=load_public_key(key_pair[1]), insecure=True)
 
 
 def cli(*args: str, cwd: Path, password: str | None = None) -> subprocess.CompletedProcess:
@@ -237,22 +237,22 @@ def test_cli_keygen_sign_and_read_with_key(signed: dict[str, Any], tmp_path: Pat
     assert cli("keygen", "--output-prefix", "k", cwd=tmp_path, password="pw").returncode == 1
 
     ref = f"docker://{signed['ref']}"
-    done = cli("sign", ref, "--key", "k.key", cwd=tmp_path, password="pw")
+    done = cli("sign", "--insecure", ref, "--key", "k.key", cwd=tmp_path, password="pw")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["manifestDigest"] == signed["digest"]
-    info = cli("info", signed["ref"], "--layer", "1", "--key", "k.pub", cwd=tmp_path)
+    info = cli("info", "--insecure", signed["ref"], "--layer", "1", "--key", "k.pub", cwd=tmp_path)
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["anchor"] == {
         "kind": "signature", "manifest": signed["digest"],
         "tocDigest": json.loads(info.stdout)["tocDigest"], "annotation": estargz.TOC_DIGEST_ANNOTATION}
-    cat = cli("cat", signed["ref"], "--layer", "1", "--key", "k.pub", SMALL_FILE, cwd=tmp_path)
+    cat = cli("cat", "--insecure", signed["ref"], "--layer", "1", "--key", "k.pub", SMALL_FILE, cwd=tmp_path)
     assert cat.returncode == 0 and cat.stdout == SMALL_TEXT.decode()
 
-    wrong = cli("sign", ref, "--key", "k.key", cwd=tmp_path, password="nope")
+    wrong = cli("sign", "--insecure", ref, "--key", "k.key", cwd=tmp_path, password="nope")
     assert wrong.returncode == 1 and wrong.stderr.strip().count("\n") == 0 and "wrong password" in wrong.stderr
     (tmp_path / "o.pub").write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    refused = cli("cat", signed["ref"], "--layer", "1", "--key", "o.pub", SMALL_FILE, cwd=tmp_path)
+    refused = cli("cat", "--insecure", signed["ref"], "--layer", "1", "--key", "o.pub", SMALL_FILE, cwd=tmp_path)
     assert refused.returncode == 1 and refused.stdout == "" and "no valid signature" in refused.stderr
     assert refused.stderr.strip().count("\n") == 0
 
@@ -310,7 +310,7 @@ def test_go_reads_estargz_keys_and_estargz_checks_go_signatures(signed: dict[str
                                        "type": "cosign container image signature"}, "optional": None}).encode()
     (tmp_path / "payload").write_bytes(payload)
     signature = go(sigcheck, "sign", tmp_path / "e.key", "pw", tmp_path / "payload").strip()
-    with RegistryClient(signed["host"]) as client:
+    with RegistryClient(signed["host"], insecure=True) as client:
         push_signature(client, "sign/go", signed["plain"], payload, signature)
         public = load_public_key(tmp_path / "e.pub")
         with pytest.raises(VerificationError, match="not .*/sign/go"):
@@ -324,7 +324,7 @@ def test_estargz_signs_with_go_keys_and_go_checks(signed: dict[str, Any], sigche
     go(sigcheck, "keygen", tmp_path / "g", "pw")
     key = load_private_key(tmp_path / "g.key", b"pw")
     ref = f"{signed['host']}/sign/gokey:{TAG}"
-    with RegistryClient(signed["host"]) as client:
+    with RegistryClient(signed["host"], insecure=True) as client:
         sign_image(client, ref, signed["digest"], key)
         attachment = client.get_manifest("sign/gokey", f"sha256-{signed['digest'][7:]}.sig")
         [layer] = attachment.content["layers"]
