@@ -24,6 +24,7 @@ from .errors import (
     NotFoundError,
     VerificationError,
 )
+from .footer import MAX_FOOTER_SIZE
 from .reader import Reader
 from .registry import (
     MANIFEST_MEDIA_TYPES,
@@ -48,7 +49,13 @@ _MAX_INDEX_DEPTH = 4
 
 class CountingSource:
     """A source that counts what it reads (requests and bytes), and serves reads that fall inside
-    a range :meth:`preload`-ed by one larger read from memory (prefetching in few requests)."""
+    a range :meth:`preload`-ed by one larger read from memory (prefetching in few requests).
+
+    Opening a layer fetches its footer, then exactly its TOC (``opening_tail``): a mount's bytes
+    are those it reads, at the cost of one request more than a reader fetching a share of the blob.
+    """
+
+    opening_tail = MAX_FOOTER_SIZE
 
     def __init__(self, source: Source) -> None:
         self._source = source

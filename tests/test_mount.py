@@ -388,6 +388,18 @@ def test_chunks_without_digest_are_checked_against_the_file_digest(tmp_path: Pat
     image.close()
 
 
+# -- what the mount fetches, without FUSE -------------------------------------------------------
+
+@pytest.mark.parametrize("layer_format", estargz.FORMATS)
+def test_opening_a_layer_fetches_its_footer_then_only_its_toc(tmp_path: Path, layer_format: str) -> None:
+    """No share of the blob beyond the TOC is fetched when mounting (bytes a start does not need)."""
+    blob, _ = convert(tmp_path, base_layer(), layer_format)
+    [layer] = open_mount_layers(str(blob))
+    assert layer.source.requests == 2
+    assert layer.source.bytes <= blob.stat().st_size - layer.reader.data_end
+    layer.close()
+
+
 # -- the chunk cache, without FUSE ---------------------------------------------------------------
 
 def test_cache_stays_within_its_memory_limit() -> None:
