@@ -18,8 +18,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Hashable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -339,11 +339,27 @@ def _windows(work: list[tuple[Entry, Chunk]]) -> Iterator[list[tuple[Entry, Chun
 
 
 # -- FUSE ------------------------------------------------------------------------------------
-def _load_fuse() -> Any:
-    """The mfusepy module, or FuseUnavailableError naming what is missing."""
+def _loading_fuse() -> Future[Any]:
+    """Check for the FUSE device, then load mfusepy on a thread (finding libfuse runs helper
+    programs, which can overlap opening the layers): the future gives the module, or raises
+    FuseUnavailableError naming what is missing."""
     if not os.path.exists(_FUSE_DEVICE):
         raise FuseUnavailableError(f"cannot mount: {_FUSE_DEVICE} does not exist (load the fuse kernel module, "
                                    "or give the container --device /dev/fuse)")
+    loading: Future[Any] = Future()
+
+    def load() -> None:
+        try:
+            loading.set_result(_import_fuse())
+        except BaseException as exc:  # handed to the caller through the future
+            loading.set_exception(exc)
+
+    threading.Thread(target=load, name="estargz-load-fuse", daemon=True).start()
+    return loading
+
+
+def _import_fuse() -> Any:
+    """The mfusepy module, or FuseUnavailableError naming what is missing."""
     try:
         import mfusepy
     except ImportError:
@@ -374,15 +390,16 @@ def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str |
     """
     if prefetch not in PREFETCH_MODES:
         raise ValueError(f"prefetch must be one of {', '.join(PREFETCH_MODES)}, not {prefetch!r}")
-    fuse = _load_fuse()
-    from .fuseops import FuseOperations
-
+    loading = _loading_fuse()
     mountpoint = os.fspath(mountpoint)
     if not os.path.isdir(mountpoint):
         raise FileNotFoundError(errno.ENOENT, "mount point is not a directory", mountpoint)
     cache = ChunkCache(cache_size, cache_dir, cache_dir_size)
-    image = MountedImage(open_layers(source, layer=layer, platform=platform, toc_digest=toc_digest,
-                                     **client_options), cache)
+    fuse, layers = _open_while_loading(loading, lambda: open_layers(source, layer=layer, platform=platform,
+                                                                    toc_digest=toc_digest, **client_options))
+    from .fuseops import FuseOperations
+
+    image = MountedImage(layers, cache)
     for opened in image.layers:
         if opened.anchor == "none":
             log.warning("estargz mount: layer %s: no TOC digest from a checked manifest anchors its TOC; "
@@ -408,6 +425,21 @@ def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str |
             thread.join()
         image.close()
     return image.stats()
+
+
+def _open_while_loading(loading: Future[Any], opener: Callable[[], list[Layer]]) -> tuple[Any, list[Layer]]:
+    """mfusepy and the opened layers; without FUSE, that is the error raised, whatever opening did."""
+    try:
+        layers = opener()
+    except BaseException:
+        loading.result()
+        raise
+    try:
+        return loading.result(), layers
+    except BaseException:
+        for opened in layers:
+            opened.close()
+        raise
 
 
 def _option_value(text: str) -> str:

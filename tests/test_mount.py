@@ -507,11 +507,14 @@ def test_no_fuse_device_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
         estargz.mount(str(blob), tmp_path)
 
 
-def test_no_mfusepy_is_a_clear_error(tmp_path: Path) -> None:
-    blob, _ = convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ)
+@pytest.mark.parametrize("source", ["layer.blob", "missing.blob"])
+def test_no_mfusepy_is_a_clear_error(tmp_path: Path, source: str) -> None:
+    """Missing FUSE is the error, whether or not the source would open."""
+    convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ)
     (tmp_path / "mnt").mkdir()
     (tmp_path / "mfusepy.py").write_text("raise ImportError('not installed here')\n")
-    proc = subprocess.run(_command("mount", str(blob), str(tmp_path / "mnt")), cwd=ROOT, capture_output=True,
+    proc = subprocess.run(_command("mount", str(tmp_path / source), str(tmp_path / "mnt")), cwd=ROOT,
+                          capture_output=True,
                           text=True, env={**_ENV, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}, check=False)
     if not os.path.exists("/dev/fuse"):
         assert "/dev/fuse does not exist" in proc.stderr
