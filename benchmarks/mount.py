@@ -13,12 +13,16 @@ the end of ``chroot ROOT python3 -c 'print("hi")'``:
   program in a chroot of the unpacked tree.
 
 Bytes are what crossed the loopback connection for the layer: the mount's own count of fetched
-blob bytes, and the whole blob for the pull. Needs root (chroot, FUSE), skopeo, docker-registry.
+blob bytes, and the whole blob for the pull. The mount runs with its modules' bytecode, as an
+installed package has it (written by one untimed mount first, even under PYTHONDONTWRITEBYTECODE).
+Needs root (chroot, FUSE), skopeo, docker-registry.
 
-Each run pulls once and mounts once per ``--prefetch`` and ``--cache-size`` given, one after the
-other, so that the machine's load weighs on both; medians and ranges are printed with the load.
+Each run pulls once and mounts once per ``--prefetch`` and ``--cache-size`` given (and with the
+estargz of a ``--baseline`` checkout too), one after the other and in turns first after the pull,
+so that the machine's load weighs on all alike; medians and ranges are printed with the load.
 
     python benchmarks/mount.py [--format estargz] [--prefetch landmark none] [--runs 5] [--cache-size 256M 8M]
+                               [--baseline OTHER-CHECKOUT]
 """
 
 from __future__ import annotations
@@ -176,14 +180,22 @@ def full_pull(reference: str, work: Path, blob_size: int) -> tuple[float, int]:
     return seconds, blob_size
 
 
-def lazy_mount(reference: str, work: Path, options: list[str]) -> tuple[float, dict[str, object]]:
-    """Seconds to mount and run; the figures the mount printed on exit."""
+def installed_environment(work: Path) -> dict[str, str]:
+    """The environment for ``python -m estargz``: its modules' bytecode written and reused (in a
+    directory of ``work``), as an installed package has it, even where PYTHONDONTWRITEBYTECODE is set."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    return {**environment, "PYTHONPYCACHEPREFIX": str(work / "bytecode")}
+
+
+def lazy_mount(reference: str, work: Path, options: list[str], checkout: Path) -> tuple[float, dict[str, object]]:
+    """Seconds to mount (with the estargz of ``checkout``) and run; the figures the mount printed on exit."""
     mountpoint, log = work / "mnt", work / "mount.log"
     mountpoint.mkdir(exist_ok=True)
+    environment = installed_environment(work / checkout.name)
     start = time.perf_counter()
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "estargz", "mount", reference, str(mountpoint), *options],
-                                   cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+                                   cwd=checkout, env=environment, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     deadline = time.monotonic() + MOUNT_TIMEOUT
     while not os.path.ismount(mountpoint):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -192,7 +204,7 @@ def lazy_mount(reference: str, work: Path, options: list[str]) -> tuple[float, d
         time.sleep(0.005)
     run_program(mountpoint)
     seconds = time.perf_counter() - start
-    subprocess.run([sys.executable, "-m", "estargz", "umount", str(mountpoint)], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "estargz", "umount", str(mountpoint)], cwd=checkout, check=True)
     process.wait(timeout=MOUNT_TIMEOUT)
     figures = [line for line in log.read_text().splitlines() if line.startswith("{")]
     return seconds, json.loads(figures[-1])
@@ -210,11 +222,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cache-size", nargs="+", default=["256M"])
     parser.add_argument("--chunk-size", type=int, default=estargz.DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also mount with the estargz of this checkout (another version), side by side")
     args = parser.parse_args()
     for tool in ("skopeo", "docker-registry", "strace", "chroot", "ldd", "readelf"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed")
-    configs = [(prefetch, size) for prefetch in args.prefetch for size in args.cache_size]
+    checkouts = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+    configs = [(name, prefetch, size) for name in checkouts for prefetch in args.prefetch for size in args.cache_size]
     with tempfile.TemporaryDirectory(prefix="estargz-mount-bench-") as tmp:
         work = Path(tmp)
         layer_size = python_image_tar(work / "layer.tar")
@@ -227,14 +242,16 @@ def main() -> None:
             reference = f"127.0.0.1:{port}/bench/python:bench"
             subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{work / 'layout'}:bench",
                             f"docker://{reference}"], check=True)
+            for checkout in checkouts.values():  # writes the bytecode
+                lazy_mount(reference, work, ["--prefetch", "none"], checkout)
             load_before = os.getloadavg()[0]
             full: list[float] = []
-            lazy: dict[tuple[str, str], list[tuple[float, dict[str, object]]]] = {config: [] for config in configs}
-            for _ in range(args.runs):  # side by side, so that the machine's load weighs on both alike
+            lazy: dict[tuple[str, str, str], list[tuple[float, dict[str, object]]]] = {c: [] for c in configs}
+            for run in range(args.runs):  # side by side, so that the machine's load weighs on all alike
                 full.append(full_pull(reference, work, result.blob_size)[0])
-                for prefetch, size in configs:
-                    lazy[prefetch, size].append(lazy_mount(reference, work, ["--prefetch", prefetch,
-                                                                             "--cache-size", size]))
+                for name, prefetch, size in configs[run % len(configs):] + configs[:run % len(configs)]:
+                    options = ["--prefetch", prefetch, "--cache-size", size]
+                    lazy[name, prefetch, size].append(lazy_mount(reference, work, options, checkouts[name]))
             load_after = os.getloadavg()[0]
         finally:
             registry.kill()
@@ -242,17 +259,19 @@ def main() -> None:
     print(f"image: Debian Python 3.11, one {args.format} layer: {layer_size / 1e6:.1f} MB tar, "
           f"{result.blob_size} bytes blob, {args.chunk_size >> 10} KiB chunks; {len(files)} prioritized files; "
           f"median (range) of {args.runs} runs; load average {load_before:.1f} before, {load_after:.1f} after\n")
-    print("| method | prefetch | cache | seconds to 'hi' | full / lazy | layer bytes transferred | requests |")
+    print("| estargz | prefetch | cache | seconds to 'hi' | full / lazy: of medians, median per run "
+          "| layer bytes transferred | requests |")
     print("|---|---|---|---|---|---|---|")
-    for (prefetch, size), runs in lazy.items():
+    for (name, prefetch, size), runs in lazy.items():
         seconds = [s for s, _ in runs]
         figures = runs[-1][1]
-        print(f"| estargz mount + chroot | {prefetch} | {size} | {spread(seconds)} | "
-              f"{statistics.median(full) / statistics.median(seconds):.2f}x | {figures['bytesFetched']} "
-              f"({figures['bytesFetched'] / result.blob_size:.1%}) | {figures['requests']} |")
+        per_run = statistics.median(f / s for f, s in zip(full, seconds, strict=True))
+        print(f"| {name} mount + chroot | {prefetch} | {size} | {spread(seconds)} | "
+              f"{statistics.median(full) / statistics.median(seconds):.2f}x, {per_run:.2f}x | "
+              f"{figures['bytesFetched']} ({figures['bytesFetched'] / result.blob_size:.1%}) | {figures['requests']} |")
     print(f"| skopeo copy + tar -x + chroot | - | - | {spread(full)} | 1 | {result.blob_size} | - |")
-    for (prefetch, size), runs in lazy.items():
-        print(f"\nmount figures ({prefetch}, {size}, last run): {json.dumps(runs[-1][1])}")
+    for (name, prefetch, size), runs in lazy.items():
+        print(f"\nmount figures ({name}, {prefetch}, {size}, last run): {json.dumps(runs[-1][1])}")
 
 
 if __name__ == "__main__":
