@@ -3,8 +3,9 @@
 The image is a Python image built from this machine's Debian Python (the interpreter, its shared
 libraries, the standard library and dist-packages, merged-/usr symlinks): one layer of more than
 100 MB, converted with the files ``python3 -c 'print("hi")'`` opens (recorded once with strace in
-a chroot of the unpacked layer) prioritized, and pushed with skopeo to a Debian docker-registry on
-127.0.0.1. Each run times, from the start to the end of ``chroot ROOT python3 -c 'print("hi")'``:
+a chroot of the unpacked layer, with the ELF interpreter the kernel opens) prioritized, and
+pushed with skopeo to a Debian docker-registry on 127.0.0.1. Each run times, from the start to
+the end of ``chroot ROOT python3 -c 'print("hi")'``:
 
 - lazy: ``python -m estargz mount REF MNT`` (footer, TOC, then the chunks that are read; the
   prioritized files prefetched in the background), then the program in a chroot of the mount;
@@ -12,9 +13,16 @@ a chroot of the unpacked layer) prioritized, and pushed with skopeo to a Debian 
   program in a chroot of the unpacked tree.
 
 Bytes are what crossed the loopback connection for the layer: the mount's own count of fetched
-blob bytes, and the whole blob for the pull. Needs root (chroot, FUSE), skopeo, docker-registry.
+blob bytes, and the whole blob for the pull. The mount runs with its modules' bytecode, as an
+installed package has it (written by one untimed mount first, even under PYTHONDONTWRITEBYTECODE).
+Needs root (chroot, FUSE), skopeo, docker-registry.
 
-    python benchmarks/mount.py [--format estargz] [--prefetch landmark] [--runs 3] [--cache-size 256M]
+Each run pulls once and mounts once per ``--prefetch`` and ``--cache-size`` given (and with the
+estargz of a ``--baseline`` checkout too), one after the other and in turns first after the pull,
+so that the machine's load weighs on all alike; medians and ranges are printed with the load.
+
+    python benchmarks/mount.py [--format estargz] [--prefetch landmark none] [--runs 5] [--cache-size 256M 8M]
+                               [--baseline OTHER-CHECKOUT]
 """
 
 from __future__ import annotations
@@ -95,12 +103,21 @@ def resolved(rootfs: Path, name: str) -> str:
         if not path.is_symlink():
             return name
         target = os.readlink(path)
-        name = image_path(target) if target.startswith("/") else os.path.normpath(os.path.join(os.path.dirname(name), target))
+        relative = os.path.normpath(os.path.join(os.path.dirname(name), target))
+        name = image_path(target) if target.startswith("/") else relative
     return name
 
 
+def interpreter(path: str) -> str:
+    """The ELF interpreter of ``path`` (``ld.so``), which the kernel opens when it runs ``path``."""
+    proc = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True, check=True)
+    return re.findall(r"Requesting program interpreter: (\S+)\]", proc.stdout)[0]
+
+
 def record_workload(layer: Path, work: Path) -> list[str]:
-    """The files of the layer that the program opens, in the order it opens them (strace)."""
+    """The files of the layer that the program opens, in the order it opens them: strace's, with
+    the ELF interpreter the kernel opens while executing the program (as a recorder watching
+    opens with fanotify, like stargz-snapshotter's ``ctr-remote image optimize``, sees it)."""
     rootfs = work / "record"
     rootfs.mkdir()
     subprocess.run(["tar", "-xf", str(layer), "-C", str(rootfs)], check=True)
@@ -110,6 +127,7 @@ def record_workload(layer: Path, work: Path) -> list[str]:
     log = trace.read_text()
     log = log[log.index(f'execve("{PYTHON}"'):]  # what chroot itself opened before is not the program's
     opened = re.findall(r'(?:openat\(AT_FDCWD, |open\(|execve\()"([^"]+)"', log)
+    opened.insert(1, interpreter(PYTHON))
     files = [resolved(rootfs, image_path(os.path.normpath(path))) for path in dict.fromkeys(opened)]
     files = [name for name in dict.fromkeys(files) if os.path.isfile(rootfs / name)]
     shutil.rmtree(rootfs)
@@ -162,15 +180,23 @@ def full_pull(reference: str, work: Path, blob_size: int) -> tuple[float, int]:
     return seconds, blob_size
 
 
-def lazy_mount(reference: str, work: Path, options: list[str]) -> tuple[float, dict[str, object]]:
-    """Seconds to mount and run; the figures the mount printed on exit."""
+def installed_environment(work: Path) -> dict[str, str]:
+    """The environment for ``python -m estargz``: its modules' bytecode written and reused (in a
+    directory of ``work``), as an installed package has it, even where PYTHONDONTWRITEBYTECODE is set."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    return {**environment, "PYTHONPYCACHEPREFIX": str(work / "bytecode")}
+
+
+def lazy_mount(reference: str, work: Path, options: list[str], checkout: Path) -> tuple[float, dict[str, object]]:
+    """Seconds to mount (with the estargz of ``checkout``) and run; the figures the mount printed on exit."""
     mountpoint, log = work / "mnt", work / "mount.log"
     mountpoint.mkdir(exist_ok=True)
+    environment = installed_environment(work / checkout.name)
     start = time.perf_counter()
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "estargz", "mount", "--insecure", reference, str(mountpoint),
-                                    *options],
-                                   cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        command = [sys.executable, "-m", "estargz", "mount", "--insecure", reference, str(mountpoint), *options]
+        process = subprocess.Popen(command, cwd=checkout, env=environment, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=out)
     deadline = time.monotonic() + MOUNT_TIMEOUT
     while not os.path.ismount(mountpoint):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -179,23 +205,32 @@ def lazy_mount(reference: str, work: Path, options: list[str]) -> tuple[float, d
         time.sleep(0.005)
     run_program(mountpoint)
     seconds = time.perf_counter() - start
-    subprocess.run([sys.executable, "-m", "estargz", "umount", str(mountpoint)], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "estargz", "umount", str(mountpoint)], cwd=checkout, check=True)
     process.wait(timeout=MOUNT_TIMEOUT)
     figures = [line for line in log.read_text().splitlines() if line.startswith("{")]
     return seconds, json.loads(figures[-1])
 
 
+def spread(seconds: list[float]) -> str:
+    """The median of ``seconds`` with their range."""
+    return f"{statistics.median(seconds):.3f} ({min(seconds):.3f}-{max(seconds):.3f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", default=estargz.FORMAT_ESTARGZ, choices=estargz.FORMATS)
-    parser.add_argument("--prefetch", default="landmark", choices=("landmark", "all", "none"))
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--cache-size", default="256M")
+    parser.add_argument("--prefetch", nargs="+", default=["landmark"], choices=("landmark", "all", "none"))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--cache-size", nargs="+", default=["256M"])
     parser.add_argument("--chunk-size", type=int, default=estargz.DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also mount with the estargz of this checkout (another version), side by side")
     args = parser.parse_args()
-    for tool in ("skopeo", "docker-registry", "strace", "chroot", "ldd"):
+    for tool in ("skopeo", "docker-registry", "strace", "chroot", "ldd", "readelf"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed")
+    checkouts = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+    configs = [(name, prefetch, size) for name in checkouts for prefetch in args.prefetch for size in args.cache_size]
     with tempfile.TemporaryDirectory(prefix="estargz-mount-bench-") as tmp:
         work = Path(tmp)
         layer_size = python_image_tar(work / "layer.tar")
@@ -208,26 +243,36 @@ def main() -> None:
             reference = f"127.0.0.1:{port}/bench/python:bench"
             subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{work / 'layout'}:bench",
                             f"docker://{reference}"], check=True)
-            options = ["--prefetch", args.prefetch, "--cache-size", args.cache_size]
-            full = [full_pull(reference, work, result.blob_size) for _ in range(args.runs)]
-            lazy = [lazy_mount(reference, work, options) for _ in range(args.runs)]
+            for checkout in checkouts.values():  # writes the bytecode
+                lazy_mount(reference, work, ["--prefetch", "none"], checkout)
+            load_before = os.getloadavg()[0]
+            full: list[float] = []
+            lazy: dict[tuple[str, str, str], list[tuple[float, dict[str, object]]]] = {c: [] for c in configs}
+            for run in range(args.runs):  # side by side, so that the machine's load weighs on all alike
+                full.append(full_pull(reference, work, result.blob_size)[0])
+                for name, prefetch, size in configs[run % len(configs):] + configs[:run % len(configs)]:
+                    options = ["--prefetch", prefetch, "--cache-size", size]
+                    lazy[name, prefetch, size].append(lazy_mount(reference, work, options, checkouts[name]))
+            load_after = os.getloadavg()[0]
         finally:
             registry.kill()
             registry.wait()
-    full_seconds = statistics.median(s for s, _ in full)
-    lazy_seconds = statistics.median(s for s, _ in lazy)
-    figures = lazy[-1][1]
     print(f"image: Debian Python 3.11, one {args.format} layer: {layer_size / 1e6:.1f} MB tar, "
-          f"{result.blob_size / 1e6:.1f} MB blob, {args.chunk_size >> 10} KiB chunks; {len(files)} prioritized "
-          f"files; prefetch {args.prefetch}, "
-          f"cache {args.cache_size}; median of {args.runs} runs\n")
-    print("| method | seconds to 'hi' | layer bytes transferred | requests |")
-    print("|---|---|---|---|")
-    print(f"| estargz mount + chroot | {lazy_seconds:.3f} | {figures['bytesFetched']} | {figures['requests']} |")
-    print(f"| skopeo copy + tar -x + chroot | {full_seconds:.3f} | {result.blob_size} | - |")
-    print(f"\nfull / lazy: {full_seconds / lazy_seconds:.2f}x faster start, "
-          f"{figures['bytesFetched'] / result.blob_size:.4f} of the bytes")
-    print(f"mount figures (last run): {json.dumps(figures)}")
+          f"{result.blob_size} bytes blob, {args.chunk_size >> 10} KiB chunks; {len(files)} prioritized files; "
+          f"median (range) of {args.runs} runs; load average {load_before:.1f} before, {load_after:.1f} after\n")
+    print("| estargz | prefetch | cache | seconds to 'hi' | full / lazy: of medians, median per run "
+          "| layer bytes transferred | requests |")
+    print("|---|---|---|---|---|---|---|")
+    for (name, prefetch, size), runs in lazy.items():
+        seconds = [s for s, _ in runs]
+        figures = runs[-1][1]
+        per_run = statistics.median(f / s for f, s in zip(full, seconds, strict=True))
+        print(f"| {name} mount + chroot | {prefetch} | {size} | {spread(seconds)} | "
+              f"{statistics.median(full) / statistics.median(seconds):.2f}x, {per_run:.2f}x | "
+              f"{figures['bytesFetched']} ({figures['bytesFetched'] / result.blob_size:.1%}) | {figures['requests']} |")
+    print(f"| skopeo copy + tar -x + chroot | - | - | {spread(full)} | 1 | {result.blob_size} | - |")
+    for (name, prefetch, size), runs in lazy.items():
+        print(f"\nmount figures ({name}, {prefetch}, {size}, last run): {json.dumps(runs[-1][1])}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import errno
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from .errors import (
     NotFoundError,
     VerificationError,
 )
+from .footer import MAX_FOOTER_SIZE
 from .reader import Reader
 from .registry import (
     MANIFEST_MEDIA_TYPES,
@@ -48,12 +50,18 @@ _MAX_INDEX_DEPTH = 4
 
 class CountingSource:
     """A source that counts what it reads (requests and bytes), and serves reads that fall inside
-    a range :meth:`preload`-ed by one larger read from memory (prefetching in few requests)."""
+    a range :meth:`preloaded` by one larger read from memory (prefetching in few requests).
+
+    Opening a layer fetches its footer, then exactly its TOC (``opening_tail``): a mount's bytes
+    are those it reads, at the cost of one request more than a reader fetching a share of the blob.
+    """
+
+    opening_tail = MAX_FOOTER_SIZE
 
     def __init__(self, source: Source) -> None:
         self._source = source
         self._lock = threading.Lock()
-        self._preloaded: dict[int, bytes] = {}
+        self._preloaded: list[tuple[int, bytes]] = []
         self.requests = 0
         self.bytes = 0
 
@@ -68,23 +76,34 @@ class CountingSource:
             self.bytes += len(data)
         return data
 
-    def read_at(self, offset: int, length: int) -> bytes:
+    def _held(self, offset: int, length: int) -> bytes | None:
+        """The bytes of ``[offset, offset + length)`` if a preloaded range holds them all."""
         with self._lock:
-            held = list(self._preloaded.items())
+            held = list(self._preloaded)
         for start, data in held:
             if start <= offset and offset + length <= start + len(data):
                 return data[offset - start:offset - start + length]
-        return self._fetch(offset, length)
+        return None
 
-    def preload(self, start: int, end: int) -> None:
-        """Read ``[start, end)`` at once and serve reads inside it from memory until :meth:`release`."""
-        data = self._fetch(start, end - start)
-        with self._lock:
-            self._preloaded[start] = data
+    def read_at(self, offset: int, length: int) -> bytes:
+        data = self._held(offset, length)
+        return self._fetch(offset, length) if data is None else data
 
-    def release(self, start: int) -> None:
+    @contextmanager
+    def preloaded(self, start: int, end: int) -> Iterator[None]:
+        """Read ``[start, end)`` in one request (unless a preloaded range holds it already) and
+        serve reads inside it from memory while the block runs."""
+        if self._held(start, end - start) is not None:
+            yield
+            return
+        held = (start, self._fetch(start, end - start))
         with self._lock:
-            self._preloaded.pop(start, None)
+            self._preloaded.append(held)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._preloaded = [item for item in self._preloaded if item is not held]
 
     def close(self) -> None:
         close = getattr(self._source, "close", None)

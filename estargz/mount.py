@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Hashable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -46,8 +47,11 @@ log = logging.getLogger("estargz.mount")
 PREFETCH_MODES = ("landmark", "all", "none")
 #: Memory the chunk cache may hold by default.
 DEFAULT_CACHE_SIZE = 256 << 20
-#: Largest blob range one prefetch request reads.
+#: Largest blob range one prefetch request reads; a chunk read on demand is fetched in one
+#: request when its compressed bytes are no more than this.
 _PREFETCH_WINDOW = 16 << 20
+#: Prefetch windows fetched at once; their chunks are inflated and checked on at most as many
+#: threads as there are CPUs.
 _PREFETCH_THREADS = 4
 _FUSE_DEVICE = "/dev/fuse"
 #: Seconds the kernel may keep attributes and names (the file system never changes).
@@ -59,6 +63,8 @@ _TYPE_BITS = {"reg": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 #: Seconds ``mount --daemon`` waits for the file system to appear.
 DAEMON_START_TIMEOUT = 120.0
+#: Seconds between looks at whether the mount point shows the file system yet.
+_MOUNT_POLL_SECONDS = 0.005
 _UNMOUNT_TOOLS = ("fusermount3", "fusermount")
 #: Characters of the source shown as the file system's name (``mount``, /proc/mounts).
 _MAX_FSNAME = 200
@@ -180,9 +186,13 @@ class MountedImage:
                 self._inflight.pop(key).set()
 
     def _fetch(self, layer: int, entry: Entry, chunk: Chunk, key: Hashable) -> bytes:
-        reader = self.layers[layer].reader
+        """A chunk's verified bytes, its compressed bytes fetched in one request (or found in a
+        prefetch window), now cached."""
+        reader, source = self.layers[layer].reader, self.layers[layer].source
         if chunk.chunk_digest:
-            data = reader.read_chunk(chunk, name=entry.name)
+            whole = chunk.next_offset - chunk.offset <= _PREFETCH_WINDOW
+            with source.preloaded(chunk.offset, chunk.next_offset) if whole else nullcontext():
+                data = reader.read_chunk(chunk, name=entry.name)
             self._count(1)
             self.cache.put(key, data, chunk.chunk_digest)
             return data
@@ -232,34 +242,45 @@ class MountedImage:
             if index == layer and (node.entry.name in prioritized) == (phase == "landmark"):
                 work.extend((node.entry, chunk) for chunk in node.entry.chunks)
         work.sort(key=lambda item: item[1].offset)
-        with ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="estargz-prefetch") as pool:
+        inflaters = min(_PREFETCH_THREADS, os.cpu_count() or 1)
+        with ThreadPoolExecutor(inflaters, thread_name_prefix="estargz-inflate") as chunks, \
+                ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="estargz-prefetch") as windows:
             for window in _windows(work):
                 self._planned += sum(chunk.chunk_size for _, chunk in window)
                 if self._stop.is_set() or self._planned > self.cache.capacity:
                     return False
-                pool.submit(self._prefetch_window, layer, window)
+                windows.submit(self._prefetch_window, layer, window, chunks)
         return not self._stop.is_set()
 
-    def _prefetch_window(self, layer: int, window: list[tuple[Entry, Chunk]]) -> None:
-        """Fetch a window's chunks with one request; readers of them wait for it, not fetch again."""
-        claimed = self._claim(layer, window)
+    def _prefetch_window(self, layer: int, window: list[tuple[Entry, Chunk]], chunks: Executor) -> None:
+        """Fetch a window's chunks with one request, then inflate and check them on ``chunks``;
+        a reader of one waits until that chunk is cached, instead of fetching it again."""
+        claimed = self._claim(layer, window) if not self._stop.is_set() else []
         if not claimed:
             return
-        source = self.layers[layer].source
         start, end = claimed[0][1].offset, max(chunk.next_offset for _, chunk in claimed)
+        with ExitStack() as held:
+            try:
+                held.enter_context(self.layers[layer].source.preloaded(start, end))
+            except (EStargzError, OSError) as exc:
+                self.failed(f"prefetch of layer {self.layers[layer].name}", exc)
+                self._release([_key(layer, chunk) for _, chunk in claimed])
+                return
+            for _ in chunks.map(lambda item: self._prefetch_chunk(layer, *item), claimed):
+                pass
+
+    def _prefetch_chunk(self, layer: int, entry: Entry, chunk: Chunk) -> None:
+        """Cache one claimed chunk (unless stopping), then let its readers have it."""
+        key = _key(layer, chunk)
         try:
-            source.preload(start, end)
-            for entry, chunk in claimed:
-                if self._stop.is_set():
-                    return
-                self._fetch(layer, entry, chunk, _key(layer, chunk))
+            if not self._stop.is_set():
+                self._fetch(layer, entry, chunk, key)
                 with self._lock:
                     self.prefetched_bytes += chunk.chunk_size
         except (EStargzError, OSError) as exc:
-            self.failed(f"prefetch of layer {self.layers[layer].name}", exc)
+            self.failed(f"prefetch of {entry.name!r} in layer {self.layers[layer].name}", exc)
         finally:
-            source.release(start)
-            self._release([_key(layer, chunk) for _, chunk in claimed])
+            self._release([key])
 
     # -- figures -------------------------------------------------------------------------------
     def stats(self) -> MountStats:
@@ -318,11 +339,27 @@ def _windows(work: list[tuple[Entry, Chunk]]) -> Iterator[list[tuple[Entry, Chun
 
 
 # -- FUSE ------------------------------------------------------------------------------------
-def _load_fuse() -> Any:
-    """The mfusepy module, or FuseUnavailableError naming what is missing."""
+def _loading_fuse() -> Future[Any]:
+    """Check for the FUSE device, then load mfusepy on a thread (finding libfuse runs helper
+    programs, which can overlap opening the layers): the future gives the module, or raises
+    FuseUnavailableError naming what is missing."""
     if not os.path.exists(_FUSE_DEVICE):
         raise FuseUnavailableError(f"cannot mount: {_FUSE_DEVICE} does not exist (load the fuse kernel module, "
                                    "or give the container --device /dev/fuse)")
+    loading: Future[Any] = Future()
+
+    def load() -> None:
+        try:
+            loading.set_result(_import_fuse())
+        except BaseException as exc:  # handed to the caller through the future
+            loading.set_exception(exc)
+
+    threading.Thread(target=load, name="estargz-load-fuse", daemon=True).start()
+    return loading
+
+
+def _import_fuse() -> Any:
+    """The mfusepy module, or FuseUnavailableError naming what is missing."""
     try:
         import mfusepy
     except ImportError:
@@ -353,42 +390,56 @@ def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str |
     """
     if prefetch not in PREFETCH_MODES:
         raise ValueError(f"prefetch must be one of {', '.join(PREFETCH_MODES)}, not {prefetch!r}")
-    fuse = _load_fuse()
-    from .fuseops import FuseOperations
-
+    loading = _loading_fuse()
     mountpoint = os.fspath(mountpoint)
     if not os.path.isdir(mountpoint):
         raise FileNotFoundError(errno.ENOENT, "mount point is not a directory", mountpoint)
     cache = ChunkCache(cache_size, cache_dir, cache_dir_size)
-    image = MountedImage(open_layers(source, layer=layer, platform=platform, toc_digest=toc_digest,
-                                     **client_options), cache)
+    fuse, layers = _open_while_loading(loading, lambda: open_layers(source, layer=layer, platform=platform,
+                                                                    toc_digest=toc_digest, **client_options))
+    from .fuseops import FuseOperations
+
+    image = MountedImage(layers, cache)
     for opened in image.layers:
         if opened.anchor == "none":
             log.warning("estargz mount: layer %s: no TOC digest from a checked manifest anchors its TOC; "
                         "it is trusted as far as its source is", opened.name)
-    stop_figures = threading.Event()
+    stop = threading.Event()
+    mounted = threading.Event()
+    started = _start_background(image, prefetch, stats_interval, stats_stream or sys.stderr, stop, mounted, ready,
+                                mountpoint)
     try:
-        mounted = threading.Event()
-        operations = FuseOperations(image, mounted)
-        started = _start_background(image, prefetch, stats_interval, stats_stream or sys.stderr,
-                                    stop_figures, mounted, ready, mountpoint)
         with _default_stop_signals():
             try:
-                fuse.FUSE(operations, mountpoint, foreground=True, ro=True, default_permissions=True,
-                          fsname=_option_value(f"estargz:{source}"), subtype="estargz", use_ino=True,
-                          attr_timeout=_KERNEL_CACHE_SECONDS, entry_timeout=_KERNEL_CACHE_SECONDS,
+                fuse.FUSE(FuseOperations(image, mounted), mountpoint, foreground=True, ro=True,
+                          default_permissions=True, fsname=_option_value(f"estargz:{source}"), subtype="estargz",
+                          use_ino=True, attr_timeout=_KERNEL_CACHE_SECONDS, entry_timeout=_KERNEL_CACHE_SECONDS,
                           negative_timeout=_KERNEL_CACHE_SECONDS, kernel_cache=True)
             except RuntimeError as exc:  # libfuse's status; after a stop signal it is non-zero too
                 if not mounted.is_set():
                     raise EStargzError(f"libfuse could not mount {mountpoint} (status {exc})") from None
-        stop_figures.set()
+    finally:
+        stop.set()
         image.stop()
         for thread in started:
             thread.join()
-        return image.stats()
-    finally:
-        stop_figures.set()
         image.close()
+    return image.stats()
+
+
+def _open_while_loading(loading: Future[Any], opener: Callable[[], list[Layer]]) -> tuple[Any, list[Layer]]:
+    """mfusepy and the opened layers; without FUSE, that is the error raised, whatever opening did."""
+    try:
+        layers = opener()
+    except BaseException:
+        loading.result()
+        raise
+    try:
+        return loading.result(), layers
+    except BaseException:
+        for opened in layers:
+            opened.close()
+        raise
 
 
 def _option_value(text: str) -> str:
@@ -399,24 +450,26 @@ def _option_value(text: str) -> str:
 def _start_background(image: MountedImage, prefetch: str, stats_interval: float | None, stream: TextIO,
                       stop: threading.Event, mounted: threading.Event, ready: threading.Event | None,
                       mountpoint: str) -> list[threading.Thread]:
-    """Start the prefetch and the live figures once the mount point shows the file system."""
+    """Start the prefetch now, while libfuse mounts (a program started on the mount finds its
+    first files fetched or on their way), the live figures, and what sets ``mounted`` and
+    ``ready`` once the mount point shows the file system."""
 
-    def run() -> None:
+    def announce() -> None:
         while not stop.is_set() and not os.path.ismount(mountpoint):
-            stop.wait(0.01)
+            stop.wait(_MOUNT_POLL_SECONDS)
         if stop.is_set():
             return
         mounted.set()
         if ready is not None:
             ready.set()
-        image.prefetch(prefetch)
 
     def figures() -> None:
         while not stop.wait(stats_interval):
             stream.write(json.dumps(image.stats().to_json()) + "\n")
             stream.flush()
 
-    threads = [threading.Thread(target=run, name="estargz-prefetch", daemon=True)]
+    threads = [threading.Thread(target=image.prefetch, args=(prefetch,), name="estargz-prefetch", daemon=True),
+               threading.Thread(target=announce, name="estargz-mounted", daemon=True)]
     if stats_interval:
         threads.append(threading.Thread(target=figures, name="estargz-stats", daemon=True))
     for thread in threads:
@@ -459,5 +512,5 @@ def wait_for_mount(mountpoint: str, process: subprocess.Popen[bytes], timeout: f
             return True
         if process.poll() is not None:
             return False
-        time.sleep(0.02)
+        time.sleep(_MOUNT_POLL_SECONDS)
     return False

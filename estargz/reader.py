@@ -64,7 +64,8 @@ _MAX_FETCH = 16 << 20
 #: File bytes fetched ahead of a read that continues where the previous one ended.
 _READ_AHEAD = 4 << 20
 #: Last bytes of a blob fetched at once when opening it (the footer and, when it fits, the TOC):
-#: a ``_TAIL_FRACTION``-th of the blob, at least a footer, at most ``_MAX_TAIL``.
+#: a ``_TAIL_FRACTION``-th of the blob, at least a footer, at most ``_MAX_TAIL``; a source's own
+#: ``opening_tail`` (see :class:`~estargz.source.Source`) instead when it has one.
 _TAIL_FRACTION = 64
 _MAX_TAIL = 1 << 20
 #: Chunks larger than this are held in a temporary file, not in memory, while a file reads them.
@@ -741,13 +742,16 @@ class _TailSource:
     """A source whose last bytes (see ``_TAIL_FRACTION``) are fetched in one request by the first
     read that needs any of them, then served from memory and kept in ``runs`` for chunk reads:
     opening reads the footer and the TOC, which is usually among them. Not when annotations give
-    the TOC's position: then the TOC alone is read, in one request."""
+    the TOC's position: then the TOC alone is read, in one request. A source with an
+    ``opening_tail`` has that many last bytes fetched at once instead."""
 
     def __init__(self, source: Source, annotations: Mapping[str, str], runs: _Runs) -> None:
         self._source = source
         self._runs = runs
         self.size = source.size
-        tail = min(_MAX_TAIL, max(MAX_FOOTER_SIZE, self.size // _TAIL_FRACTION))
+        tail: int | None = getattr(source, "opening_tail", None)
+        if tail is None:
+            tail = min(_MAX_TAIL, max(MAX_FOOTER_SIZE, self.size // _TAIL_FRACTION))
         if any(key in annotations for key in (MANIFEST_POSITION_ANNOTATION, LEGACY_MANIFEST_POSITION_ANNOTATION)):
             tail = 0
         self._start = max(0, self.size - tail)

@@ -22,7 +22,9 @@ class Source(Protocol):
 
     A source may also have ``read_ranges(ranges) -> list[bytes]``, the bytes of several
     ``(offset, length)`` ranges at once (a registry blob fetches them in one request); readers
-    use it when present, see :func:`read_ranges`.
+    use it when present, see :func:`read_ranges`. It may also have ``opening_tail``: how many of
+    its last bytes a reader fetches in one request when opening it (the footer and, when they fit,
+    the TOC); without it the reader picks a share of the blob, trading bytes for a request.
     """
 
     @property

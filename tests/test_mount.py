@@ -23,9 +23,11 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from estargz.chunkcache import ChunkCache
 from estargz.layers import open_layers as open_mount_layers
 from estargz.mount import FuseUnavailableError, MountedImage
 from estargz.overlay import OverlayTree
+from estargz.source import BLOCK_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 MTIME = 1700000000
@@ -388,6 +391,77 @@ def test_chunks_without_digest_are_checked_against_the_file_digest(tmp_path: Pat
     image.close()
 
 
+# -- what the mount fetches, without FUSE -------------------------------------------------------
+
+@pytest.mark.parametrize("layer_format", estargz.FORMATS)
+def test_opening_a_layer_fetches_its_footer_then_only_its_toc(tmp_path: Path, layer_format: str) -> None:
+    """No share of the blob beyond the TOC is fetched when mounting (bytes a start does not need)."""
+    blob, _ = convert(tmp_path, base_layer(), layer_format)
+    [layer] = open_mount_layers(str(blob))
+    assert layer.source.requests == 2
+    assert layer.source.bytes <= blob.stat().st_size - layer.reader.data_end
+    layer.close()
+
+
+def test_a_chunk_read_on_demand_is_one_request(tmp_path: Path) -> None:
+    blob, _ = convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ)
+    image = MountedImage(open_mount_layers(str(blob)), ChunkCache(1 << 30))
+    node = image.tree.lookup("usr/share/big.bin")
+    chunk, source = node.entry.chunks[1], image.layers[0].source
+    assert chunk.next_offset - chunk.offset > BLOCK_SIZE  # more than one piece of the reader's
+    before = source.requests, source.bytes
+    assert image.read(node, CHUNK_SIZE + 5, 10) == BIG[CHUNK_SIZE + 5:CHUNK_SIZE + 15]
+    assert (source.requests - before[0], source.bytes - before[1]) == (1, chunk.next_offset - chunk.offset)
+    image.close()
+
+
+def test_a_prefetched_chunk_is_served_while_later_ones_are_still_being_fetched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read waiting for a chunk the prefetch is fetching gets it once that chunk is cached, not
+    once the prefetch's whole window is."""
+    blob, _ = convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ, prioritized_files=["usr/share/big.bin"])
+    image = MountedImage(open_mount_layers(str(blob)), ChunkCache(1 << 30))
+    node = image.tree.lookup("usr/share/big.bin")
+    reader, (first, *_, last) = image.layers[0].reader, node.entry.chunks
+    gates = {id(first): threading.Event(), id(last): threading.Event()}
+    started, looked = threading.Event(), threading.Event()
+    read_chunk, cache_get = reader.read_chunk, image.cache.get
+
+    def held_back(chunk: estargz.Chunk, *, name: str = "") -> bytes:
+        if chunk is first:
+            started.set()
+        if id(chunk) in gates:
+            gates[id(chunk)].wait()
+        return read_chunk(chunk, name=name)
+
+    def get(key: Any, digest: str | None = None) -> bytes | None:
+        found = cache_get(key, digest)
+        if threading.current_thread().name.startswith("reader"):
+            looked.set()
+        return found
+
+    monkeypatch.setattr(reader, "read_chunk", held_back)
+    monkeypatch.setattr(image.cache, "get", get)
+    prefetching = threading.Thread(target=image.prefetch, args=("landmark",))
+    prefetching.start()
+    readers = ThreadPoolExecutor(1, thread_name_prefix="reader")
+    try:
+        assert started.wait(MOUNT_TIMEOUT)
+        requests = image.layers[0].source.requests
+        reading = readers.submit(image.read, node, 0, 10)
+        assert looked.wait(MOUNT_TIMEOUT)  # the read found the first chunk neither cached nor free to fetch
+        gates[id(first)].set()
+        assert reading.result(timeout=MOUNT_TIMEOUT) == BIG[:10]  # while the last chunk is held back
+        assert image.layers[0].source.requests == requests  # from the prefetch, not fetched again
+    finally:
+        for gate in gates.values():
+            gate.set()
+        readers.shutdown()
+        prefetching.join()
+    assert image.prefetched_bytes == len(BIG)
+    image.close()
+
+
 # -- the chunk cache, without FUSE ---------------------------------------------------------------
 
 def test_cache_stays_within_its_memory_limit() -> None:
@@ -433,11 +507,14 @@ def test_no_fuse_device_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
         estargz.mount(str(blob), tmp_path)
 
 
-def test_no_mfusepy_is_a_clear_error(tmp_path: Path) -> None:
-    blob, _ = convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ)
+@pytest.mark.parametrize("source", ["layer.blob", "missing.blob"])
+def test_no_mfusepy_is_a_clear_error(tmp_path: Path, source: str) -> None:
+    """Missing FUSE is the error, whether or not the source would open."""
+    convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ)
     (tmp_path / "mnt").mkdir()
     (tmp_path / "mfusepy.py").write_text("raise ImportError('not installed here')\n")
-    proc = subprocess.run(_command("mount", str(blob), str(tmp_path / "mnt")), cwd=ROOT, capture_output=True,
+    proc = subprocess.run(_command("mount", str(tmp_path / source), str(tmp_path / "mnt")), cwd=ROOT,
+                          capture_output=True,
                           text=True, env={**_ENV, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}, check=False)
     if not os.path.exists("/dev/fuse"):
         assert "/dev/fuse does not exist" in proc.stderr
