@@ -818,6 +818,25 @@ def test_min_chunk_property(layer, chunk_size, min_chunk, external):
                 assert reader.read(entry.name) == plain_reader.read(entry.name)
 
 
+def test_min_chunk_counts_a_member_as_one_deflate_stream():
+    """Files that repeat each other cost little once the first is in the member, as with Go: 100
+    copies of one text share a member that min-chunk-size 5000 would close after a few if each
+    file were counted as compressed on its own."""
+    text = b"".join(b"line %d of a small source file that repeats\n" % i for i in range(40))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(100):
+            info = tarfile.TarInfo(f"src/f{i}.py")
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    blob, result = convert_bytes(buf.getvalue(), min_chunk_size=5000, external_toc=True)
+    entries = [e for e in external_toc(result.external_toc)["entries"] if e["name"].startswith("src/")]
+    assert len({e.get("offset", 0) for e in entries}) == 1
+    with estargz.open(blob, toc=result.external_toc) as reader:
+        reader.verify()
+        assert reader.read("src/f99.py") == text
+
+
 def member_plain_starts(data: bytes) -> list[int]:
     """Where each gzip member of ``data`` starts in the inflated stream."""
     starts, position = [], 0
