@@ -1192,3 +1192,49 @@ def test_signed_or_non_hex_offset_is_rejected(digits):
     for tail in (modern, legacy):
         with pytest.raises(estargz.FormatError):
             parse_footer(tail, 10000)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. the TOC's level
+# --------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def many_files_tar() -> bytes:
+    """300 small files in nested directories: a TOC of about 100 KB of JSON."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(300):
+            info = tarfile.TarInfo(f"usr/lib/module{i % 7}/part{i}.py")
+            content = b"value = %d\n" % i
+            info.size, info.mtime = len(content), 1_700_000_000 + i
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_toc_member_is_dense_whatever_the_chunk_level(external):
+    """A lazy open fetches the TOC: at every chunk level it is at least as dense as zlib's level 9
+    of the same bytes; its XFL follows the chunks' level, as every member of a blob agrees on it."""
+    for level in (0, 1, 4, 9):
+        blob, result = convert_bytes(many_files_tar(), compression_level=level, external_toc=external)
+        member = result.external_toc if external else blob[internal_toc_offset(blob):-51]
+        assert member[8] == {9: 2, 1: 4}.get(level, 0) == blob[8]
+        assert len(member) <= len(gzip.compress(gunzip(member), 9, mtime=0))
+        with estargz.open(blob, toc=result.external_toc, toc_digest=result.toc_digest) as reader:
+            reader.verify()
+
+
+def test_zstd_toc_frame_is_dense_whatever_the_chunk_level():
+    """At every chunk level the TOC frame is at least as dense as zstd's fastest level of the same
+    JSON, which packs TOC JSON denser than the middle levels."""
+    for level in (1, 3, 19):
+        blob, result = convert_bytes(many_files_tar(), format=estargz.FORMAT_ZSTD_CHUNKED_STARGZ,
+                                     compression_level=level)
+        offset, length, size, _ = map(int, result.annotations[
+            "io.containers.zstd-chunked.manifest-position"].split(":"))
+        frame = blob[offset:offset + length]
+        toc_json = zstandard.ZstdDecompressor().decompress(frame)
+        assert len(toc_json) == size and "sha256:" + hashlib.sha256(toc_json).hexdigest() == result.toc_digest
+        assert length <= len(zstandard.ZstdCompressor(level=1, write_checksum=True).compress(toc_json))
+        with estargz.open(blob, toc_digest=result.toc_digest) as reader:
+            reader.verify()
