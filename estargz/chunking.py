@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,10 @@ DEFAULT_CHUNK_SIZE = 4 << 20
 HEADER_RUN_LIMIT = 4 << 20
 #: Level of the fast deflate that estimates how many compressed bytes a member holds.
 _ESTIMATE_LEVEL = 1
+#: The estimate deflates a member's bytes in blocks of this size, stopping once the member is full.
+_ESTIMATE_BLOCK = 64 << 10
+#: Bytes of a gzip member header, counted in a member's size as the Go reference counts them.
+_GZIP_HEADER_SIZE = 10
 
 Span = tuple[int, int, bool]
 """A content-defined chunk: (offset in the file, length, is a run of zeros)."""
@@ -45,16 +50,17 @@ def fixed_chunks(size: int, chunk_size: int) -> Iterator[tuple[int, int]]:
 class MemberGrouping:
     """Decides when an open member is full under min-chunk-size.
 
-    Bytes added to the member are estimated lazily, with a fast deflate of each piece, only when
-    :meth:`full` is asked; the estimate is what the grouping compares to ``min_chunk_size``.
+    The rule is the Go reference's: a chunk starts a new member once the open one holds at least
+    ``min_chunk_size`` compressed bytes, counting its gzip header and a sync flush before each chunk.
+    The member's bytes are estimated with one fast deflate stream (ISA-L level 1) whatever the
+    member's codec, and only as far as :meth:`full` needs: estimating stops once the minimum is reached.
     """
 
     def __init__(self, min_chunk_size: int) -> None:
         if min_chunk_size <= 0:
             raise ValueError("min_chunk_size must be positive")
         self.min_chunk_size = min_chunk_size
-        self._estimated = 0
-        self._pending: list[bytes] = []
+        self.reset()
 
     def add(self, data: bytes) -> None:
         """Bytes that went into the open member."""
@@ -62,14 +68,24 @@ class MemberGrouping:
 
     def full(self) -> bool:
         """Whether the open member holds at least ``min_chunk_size`` estimated compressed bytes."""
-        if self._pending:
-            self._estimated += len(isal_zlib.compress(b"".join(self._pending), _ESTIMATE_LEVEL, wbits=-15))
-            self._pending = []
+        while self._pending:
+            piece = memoryview(self._pending.popleft())
+            for start in range(0, len(piece), _ESTIMATE_BLOCK):
+                self._estimated += len(self._stream.compress(piece[start:start + _ESTIMATE_BLOCK]))
+                if self._estimated >= self.min_chunk_size:
+                    return True
+            self._flushed = False
+        if not self._flushed:
+            self._estimated += len(self._stream.flush(isal_zlib.Z_SYNC_FLUSH))
+            self._flushed = True
         return self._estimated >= self.min_chunk_size
 
     def reset(self) -> None:
         """A new member was opened."""
-        self._estimated, self._pending = 0, []
+        self._stream = isal_zlib.compressobj(_ESTIMATE_LEVEL, wbits=-15)
+        self._estimated = _GZIP_HEADER_SIZE
+        self._pending: deque[bytes] = deque()
+        self._flushed = True
 
 
 def content_defined_chunks(data: Buffer) -> list[Span]:

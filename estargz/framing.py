@@ -88,14 +88,15 @@ class ZerosCompressor(Compressor, Protocol):
 class GzipCompressor:
     """Compresses one chunk into one gzip member (header, raw deflate, CRC-32, size)."""
 
-    def __init__(self, level: int = DEFAULT_GZIP_LEVEL) -> None:
+    def __init__(self, level: int = DEFAULT_GZIP_LEVEL, *, header_level: int | None = None) -> None:
         if level not in GZIP_ENGINES:
             raise ValueError(f"gzip compression level must be 0-9, not {level}")
         self.level = level
         engine, engine_level = GZIP_ENGINES[level]
         self._deflate = _raw_deflate(engine, engine_level)
-        # XFL as Go writes it: 2 for the best level, 4 for the fastest, 0 otherwise.
-        self._header = _MEMBER_HEADER % {9: 2, 1: 4}.get(level, 0)
+        # XFL as Go writes it for ``header_level`` (default ``level``): 2 for the best level, 4 for
+        # the fastest, 0 otherwise; members of one blob carry the same.
+        self._header = _MEMBER_HEADER % {9: 2, 1: 4}.get(level if header_level is None else header_level, 0)
 
     def compress(self, data: bytes) -> bytes:
         """One complete gzip member holding ``data``."""

@@ -12,6 +12,7 @@ import functools
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import random
@@ -42,6 +43,7 @@ from estargz.footer import (
     legacy_gzip_footer,
     parse_footer,
 )
+from estargz.tarstream import BLOCK
 from estargz.testing import layers, layers_with_duplicates, tar_bytes
 from estargz.tocimage import toc_image_manifest, write_toc_image
 
@@ -789,12 +791,14 @@ def test_keep_diff_id_property(layer, chunk_size, extra):
 @given(layer=layers(chunk_size=5, max_content=8192), chunk_size=st.sampled_from([1, 5, 64, 1000]),
        min_chunk=st.sampled_from([1, 64, 700, 5000, 1 << 20]), external=st.booleans())
 def test_min_chunk_property(layer, chunk_size, min_chunk, external):
-    """min-chunk-size changes member boundaries only: same TOC but offsets, same tar, same files."""
+    """min-chunk-size only drops member boundaries: same TOC but offsets, same tar, same files.
+
+    It promises fewer members, not a smaller blob (see test_min_chunk_promises_fewer_members_not_fewer_bytes).
+    """
     tar = tar_bytes(layer)
     options = dict(chunk_size=chunk_size, external_toc=external)
     blob, result = convert_bytes(tar, min_chunk_size=min_chunk, **options)
     plain, plain_result = convert_bytes(tar, **options)
-    assert len(blob) <= len(plain)
     toc_of = (lambda b, r: external_toc(r.external_toc)) if external else (lambda b, r: internal_toc(b))
     ours, base = toc_of(blob, result), toc_of(plain, plain_result)
     strip = ("offset", "innerOffset")
@@ -805,12 +809,67 @@ def test_min_chunk_property(layer, chunk_size, min_chunk, external):
     assert gunzip(blob[:data_end]) == gunzip(plain[:plain_end])
     starts = set(gzip_members(blob[:data_end]))
     assert {e.get("offset", 0) for e in ours["entries"] or [] if is_data(e)} <= starts
+    assert set(member_plain_starts(blob[:data_end])) <= set(member_plain_starts(plain[:plain_end]))
     with estargz.open(blob, toc=result.external_toc) as reader, \
             estargz.open(plain, toc=plain_result.external_toc) as plain_reader:
         reader.verify()
         for entry in plain_reader:
             if entry.type == "reg":
                 assert reader.read(entry.name) == plain_reader.read(entry.name)
+
+
+def test_min_chunk_counts_a_member_as_one_deflate_stream():
+    """Files that repeat each other cost little once the first is in the member, as with Go: 100
+    copies of one text share a member that min-chunk-size 5000 would close after a few if each
+    file were counted as compressed on its own."""
+    text = b"".join(b"line %d of a small source file that repeats\n" % i for i in range(40))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(100):
+            info = tarfile.TarInfo(f"src/f{i}.py")
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    blob, result = convert_bytes(buf.getvalue(), min_chunk_size=5000, external_toc=True)
+    entries = [e for e in external_toc(result.external_toc)["entries"] if e["name"].startswith("src/")]
+    assert len({e.get("offset", 0) for e in entries}) == 1
+    with estargz.open(blob, toc=result.external_toc) as reader:
+        reader.verify()
+        assert reader.read("src/f99.py") == text
+
+
+def member_plain_starts(data: bytes) -> list[int]:
+    """Where each gzip member of ``data`` starts in the inflated stream."""
+    starts, position = [], 0
+    for offset, end in itertools.pairwise([*gzip_members(data), len(data)]):
+        starts.append(position)
+        position += len(gunzip(data[offset:end]))
+    return starts
+
+
+def test_min_chunk_promises_fewer_members_not_fewer_bytes():
+    """One incompressible 1001-byte file, chunks of 1000, min-chunk-size 700: its first chunk joins
+    the member of the landmark and the headers, and deflating the two kinds of bytes in one block
+    costs more than the member boundary saved. The guarantee is the Go rule: a chunk opens a member
+    only once the open one holds min-chunk-size (estimated) compressed bytes."""
+    payload = random.Random(0).randbytes(1001)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("etc")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    for external in (False, True):
+        blob, result = convert_bytes(buf.getvalue(), chunk_size=1000, min_chunk_size=700, external_toc=external)
+        plain, _ = convert_bytes(buf.getvalue(), chunk_size=1000, external_toc=external)
+        data_end = len(blob) - 46 if external else internal_toc_offset(blob)
+        plain_end = len(plain) - 46 if external else internal_toc_offset(plain)
+        ours, theirs = member_plain_starts(blob[:data_end]), member_plain_starts(plain[:plain_end])
+        assert set(ours) < set(theirs) and len(theirs) - len(ours) == 1
+        toc = external_toc(result.external_toc) if external else internal_toc(blob)
+        first = next(e for e in toc["entries"] if e["name"] == "etc")
+        assert first["innerOffset"] == 2 * BLOCK  # the landmark's byte and padding, then the file's header
+        with estargz.open(blob, toc=result.external_toc) as reader:
+            reader.verify()
+            assert reader.read("etc") == payload
 
 
 def test_keep_diff_id_option_errors():
@@ -1133,3 +1192,49 @@ def test_signed_or_non_hex_offset_is_rejected(digits):
     for tail in (modern, legacy):
         with pytest.raises(estargz.FormatError):
             parse_footer(tail, 10000)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. the TOC's level
+# --------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def many_files_tar() -> bytes:
+    """300 small files in nested directories: a TOC of about 100 KB of JSON."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(300):
+            info = tarfile.TarInfo(f"usr/lib/module{i % 7}/part{i}.py")
+            content = b"value = %d\n" % i
+            info.size, info.mtime = len(content), 1_700_000_000 + i
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_toc_member_is_dense_whatever_the_chunk_level(external):
+    """A lazy open fetches the TOC: at every chunk level it is at least as dense as zlib's level 9
+    of the same bytes; its XFL follows the chunks' level, as every member of a blob agrees on it."""
+    for level in (0, 1, 4, 9):
+        blob, result = convert_bytes(many_files_tar(), compression_level=level, external_toc=external)
+        member = result.external_toc if external else blob[internal_toc_offset(blob):-51]
+        assert member[8] == {9: 2, 1: 4}.get(level, 0) == blob[8]
+        assert len(member) <= len(gzip.compress(gunzip(member), 9, mtime=0))
+        with estargz.open(blob, toc=result.external_toc, toc_digest=result.toc_digest) as reader:
+            reader.verify()
+
+
+def test_zstd_toc_frame_is_dense_whatever_the_chunk_level():
+    """At every chunk level the TOC frame is at least as dense as zstd's fastest level of the same
+    JSON, which packs TOC JSON denser than the middle levels."""
+    for level in (1, 3, 19):
+        blob, result = convert_bytes(many_files_tar(), format=estargz.FORMAT_ZSTD_CHUNKED_STARGZ,
+                                     compression_level=level)
+        offset, length, size, _ = map(int, result.annotations[
+            "io.containers.zstd-chunked.manifest-position"].split(":"))
+        frame = blob[offset:offset + length]
+        toc_json = zstandard.ZstdDecompressor().decompress(frame)
+        assert len(toc_json) == size and "sha256:" + hashlib.sha256(toc_json).hexdigest() == result.toc_digest
+        assert length <= len(zstandard.ZstdCompressor(level=1, write_checksum=True).compress(toc_json))
+        with estargz.open(blob, toc_digest=result.toc_digest) as reader:
+            reader.verify()
