@@ -34,6 +34,8 @@ __all__ = ["ChunkRecord", "FileRecord", "MemberChunk", "Member", "OrderedSink", 
 
 #: Members are handed to the compression threads in batches of about this many bytes.
 _BATCH_BYTES = 1 << 20
+#: Reads of the input smaller than this are served from a window of this many bytes.
+_READ_AHEAD = 1 << 20
 #: Block size for runs of zeros, which are never materialized whole.
 _ZERO_BLOCK = 1 << 20
 
@@ -164,8 +166,7 @@ class OrderedSink(threading.Thread):
     def run(self) -> None:
         try:
             while (batch := self._queue.get()) is not None:
-                for item in batch.result():
-                    self._write(item)
+                self._write(batch.result())
                 if self._progress is not None:
                     self._progress(min(self.uncompressed_size, self._total), self._total)
         except BaseException as exc:  # handed to the producer by put() and close()
@@ -180,17 +181,23 @@ class OrderedSink(threading.Thread):
         if self._error is not None:
             raise self._error
 
-    def _write(self, item: _Compressed) -> None:
-        member = item.member
-        member_end = self.offset + len(item.blob)
-        for chunk, digest in zip(member.chunks, item.chunk_digests, strict=True):
-            chunk.place(self.offset, digest, member_end)
-        for block in member.blocks():
-            self.diff_hash.update(block)
-        self.uncompressed_size += member.size
-        self.write_raw(item.blob)
-        for record in member.completed:
-            self.on_record(record)
+    def _write(self, batch: list[_Compressed]) -> None:
+        """Place the chunks of a batch of members, write the members in one write, then hand over
+        the records they complete."""
+        offset = self.offset
+        for item in batch:
+            member = item.member
+            member_end = offset + len(item.blob)
+            for chunk, digest in zip(member.chunks, item.chunk_digests, strict=True):
+                chunk.place(offset, digest, member_end)
+            offset = member_end
+            for block in member.blocks():
+                self.diff_hash.update(block)
+            self.uncompressed_size += member.size
+        self.write_raw(b"".join([item.blob for item in batch]))
+        for item in batch:
+            for record in item.member.completed:
+                self.on_record(record)
 
     def write_unchunked(self, plain: bytearray, blob: bytes) -> None:
         """A member holding no chunk (the TOC's): its plaintext counts in the diffID and size."""
@@ -227,13 +234,28 @@ class Pipeline:
         self._member_size = 0
         self._header_run = 0
         self._chunks: list[MemberChunk] = []
+        self._window = b""
+        self._window_offset = 0
         self.completed: list[Any] = []
         """Complete records not yet handed to a member."""
 
     def read(self, offset: int, size: int) -> bytes:
-        """``size`` bytes of the input tar at ``offset``."""
+        """``size`` bytes of the input tar at ``offset``.
+
+        Small reads are served from a window of :data:`_READ_AHEAD` bytes read at once, so the
+        headers and payloads of small files cost a slice each rather than system calls.
+        """
+        start = offset - self._window_offset
+        if 0 <= start and start + size <= len(self._window):
+            return self._window[start:start + size]
         self.source.seek(offset)
-        data = self.source.read(size)
+        if size >= _READ_AHEAD:
+            return self._check_read(offset, size, self.source.read(size))
+        self._window, self._window_offset = self.source.read(_READ_AHEAD), offset
+        return self._check_read(offset, size, self._window[:size])
+
+    @staticmethod
+    def _check_read(offset: int, size: int, data: bytes) -> bytes:
         if len(data) != size:
             raise FormatError(f"tar: unexpected end of archive at offset {offset + len(data)}")
         return data
