@@ -34,8 +34,6 @@ __all__ = ["ChunkRecord", "FileRecord", "MemberChunk", "Member", "OrderedSink", 
 
 #: Members are handed to the compression threads in batches of about this many bytes.
 _BATCH_BYTES = 1 << 20
-#: Reads of the input smaller than this are served from a window of this many bytes.
-_READ_AHEAD = 1 << 20
 #: Block size for runs of zeros, which are never materialized whole.
 _ZERO_BLOCK = 1 << 20
 
@@ -234,28 +232,13 @@ class Pipeline:
         self._member_size = 0
         self._header_run = 0
         self._chunks: list[MemberChunk] = []
-        self._window = b""
-        self._window_offset = 0
         self.completed: list[Any] = []
         """Complete records not yet handed to a member."""
 
     def read(self, offset: int, size: int) -> bytes:
-        """``size`` bytes of the input tar at ``offset``.
-
-        Small reads are served from a window of :data:`_READ_AHEAD` bytes read at once, so the
-        headers and payloads of small files cost a slice each rather than system calls.
-        """
-        start = offset - self._window_offset
-        if 0 <= start and start + size <= len(self._window):
-            return self._window[start:start + size]
+        """``size`` bytes of the input tar at ``offset``."""
         self.source.seek(offset)
-        if size >= _READ_AHEAD:
-            return self._check_read(offset, size, self.source.read(size))
-        self._window, self._window_offset = self.source.read(_READ_AHEAD), offset
-        return self._check_read(offset, size, self._window[:size])
-
-    @staticmethod
-    def _check_read(offset: int, size: int, data: bytes) -> bytes:
+        data = self.source.read(size)
         if len(data) != size:
             raise FormatError(f"tar: unexpected end of archive at offset {offset + len(data)}")
         return data
