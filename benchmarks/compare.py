@@ -173,8 +173,10 @@ def run_estargz_zstd(layer: Path, out: Path, layer_format: str, level: int | Non
     return Run("estargz", label, seconds, json.loads(stdout)["blobSize"], rss)
 
 
-def zstd_round(checker: str, layer: Path, procs: int, cuts: list[memoryview], frames: list[memoryview]) -> list[Run]:
-    """One run of each zstd:chunked writer, with the two-core limit of the estargz runs' engines."""
+def zstd_round(checker: str, layer: Path, procs: int) -> list[Run]:
+    """One run of each zstd:chunked writer, then the two-core limit of the estargz runs' engines."""
+    cases = (("zstd:chunked-stargz", None, DEFAULT_ZSTD_LEVEL), ("zstd:chunked", 3, 3), ("zstd:chunked", 6, 6),
+             ("zstd:chunked", None, DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL))
     with tempfile.TemporaryDirectory(prefix="estargz-bench-") as tmp:
         work = Path(tmp)
         seconds, rss, stdout = run_child([checker, "build", "--zstdchunked", "--procs", str(procs),
@@ -184,22 +186,19 @@ def zstd_round(checker: str, layer: Path, procs: int, cuts: list[memoryview], fr
         seconds, rss, stdout = run_child([checker, "build-cs", str(layer), str(work / "go.zst")])
         runs.append(Run("go containers/storage 1.43", "zstd:chunked level 10", seconds,
                         json.loads(stdout)["blobSize"], rss))
-        for layer_format, level, engine_level, engine_cuts in (
-                ("zstd:chunked-stargz", None, DEFAULT_ZSTD_LEVEL, cuts), ("zstd:chunked", 3, 3, frames),
-                ("zstd:chunked", 6, 6, frames), ("zstd:chunked", None, DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL, frames)):
-            run = run_estargz_zstd(layer, work / "py.zst", layer_format, level)
-            run.engine_seconds = engine_seconds(zstd_engine(engine_level), engine_cuts)
-            runs.append(run)
-    return runs
+        ours = [run_estargz_zstd(layer, work / "py.zst", layer_format, level) for layer_format, level, _ in cases]
+    data = layer.read_bytes()  # only now: children forked from this process would count it in their RSS
+    cuts = {"zstd:chunked-stargz": member_cuts(data), "zstd:chunked": frame_cuts(data)}
+    for run, (layer_format, _, engine_level) in zip(ours, cases, strict=True):
+        run.engine_seconds = engine_seconds(zstd_engine(engine_level), cuts[layer_format])
+    return runs + ours
 
 
 def zstd_comparison(checker: str, layer: Path, procs: int, runs: int) -> None:
     """zstd:chunked: both estargz dialects against the Go stargz-snapshotter writer (level 3) and
     the containers/storage 1.43 writer (level 10), ratios against the faster Go writer."""
-    data = layer.read_bytes()
-    cuts, frames = member_cuts(data), frame_cuts(data)
-    go_stargz, go_cs, *ours = median_runs([zstd_round(checker, layer, procs, cuts, frames) for _ in range(runs)])
-    size = len(data)
+    go_stargz, go_cs, *ours = median_runs([zstd_round(checker, layer, procs) for _ in range(runs)])
+    size = layer.stat().st_size
     fastest = min(go_stargz, go_cs, key=lambda run: run.seconds)
     print(f"{size / 1e6:.1f} MB; ratios against the faster Go writer ({fastest.tool})\n")
     print("| tool | format and level | seconds | MB/s | blob MB | peak RSS MiB | speed ×Go | size ×Go "
@@ -243,31 +242,31 @@ def build_checker() -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def gzip_round(checker: str, layer: Path, procs: int, cuts: list[memoryview]) -> list[Run]:
-    """One run of each pairing: Go level 9, estargz default and 9; Go level 1, estargz 1; each
-    estargz run followed by its engine's two-core limit."""
-    runs = []
+def gzip_round(checker: str, layer: Path, procs: int) -> list[Run]:
+    """One run of each pairing: Go level 9, estargz default and 9; Go level 1, estargz 1; then the
+    two-core limit of each estargz run's engine."""
+    runs, levels = [], []
     with tempfile.TemporaryDirectory(prefix="estargz-bench-") as tmp:
         work = Path(tmp)
-        for go_level, levels in ((9, (None, 9)), (1, (1,))):
+        for go_level, ours in ((9, (None, 9)), (1, (1,))):
             runs.append(run_go(checker, layer, work / "go.esgz", go_level, procs))
-            for level in levels:
-                run = run_estargz(layer, work / "py.esgz", level)
-                run.engine_seconds = engine_seconds(gzip_engine(level or DEFAULT_GZIP_LEVEL), cuts)
-                runs.append(run)
+            for level in ours:
+                runs.append(run_estargz(layer, work / "py.esgz", level))
+                levels.append(level or DEFAULT_GZIP_LEVEL)
+    cuts = member_cuts(layer.read_bytes())  # only now: children forked from this process would count it
+    for run, level in zip((run for run in runs if run.tool == "estargz"), levels, strict=True):
+        run.engine_seconds = engine_seconds(gzip_engine(level), cuts)
     return runs
 
 
 def gzip_comparison(checker: str, layer: Path, procs: int, runs: int, markdown: bool) -> None:
     """The table of the gzip pairings on ``layer``; ratios against the Go run of each pairing."""
-    data = layer.read_bytes()
-    cuts = member_cuts(data)
-    size = len(data)
+    size = layer.stat().st_size
     header = ("level", "tool", "seconds", "MB/s", "blob MB", "peak RSS MiB", "speed ×Go", "size ×Go",
               "engine limit MB/s", "× engine limit")
     lines = []
     go = None
-    for run in median_runs([gzip_round(checker, layer, procs, cuts) for _ in range(runs)]):
+    for run in median_runs([gzip_round(checker, layer, procs) for _ in range(runs)]):
         go = run if run.tool == "go" else go
         assert go is not None
         lines.append((run.level, run.tool, f"{run.seconds:.2f}", f"{size / run.seconds / 1e6:.0f}",
