@@ -74,6 +74,8 @@ def go_escape_dumped(text: str) -> str:
     """Python ``json.dumps(..., ensure_ascii=False)`` output as Go's encoding/json writes it (with
     ``\\b``/``\\f`` short, as Go >= 1.22 and Python do): HTML characters and U+2028/U+2029
     escaped, each lone surrogate as ``\\ufffd``."""
+    if text.isascii() and "<" not in text and ">" not in text and "&" not in text:
+        return text
     return _RAW_AFTER_DUMPS.sub(_REPLACE_DUMPED, text)
 
 

@@ -164,8 +164,7 @@ class OrderedSink(threading.Thread):
     def run(self) -> None:
         try:
             while (batch := self._queue.get()) is not None:
-                for item in batch.result():
-                    self._write(item)
+                self._write(batch.result())
                 if self._progress is not None:
                     self._progress(min(self.uncompressed_size, self._total), self._total)
         except BaseException as exc:  # handed to the producer by put() and close()
@@ -180,17 +179,23 @@ class OrderedSink(threading.Thread):
         if self._error is not None:
             raise self._error
 
-    def _write(self, item: _Compressed) -> None:
-        member = item.member
-        member_end = self.offset + len(item.blob)
-        for chunk, digest in zip(member.chunks, item.chunk_digests, strict=True):
-            chunk.place(self.offset, digest, member_end)
-        for block in member.blocks():
-            self.diff_hash.update(block)
-        self.uncompressed_size += member.size
-        self.write_raw(item.blob)
-        for record in member.completed:
-            self.on_record(record)
+    def _write(self, batch: list[_Compressed]) -> None:
+        """Place the chunks of a batch of members, write the members in one write, then hand over
+        the records they complete."""
+        offset = self.offset
+        for item in batch:
+            member = item.member
+            member_end = offset + len(item.blob)
+            for chunk, digest in zip(member.chunks, item.chunk_digests, strict=True):
+                chunk.place(offset, digest, member_end)
+            offset = member_end
+            for block in member.blocks():
+                self.diff_hash.update(block)
+            self.uncompressed_size += member.size
+        self.write_raw(b"".join([item.blob for item in batch]))
+        for item in batch:
+            for record in item.member.completed:
+                self.on_record(record)
 
     def write_unchunked(self, plain: bytearray, blob: bytes) -> None:
         """A member holding no chunk (the TOC's): its plaintext counts in the diffID and size."""

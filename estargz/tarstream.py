@@ -6,6 +6,7 @@ raw header bytes and payload lie, so a writer can copy headers byte for byte.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import BinaryIO
 
 from .errors import FormatError, LimitError, UnsupportedInputError
 
-__all__ = ["BLOCK", "TarEntry", "iter_entries", "ustar_header", "padding", "toc_header_fields"]
+__all__ = ["BLOCK", "TarEntry", "iter_entries", "ReadAhead", "ustar_header", "padding", "toc_header_fields"]
 
 BLOCK = 512
 
@@ -26,6 +27,8 @@ _PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK = b"x", b"g", b"L", b"K"
 _XATTR_PREFIX = "SCHILY.xattr."
 #: Extension payloads (PAX records, GNU long names) larger than this are refused.
 MAX_EXTENSION_SIZE = 8 << 20
+#: Bytes :class:`ReadAhead` reads at once.
+READ_AHEAD = 1 << 20
 #: Numbers in headers and PAX records are signed 64-bit, as in Go's archive/tar.
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -66,6 +69,47 @@ class TarEntry:
 def padding(size: int) -> int:
     """Number of zero bytes that pad a payload of ``size`` bytes to a block boundary."""
     return -size % BLOCK
+
+
+class ReadAhead:
+    """A seekable binary file read through a window of :data:`READ_AHEAD` bytes read at once.
+
+    The headers and payloads of a layer's small files then cost a slice each rather than a seek
+    and a read of the file (system calls, each letting other threads take the interpreter).
+    Reads of a window's size or more go to the file directly.
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._window = b""
+        self._window_offset = 0
+        self._position = file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._position = offset if whence == os.SEEK_SET else self._file.seek(offset, whence)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (fewer only at the end of the file) at the current position."""
+        if size < 0:
+            raise ValueError("ReadAhead reads a given number of bytes")
+        start = self._position - self._window_offset
+        if not (0 <= start and start + size <= len(self._window)):
+            self._file.seek(self._position)
+            if size >= READ_AHEAD:
+                data = self._file.read(size)
+                self._position += len(data)
+                return data
+            self._window, self._window_offset, start = self._file.read(READ_AHEAD), self._position, 0
+        data = self._window[start:start + size]
+        self._position += len(data)
+        return data
 
 
 def _text(raw: bytes) -> str:

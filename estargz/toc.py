@@ -121,14 +121,23 @@ def format_modtime(seconds: int, nanos: int = 0) -> str:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+#: The flat fields after name and type: what precedes each value in the JSON, attribute, is a string.
+_FLAT_FIELDS = tuple((f',\n\t\t\t"{key}": ', attr, kind is str) for key, attr, kind in _FIELDS[2:] if kind is not dict)
+#: A JSON string literal as ``json.dumps(..., ensure_ascii=False)`` writes it.
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
+
+
 def _entry_json(entry: TOCEntry) -> str:
-    obj = entry.to_json_object()
-    if "xattrs" in obj:  # nested object: let the encoder indent it, then shift it two levels in
-        text = json.dumps(obj, indent="\t", separators=(",", ": "), ensure_ascii=False)
+    if entry.xattrs:  # nested object: let the encoder indent it, then shift it two levels in
+        text = json.dumps(entry.to_json_object(), indent="\t", separators=(",", ": "), ensure_ascii=False)
         return "\t\t" + text.replace("\n", "\n\t\t")
-    # Flat object: the C encoder with the indentation as item separator gives the same layout.
-    text = json.dumps(obj, separators=(",\n\t\t\t", ": "), ensure_ascii=False)
-    return "\t\t{\n\t\t\t" + text[1:-1] + "\n\t\t}"
+    parts = ['\t\t{\n\t\t\t"name": ', _json_string(entry.name), ',\n\t\t\t"type": ', _json_string(entry.type)]
+    for prefix, attr, is_string in _FLAT_FIELDS:
+        value = getattr(entry, attr)
+        if value:
+            parts += (prefix, _json_string(value) if is_string else str(value))
+    parts.append("\n\t\t}")
+    return "".join(parts)
 
 
 class TOCEncoder:

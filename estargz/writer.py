@@ -28,6 +28,7 @@ from .errors import FormatError
 from .formats import FORMAT_ESTARGZ, GZIP_LAYER_MEDIA_TYPE
 from .output import atomic_output
 from .pipeline import OrderedSink, Pipeline, Progress
+from .tarstream import ReadAhead
 
 __all__ = ["BuildResult", "convert", "DEFAULT_CHUNK_SIZE", "read_workload_record"]
 
@@ -152,8 +153,9 @@ def _convert_into(src: PathOrStream, out: BinaryIO, dialect: Dialect, options: L
                   progress: Progress | None) -> BuildResult:
     compressor = dialect.codec(options.level)
     with ExitStack() as stack:
-        tar = _plain_tar(src, stack)
-        start = tar.tell()
+        plain = _plain_tar(src, stack)
+        start = plain.tell()
+        tar = cast(BinaryIO, ReadAhead(plain))
         source = TarInput(tar, start, tar.seek(0, os.SEEK_END))
         layer = dialect.writer(options, stack)
         sink = OrderedSink(out, 2 * threads + 1, progress, source.end - start, layer.on_record)

@@ -24,7 +24,7 @@ from estargz import FormatError, NotFoundError, read_workload_record
 from estargz.ordering import NO_PREFETCH_LANDMARK as NOLM
 from estargz.ordering import PREFETCH_LANDMARK as LM
 from estargz.ordering import order_entries
-from estargz.tarstream import TarEntry
+from estargz.tarstream import READ_AHEAD, ReadAhead, TarEntry
 from estargz.toc import EMPTY_DIGEST, TOC_NAME
 
 MTIME = 1700000000  # 2023-11-14T22:13:20Z
@@ -658,3 +658,39 @@ def _unpacked(reader: estargz.Reader) -> bytes:
     out = io.BytesIO()
     reader.unpack(out)
     return out.getvalue()
+
+
+def test_read_ahead_reads_what_the_file_holds(tmp_path) -> None:
+    """Reads through the read-ahead window, inside it, across its end, past the file's end and
+    larger than it, give the file's bytes at each position."""
+    data = os.urandom(3 * READ_AHEAD + 1234)
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    reads = [(0, 512), (100, 512), (READ_AHEAD - 10, 20), (READ_AHEAD - 10, 5), (5, READ_AHEAD + 7),
+             (2 * READ_AHEAD, 3), (len(data) - 4, 100), (len(data) + 10, 5), (7, 0), (1, 2 * READ_AHEAD)]
+    with open(path, "rb") as f:
+        f.seek(3)
+        reader = ReadAhead(f)
+        assert reader.tell() == 3
+        assert reader.seek(0, os.SEEK_END) == len(data)
+        assert reader.fileno() == f.fileno()
+        for offset, size in reads:
+            assert reader.seek(offset) == offset
+            got = reader.read(size)
+            assert got == data[offset:offset + size], (offset, size)
+            assert reader.tell() == offset + len(got)
+        with pytest.raises(ValueError):
+            reader.read(-1)
+
+
+def test_conversion_through_read_ahead_matches_offset_start(tmp_path) -> None:
+    """A layer that starts inside a stream (not at offset 0) converts as the layer alone does."""
+    layer = make_tar([{"name": "a", "data": b"x" * 3000}, {"name": "b", "data": os.urandom(READ_AHEAD + 10)},
+                      {"name": "c", "data": b""}])
+    path = tmp_path / "prefixed.tar"
+    path.write_bytes(b"\xff" * 777 + layer)
+    alone, prefixed = io.BytesIO(), io.BytesIO()
+    with open(path, "rb") as source:
+        source.seek(777)
+        assert estargz.convert(io.BytesIO(layer), alone) == estargz.convert(source, prefixed)
+    assert alone.getvalue() == prefixed.getvalue()
