@@ -701,8 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = image_commands.add_parser(
         "convert", help="Convert every layer of an image; write an OCI layout or archive.",
         description="Convert every layer of an OCI layout, OCI archive or docker save archive to eStargz "
-                    "or zstd:chunked (or plain zstd or uncompressed layers), and write the image (manifests, configs, index, tags) as an OCI "
-                    "layout directory or archive (DESTINATION ending in .tar). No daemon needed.")
+                    "or zstd:chunked (or plain zstd or uncompressed layers), and write the image (manifests, "
+                    "configs, index, tags) as an OCI layout directory or archive (DESTINATION ending in .tar). "
+                    "No daemon needed.")
     i.set_defaults(handler=_cmd_image_convert)
     i.add_argument("source", help="OCI layout directory, OCI archive, docker save archive, or registry "
                                   "reference HOST/REPO:TAG, HOST/REPO@DIGEST (docker:// prefix accepted)")
