@@ -37,6 +37,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from unittest import mock
 
 import anycrc
 import pytest
@@ -47,6 +48,7 @@ from hypothesis import strategies as st
 
 import estargz
 from estargz.cstoc import CSTOCEntry, decode_cs_toc, encode_cs_toc
+from estargz.dialects import containers_storage
 from estargz.errors import (
     EStargzError,
     FormatError,
@@ -802,6 +804,31 @@ def test_blob_is_the_tar_in_frames(kind, tmp_path):
     if kind == "big-garbage":
         trailing = [r for r in parts.records[-3:]]
         assert [len(base64.b64decode(r["payload"])) for r in trailing] == [MiB, MiB, 123]
+
+
+@pytest.mark.parametrize("kind", ["input.tar", "garbage", "big-garbage", "gnu", "single-zero-block", "tree-posix"])
+def test_file_and_stream_inputs_give_the_same_blob(kind, tmp_path):
+    """A tar file is read through a memory map, a stream through the pipeline; a layer of more
+    entries than are kept is parsed again on each pass: the blob is the same each way."""
+    tar = tar_case(kind, tmp_path)
+    path = tmp_path / "layer.tar"
+    path.write_bytes(tar)
+    expected, _ = convert_cs(tar)
+    for kept in (containers_storage._KEPT_ENTRIES, 1):
+        with mock.patch.object(containers_storage, "_KEPT_ENTRIES", kept):
+            for threads in (1, 2):
+                out = io.BytesIO()
+                estargz.convert(path, out, format=CS_FORMAT, threads=threads)
+                assert out.getvalue() == expected
+
+
+@pytest.mark.parametrize("cut", [100, 700, 1029])  # in a header, in the next one, in content
+def test_truncated_tar_file_is_a_format_error(cut, tmp_path):
+    tar = special_tar()
+    path = tmp_path / "layer.tar"
+    path.write_bytes(tar[:-(len(tar) - cut)])
+    with pytest.raises(FormatError):
+        estargz.convert(path, io.BytesIO(), format=CS_FORMAT)
 
 
 PROPERTY = settings(max_examples=max(1, round(25 * SCALE)), deadline=None,

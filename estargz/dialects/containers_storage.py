@@ -10,12 +10,13 @@ import io
 import json
 import mmap
 import os
+import re
 import tempfile
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
-from typing import BinaryIO
+from contextlib import ExitStack, contextmanager
+from typing import BinaryIO, cast
 
 from ..annotations import (
     LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
@@ -49,28 +50,117 @@ _KEEPS_THE_TAR = "which keeps the tar as it is"
 #: Entry keys (lower case) only a containers/storage TOC has.
 _CONTAINERS_STORAGE_KEYS = frozenset({"endoffset", "chunktype", "accesstime", "changetime"})
 _JSON_SPACE = " \t\n\r"
+#: Surrogate escapes of bytes that are not UTF-8, as names decoded from the tar hold them.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+#: A layer of at most this many entries is parsed once and its entries kept for every pass.
+_KEPT_ENTRIES = 1 << 16
+#: The tar-split spool is written in blocks of this size.
+_SPOOL_BUFFER = 1 << 20
+
+Reader = Callable[[int, int], bytes]
+"""``read(offset, size)``: exactly ``size`` bytes of the input tar at ``offset``."""
+
+
+class _MappedFile:
+    """The reads :func:`~estargz.tarstream.iter_entries` makes (``seek``, ``read``, ``tell``),
+    as copies from a memory map: no system call, so no wait to get the GIL back after one."""
+
+    def __init__(self, view: mmap.mmap) -> None:
+        self.view = view
+        self._position = 0
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or position < 0:
+            raise ValueError("only absolute, non-negative positions")
+        self._position = position
+        return position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.view) if size < 0 else self._position + size
+        data = self.view[self._position:end]
+        self._position += len(data)
+        return data
+
+
+@contextmanager
+def _mapped(tar: TarInput) -> Iterator[TarInput]:
+    """``tar`` over a read-only memory map of its file when it has one."""
+    try:
+        fd = tar.file.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fd = -1
+    if fd < 0 or tar.end <= 0:
+        yield tar
+        return
+    try:
+        view = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        yield tar
+        return
+    with view:
+        yield TarInput(cast(BinaryIO, _MappedFile(view)), tar.start, min(tar.end, len(view)))
+
+
+def _reader(pipeline: Pipeline, tar: TarInput) -> Reader:
+    """Reads of the input: slices of the memory map, else through the pipeline."""
+    if not isinstance(tar.file, _MappedFile):
+        return pipeline.read
+    view = tar.file.view
+
+    def read(offset: int, size: int) -> bytes:
+        data = view[offset:offset + size]
+        if len(data) != size:
+            raise FormatError(f"tar: unexpected end of archive at offset {offset + len(data)}")
+        return data
+    return read
+
+
+class _Entries:
+    """The entries of a tar for several passes: the first pass parses the headers and keeps the
+    entries of a layer of at most :data:`_KEPT_ENTRIES` entries for the next ones; a larger layer
+    is parsed again on each pass (memory does not grow with it)."""
+
+    def __init__(self, tar: TarInput) -> None:
+        self._tar = tar
+        self._kept: list[TarEntry] | None = None
+
+    def __call__(self) -> Iterator[TarEntry]:
+        if self._kept is not None:
+            return iter(self._kept)
+        return self._parse()
+
+    def _parse(self) -> Iterator[TarEntry]:
+        kept: list[TarEntry] | None = []
+        for entry in self._tar.entries():
+            if kept is not None:
+                kept.append(entry)
+                if len(kept) > _KEPT_ENTRIES:
+                    kept = None
+            yield entry
+        if kept is not None:
+            self._kept = kept
 
 
 class _SpanPlanner:
     """The content-defined chunks of the next files, cut ahead on a thread of their own.
 
     Small files are cut in batches (one vectorized pass for many files), large ones in windows.
-    Reads with ``os.pread`` so the pipeline's reads are undisturbed; a source without a file
-    descriptor is cut in line instead. :meth:`close` stops the thread; call it whatever happens.
+    ``read`` must be safe to call from another thread (a memory map's slices); with
+    ``threaded`` false the files are cut in line instead. :meth:`close` stops the thread; call it
+    whatever happens.
     """
 
     _LOOKAHEAD = 4  # batches in flight
     _SMALL_FILE = 256 << 10
     _BATCH_BYTES = 4 << 20
 
-    def __init__(self, pipeline: Pipeline, files: Iterable[TarEntry]) -> None:
-        self._pipeline = pipeline
-        try:
-            self._fd: int | None = pipeline.source.fileno()
-        except (AttributeError, OSError, io.UnsupportedOperation):
-            self._fd = None
+    def __init__(self, read: Reader, files: Iterable[TarEntry], threaded: bool) -> None:
+        self._read_tar = read
         self._batches = self._batched(files)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="estargz-chunker") if self._fd is not None else None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="estargz-chunker") if threaded else None
         self._ahead: deque[tuple[list[TarEntry], Future[list[tuple[list[Span], bytes | None]]]]] = deque()
         self._ready: deque[tuple[TarEntry, tuple[list[Span], bytes | None]]] = deque()
         self._fill()
@@ -94,12 +184,7 @@ class _SpanPlanner:
             yield batch
 
     def _read(self, entry: TarEntry, at: int, length: int) -> bytes:
-        if self._fd is None:
-            return self._pipeline.read(entry.data_offset + at, length)
-        data = os.pread(self._fd, length, entry.data_offset + at)
-        if len(data) != length:
-            raise FormatError(f"tar: unexpected end of archive in {entry.name!r}")
-        return data
+        return self._read_tar(entry.data_offset + at, length)
 
     def _cut(self, batch: list[TarEntry]) -> list[tuple[list[Span], bytes | None]]:
         """The chunks of each file, and the contents of small files (read once, used twice)."""
@@ -140,7 +225,7 @@ class _SpanPlanner:
 
 def _has_undecodable(name: str) -> bool:
     """Whether ``name`` came from bytes that are not UTF-8 (kept as surrogate escapes)."""
-    return any("\udc80" <= c <= "\udcff" for c in name)
+    return not name.isascii() and _UNDECODABLE.search(name) is not None
 
 
 def _record(entry: TarEntry) -> CSTOCEntry:
@@ -162,7 +247,8 @@ class _ContainersStorageWriter:
 
     def __init__(self, stack: ExitStack) -> None:
         self._encoder = CSTOCEncoder()
-        self._spool: BinaryIO = stack.enter_context(tempfile.TemporaryFile(prefix="estargz-tar-split-"))
+        self._spool = cast(BinaryIO, stack.enter_context(
+            tempfile.TemporaryFile(prefix="estargz-tar-split-", buffering=_SPOOL_BUFFER)))
         self._tar_split = TarSplitWriter(self._spool.write)
 
     def on_record(self, record: CSTOCEntry) -> None:
@@ -173,43 +259,48 @@ class _ContainersStorageWriter:
 
     def walk(self, pipeline: Pipeline, tar: TarInput) -> list[str]:
         """Every input byte kept in order; headers and padding in frames between the chunks'."""
-        check_readable(tar.entries)
-        planner = _SpanPlanner(pipeline, (e for e in tar.entries() if e.kind == "reg" and e.size))
-        try:
-            position, last_size = self._entries(pipeline, tar, planner)
-        finally:
-            planner.close()
-        self._ending(pipeline, tar, position, last_size)
+        with _mapped(tar) as source:
+            entries = _Entries(source)
+            check_readable(entries)
+            read = _reader(pipeline, source)
+            planner = _SpanPlanner(read, (e for e in entries() if e.kind == "reg" and e.size),
+                                   threaded=isinstance(source.file, _MappedFile))
+            try:
+                position, last_size = self._entries(pipeline, read, source.start, entries(), planner)
+            finally:
+                planner.close()
+            self._ending(pipeline, read, source, position, last_size)
         return []
 
-    def _entries(self, pipeline: Pipeline, tar: TarInput, planner: _SpanPlanner) -> tuple[int, int]:
-        position, last_size = tar.start, 0
-        for entry in tar.entries():
+    def _entries(self, pipeline: Pipeline, read: Reader, start: int, entries: Iterable[TarEntry],
+                 planner: _SpanPlanner) -> tuple[int, int]:
+        position, last_size = start, 0
+        for entry in entries:
             if _has_undecodable(entry.name) or _has_undecodable(entry.linkname):
                 raise UnsupportedInputError(
                     f"name {entry.name!r} is not valid UTF-8: the zstd:chunked TOC cannot hold it "
                     "(containers/storage would fail to pull the layer)")
-            header = pipeline.read(position, entry.data_offset - position)
+            header = read(position, entry.data_offset - position)
             pipeline.append(header)
             self._tar_split.segment(header)
             records = [_record(entry)]
             crc = None
             if entry.kind == "reg" and entry.size:
-                crc = _add_content(pipeline, entry, records, *planner.spans(entry))
+                crc = _add_content(pipeline, read, entry, records, *planner.spans(entry))
             pipeline.complete(records)
             self._tar_split.file(entry.name.encode("utf-8", "surrogateescape"), entry.size, crc)
             position, last_size = entry.data_offset + entry.size, entry.size
         return position, last_size
 
-    def _ending(self, pipeline: Pipeline, tar: TarInput, position: int, last_size: int) -> None:
+    def _ending(self, pipeline: Pipeline, read: Reader, tar: TarInput, position: int, last_size: int) -> None:
         """The end of the archive as a tar reader consumes it (last padding, two zero blocks), then
         whatever follows, every byte kept."""
         archive_end = min(tar.end, position + padding(last_size) + 2 * BLOCK)
-        ending = pipeline.read(position, archive_end - position)
+        ending = read(position, archive_end - position)
         pipeline.append(ending)
         self._tar_split.segment(ending)
         for offset in range(archive_end, tar.end, _COPY_BLOCK):
-            rest = pipeline.read(offset, min(_COPY_BLOCK, tar.end - offset))
+            rest = read(offset, min(_COPY_BLOCK, tar.end - offset))
             pipeline.append(rest)
             self._tar_split.trailing(rest)
         self._tar_split.close()
@@ -252,8 +343,8 @@ def _hash_zeros(length: int, crc: int, file_hash: hashlib._Hash | None) -> int:
     return crc
 
 
-def _add_content(pipeline: Pipeline, entry: TarEntry, records: list[CSTOCEntry], spans: list[Span],
-                 contents: bytes | None) -> int:
+def _add_content(pipeline: Pipeline, read: Reader, entry: TarEntry, records: list[CSTOCEntry],
+                 spans: list[Span], contents: bytes | None) -> int:
     """Frame each content-defined chunk of one file (``contents``, or read from the tar), adding
     its chunk records after the file's own (``records[0]``); return the content's CRC-64."""
     record = records[0]
@@ -274,7 +365,7 @@ def _add_content(pipeline: Pipeline, entry: TarEntry, records: list[CSTOCEntry],
             crc = _hash_zeros(length, crc, file_hash)
         else:
             if contents is None:
-                payload = pipeline.read(entry.data_offset + offset, length)
+                payload = read(entry.data_offset + offset, length)
             elif length == len(contents):
                 payload = contents
             else:
