@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .source import BLOCK_SIZE
 
@@ -56,9 +57,8 @@ _LOW_BYTE = 0xFF
 #: Above one low-byte match in this many positions, a block's splits come from the prefix sums.
 _MAX_CANDIDATE_SHARE = 64
 _SCALES = [np.uint8(1 << k) for k in range(6)]
-_WINDOW_INDEX = np.arange(WINDOW_SIZE)
 #: The oldest of the 64 bytes weighs 64, the newest 1.
-_WEIGHTS = np.arange(WINDOW_SIZE, 0, -1, dtype=np.uint32)
+_WEIGHTS = np.arange(WINDOW_SIZE, 0, -1, dtype=np.uint16)
 
 
 def _byte_view(data: Buffer) -> memoryview:
@@ -207,8 +207,7 @@ class _Roller:
 
 def _window_sums(e: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """The weighted window sums (mod 2**16) of the 64 bytes ``e[i:i + 64]`` for each ``i`` in ``ends``."""
-    windows = e[ends[:, None] + _WINDOW_INDEX]
-    sums: np.ndarray = (windows.astype(np.uint32) @ _WEIGHTS).astype(np.uint16)
+    sums: np.ndarray = sliding_window_view(e, WINDOW_SIZE)[ends] @ _WEIGHTS  # uint16 arithmetic wraps
     return sums
 
 
