@@ -32,6 +32,7 @@ import random
 import shutil
 import struct
 import subprocess
+import sys
 import sysconfig
 import tarfile
 import time
@@ -820,6 +821,53 @@ def test_file_and_stream_inputs_give_the_same_blob(kind, tmp_path):
                 out = io.BytesIO()
                 estargz.convert(path, out, format=CS_FORMAT, threads=threads)
                 assert out.getvalue() == expected
+
+
+#: Samples the file-backed resident set (RssFile) while converting argv[1]; prints its growth in KiB.
+_FILE_RSS = """
+import sys, threading, time
+import estargz
+import estargz.rollsum  # numpy's libraries are mapped before the baseline
+
+def file_rss():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssFile:"))
+
+start, peak, done = file_rss(), [0], threading.Event()
+
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], file_rss())
+        time.sleep(0.005)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
+estargz.convert(sys.argv[1], sys.argv[2], format="zstd:chunked", compression_level=1)
+done.set()
+sampler.join()
+print(max(peak[0], file_rss()) - start)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_memory_mapped_tar_stays_out_of_the_resident_set(tmp_path):
+    """Pages of the mapped input are given back once read: the resident set does not grow with the
+    tar (here 128 MiB: a large file and many small ones), only with the reads in flight."""
+    pattern = rnd(21, 1 << 20)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("big")
+        info.size = 96 * MiB
+        tf.addfile(info, io.BytesIO(pattern * 96))
+        for index in range(4096):
+            info = tarfile.TarInfo(f"small/{index}")
+            info.size = 8000
+            tf.addfile(info, io.BytesIO(pattern[index * 16:index * 16 + 8000]))
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(buf.getvalue())
+    done = subprocess.run([sys.executable, "-c", _FILE_RSS, str(layer), str(tmp_path / "blob")],
+                          capture_output=True, text=True, check=True, cwd=Path(estargz.__file__).parent.parent)
+    assert int(done.stdout) < 64 << 10, f"{int(done.stdout) >> 10} MiB of the tar resident"
 
 
 @pytest.mark.parametrize("cut", [100, 700, 1029])  # in a header, in the next one, in content

@@ -13,9 +13,9 @@ import os
 import re
 import tempfile
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import BinaryIO, cast
 
 from ..annotations import (
@@ -38,7 +38,7 @@ from ..framing import DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL, ZstdCompressor
 from ..ordering import check_readable
 from ..pipeline import OrderedSink, Pipeline
 from ..tarsplit import TarSplitWriter, crc64_iso
-from ..tarstream import BLOCK, TarEntry, padding
+from ..tarstream import BLOCK, TarEntry, iter_entries, padding
 from ..toc import EMPTY_DIGEST, MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE, TOCEntry, check_encoded_size
 from .base import DecodedTOC, LayerOptions, Tail, TarInput
 from .stargz_zstd import ESTARGZ_ONLY
@@ -57,21 +57,34 @@ _KEPT_ENTRIES = 1 << 16
 #: The tar-split spool is written in blocks of this size.
 _SPOOL_BUFFER = 1 << 20
 
-Reader = Callable[[int, int], bytes]
-"""``read(offset, size)``: exactly ``size`` bytes of the input tar at ``offset``."""
+#: Pages of the memory map behind the readers are given back every this many bytes.
+_RELEASE_STEP = 8 << 20
+_PAGE_MASK = ~(mmap.PAGESIZE - 1)
+
+
+def _release(view: mmap.mmap, start: int, end: int) -> None:
+    """Unmap the pages wholly inside [start, end) from this process (the page cache keeps them):
+    what was read stays out of the resident set, which then does not grow with the tar."""
+    first, last = (start + mmap.PAGESIZE - 1) & _PAGE_MASK, end & _PAGE_MASK
+    if last > first:
+        view.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 class _MappedFile:
     """The reads :func:`~estargz.tarstream.iter_entries` makes (``seek``, ``read``, ``tell``),
-    as copies from a memory map: no system call, so no wait to get the GIL back after one."""
+    as copies from a memory map: no system call, so no wait to get the GIL back after one. Pages
+    behind a forward pass are released as it goes."""
 
     def __init__(self, view: mmap.mmap) -> None:
-        self.view = view
-        self._position = 0
+        self._view = view
+        self._position = self._released = 0
 
     def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
         if whence != os.SEEK_SET or position < 0:
             raise ValueError("only absolute, non-negative positions")
+        if position - self._released >= _RELEASE_STEP:
+            _release(self._view, self._released, position)
+            self._released = position
         self._position = position
         return position
 
@@ -79,43 +92,62 @@ class _MappedFile:
         return self._position
 
     def read(self, size: int = -1) -> bytes:
-        end = len(self.view) if size < 0 else self._position + size
-        data = self.view[self._position:end]
+        end = len(self._view) if size < 0 else self._position + size
+        data = self._view[self._position:end]
         self._position += len(data)
         return data
 
 
-@contextmanager
-def _mapped(tar: TarInput) -> Iterator[TarInput]:
-    """``tar`` over a read-only memory map of its file when it has one."""
-    try:
-        fd = tar.file.fileno()
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        fd = -1
-    if fd < 0 or tar.end <= 0:
-        yield tar
-        return
-    try:
-        view = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):
-        yield tar
-        return
-    with view:
-        yield TarInput(cast(BinaryIO, _MappedFile(view)), tar.start, min(tar.end, len(view)))
+class _TarReader:
+    """The input tar: read through a read-only memory map of its file when it has one, else
+    through the pipeline (one reader at a time). Use as a context manager."""
 
+    def __init__(self, pipeline: Pipeline, tar: TarInput) -> None:
+        self.tar = tar
+        self._pipeline = pipeline
+        self._view: mmap.mmap | None = None
+        try:
+            fd = tar.file.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            return
+        if tar.end > 0:
+            try:
+                self._view = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                return
+            self.tar = TarInput(tar.file, tar.start, min(tar.end, len(self._view)))
 
-def _reader(pipeline: Pipeline, tar: TarInput) -> Reader:
-    """Reads of the input: slices of the memory map, else through the pipeline."""
-    if not isinstance(tar.file, _MappedFile):
-        return pipeline.read
-    view = tar.file.view
+    def __enter__(self) -> _TarReader:
+        return self
 
-    def read(offset: int, size: int) -> bytes:
-        data = view[offset:offset + size]
+    def __exit__(self, *exc: object) -> None:
+        if self._view is not None:
+            self._view.close()
+
+    @property
+    def mapped(self) -> bool:
+        """Whether reads are slices of the memory map, which any thread may make."""
+        return self._view is not None
+
+    def entries(self) -> Iterator[TarEntry]:
+        """The entries, parsed afresh."""
+        if self._view is None:
+            return self.tar.entries()
+        return iter_entries(cast(BinaryIO, _MappedFile(self._view)), self.tar.start)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Exactly ``size`` bytes at ``offset``."""
+        if self._view is None:
+            return self._pipeline.read(offset, size)
+        data = self._view[offset:offset + size]
         if len(data) != size:
             raise FormatError(f"tar: unexpected end of archive at offset {offset + len(data)}")
         return data
-    return read
+
+    def release(self, start: int, end: int) -> None:
+        """Bytes [start, end) were read and are not needed again."""
+        if self._view is not None:
+            _release(self._view, start, end)
 
 
 class _Entries:
@@ -123,8 +155,8 @@ class _Entries:
     entries of a layer of at most :data:`_KEPT_ENTRIES` entries for the next ones; a larger layer
     is parsed again on each pass (memory does not grow with it)."""
 
-    def __init__(self, tar: TarInput) -> None:
-        self._tar = tar
+    def __init__(self, source: _TarReader) -> None:
+        self._source = source
         self._kept: list[TarEntry] | None = None
 
     def __call__(self) -> Iterator[TarEntry]:
@@ -134,7 +166,7 @@ class _Entries:
 
     def _parse(self) -> Iterator[TarEntry]:
         kept: list[TarEntry] | None = []
-        for entry in self._tar.entries():
+        for entry in self._source.entries():
             if kept is not None:
                 kept.append(entry)
                 if len(kept) > _KEPT_ENTRIES:
@@ -147,20 +179,19 @@ class _Entries:
 class _SpanPlanner:
     """The content-defined chunks of the next files, cut ahead on a thread of their own.
 
-    Small files are cut in batches (one vectorized pass for many files), large ones in windows.
-    ``read`` must be safe to call from another thread (a memory map's slices); with
-    ``threaded`` false the files are cut in line instead. :meth:`close` stops the thread; call it
-    whatever happens.
+    Small files are cut in batches (one vectorized pass for many files), large ones in windows,
+    each window's pages released once cut. A tar that is not memory-mapped is cut in line instead
+    (its reads move the file position). :meth:`close` stops the thread; call it whatever happens.
     """
 
     _LOOKAHEAD = 4  # batches in flight
     _SMALL_FILE = 256 << 10
     _BATCH_BYTES = 4 << 20
 
-    def __init__(self, read: Reader, files: Iterable[TarEntry], threaded: bool) -> None:
-        self._read_tar = read
+    def __init__(self, source: _TarReader, files: Iterable[TarEntry]) -> None:
+        self._source = source
         self._batches = self._batched(files)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="estargz-chunker") if threaded else None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="estargz-chunker") if source.mapped else None
         self._ahead: deque[tuple[list[TarEntry], Future[list[tuple[list[Span], bytes | None]]]]] = deque()
         self._ready: deque[tuple[TarEntry, tuple[list[Span], bytes | None]]] = deque()
         self._fill()
@@ -183,16 +214,19 @@ class _SpanPlanner:
         if batch:
             yield batch
 
-    def _read(self, entry: TarEntry, at: int, length: int) -> bytes:
-        return self._read_tar(entry.data_offset + at, length)
+    def _window(self, entry: TarEntry, at: int, length: int) -> bytes:
+        start = entry.data_offset + at
+        data = self._source.read(start, length)
+        self._source.release(start, start + length)
+        return data
 
     def _cut(self, batch: list[TarEntry]) -> list[tuple[list[Span], bytes | None]]:
         """The chunks of each file, and the contents of small files (read once, used twice)."""
         if len(batch) == 1 and batch[0].size > self._SMALL_FILE:
             entry = batch[0]
-            return [(list(content_defined_chunks_streamed(lambda at, n: self._read(entry, at, n), entry.size)),
+            return [(list(content_defined_chunks_streamed(lambda at, n: self._window(entry, at, n), entry.size)),
                      None)]
-        contents = [self._read(entry, 0, entry.size) for entry in batch]
+        contents = [self._source.read(entry.data_offset, entry.size) for entry in batch]
         return list(zip(content_defined_chunks_of_files(contents), contents, strict=True))
 
     def _fill(self) -> None:
@@ -259,48 +293,53 @@ class _ContainersStorageWriter:
 
     def walk(self, pipeline: Pipeline, tar: TarInput) -> list[str]:
         """Every input byte kept in order; headers and padding in frames between the chunks'."""
-        with _mapped(tar) as source:
+        with _TarReader(pipeline, tar) as source:
             entries = _Entries(source)
             check_readable(entries)
-            read = _reader(pipeline, source)
-            planner = _SpanPlanner(read, (e for e in entries() if e.kind == "reg" and e.size),
-                                   threaded=isinstance(source.file, _MappedFile))
+            planner = _SpanPlanner(source, (e for e in entries() if e.kind == "reg" and e.size))
             try:
-                position, last_size = self._entries(pipeline, read, source.start, entries(), planner)
+                position, last_size = self._entries(pipeline, source, entries(), planner)
             finally:
                 planner.close()
-            self._ending(pipeline, read, source, position, last_size)
+            self._ending(pipeline, source, position, last_size)
         return []
 
-    def _entries(self, pipeline: Pipeline, read: Reader, start: int, entries: Iterable[TarEntry],
+    def _entries(self, pipeline: Pipeline, source: _TarReader, entries: Iterable[TarEntry],
                  planner: _SpanPlanner) -> tuple[int, int]:
-        position, last_size = start, 0
+        """Each entry's header bytes and chunks; pages behind are released every few MB."""
+        position = released = source.tar.start
+        last_size = 0
         for entry in entries:
+            if position - released >= _RELEASE_STEP:
+                source.release(released, position)
+                released = position
             if _has_undecodable(entry.name) or _has_undecodable(entry.linkname):
                 raise UnsupportedInputError(
                     f"name {entry.name!r} is not valid UTF-8: the zstd:chunked TOC cannot hold it "
                     "(containers/storage would fail to pull the layer)")
-            header = read(position, entry.data_offset - position)
+            header = source.read(position, entry.data_offset - position)
             pipeline.append(header)
             self._tar_split.segment(header)
             records = [_record(entry)]
             crc = None
             if entry.kind == "reg" and entry.size:
-                crc = _add_content(pipeline, read, entry, records, *planner.spans(entry))
+                crc = _add_content(pipeline, source, entry, records, *planner.spans(entry))
             pipeline.complete(records)
             self._tar_split.file(entry.name.encode("utf-8", "surrogateescape"), entry.size, crc)
             position, last_size = entry.data_offset + entry.size, entry.size
         return position, last_size
 
-    def _ending(self, pipeline: Pipeline, read: Reader, tar: TarInput, position: int, last_size: int) -> None:
+    def _ending(self, pipeline: Pipeline, source: _TarReader, position: int, last_size: int) -> None:
         """The end of the archive as a tar reader consumes it (last padding, two zero blocks), then
         whatever follows, every byte kept."""
-        archive_end = min(tar.end, position + padding(last_size) + 2 * BLOCK)
-        ending = read(position, archive_end - position)
+        end = source.tar.end
+        archive_end = min(end, position + padding(last_size) + 2 * BLOCK)
+        ending = source.read(position, archive_end - position)
         pipeline.append(ending)
         self._tar_split.segment(ending)
-        for offset in range(archive_end, tar.end, _COPY_BLOCK):
-            rest = read(offset, min(_COPY_BLOCK, tar.end - offset))
+        for offset in range(archive_end, end, _COPY_BLOCK):
+            rest = source.read(offset, min(_COPY_BLOCK, end - offset))
+            source.release(offset, offset + len(rest))
             pipeline.append(rest)
             self._tar_split.trailing(rest)
         self._tar_split.close()
@@ -343,10 +382,11 @@ def _hash_zeros(length: int, crc: int, file_hash: hashlib._Hash | None) -> int:
     return crc
 
 
-def _add_content(pipeline: Pipeline, read: Reader, entry: TarEntry, records: list[CSTOCEntry],
+def _add_content(pipeline: Pipeline, source: _TarReader, entry: TarEntry, records: list[CSTOCEntry],
                  spans: list[Span], contents: bytes | None) -> int:
-    """Frame each content-defined chunk of one file (``contents``, or read from the tar), adding
-    its chunk records after the file's own (``records[0]``); return the content's CRC-64."""
+    """Frame each content-defined chunk of one file (``contents``, or read from the tar and then
+    released), adding its chunk records after the file's own (``records[0]``); return the
+    content's CRC-64."""
     record = records[0]
     file_hash = hashlib.sha256() if len(spans) > 1 else None
     crc = 0
@@ -365,7 +405,9 @@ def _add_content(pipeline: Pipeline, read: Reader, entry: TarEntry, records: lis
             crc = _hash_zeros(length, crc, file_hash)
         else:
             if contents is None:
-                payload = read(entry.data_offset + offset, length)
+                start = entry.data_offset + offset
+                payload = source.read(start, length)
+                source.release(start, start + length)
             elif length == len(contents):
                 payload = contents
             else:
