@@ -95,6 +95,7 @@ def zstd_comparison(checker: str, layer: Path | None, procs: int) -> None:
                     json.loads(stdout)["blobSize"], rss)
         ours = [run_estargz_zstd(layer, work / "py.zst", "zstd:chunked-stargz", None),
                 run_estargz_zstd(layer, work / "py.zst", "zstd:chunked", 3),
+                run_estargz_zstd(layer, work / "py.zst", "zstd:chunked", 5),
                 run_estargz_zstd(layer, work / "py.zst", "zstd:chunked", 6),
                 run_estargz_zstd(layer, work / "py.zst", "zstd:chunked", None)]
     fastest = min(go_stargz, go_cs, key=lambda run: run.seconds)
