@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from ..annotations import (
@@ -176,11 +177,28 @@ class _Entries:
             self._kept = kept
 
 
+@dataclass(slots=True)
+class _Cut:
+    """One file as the planner found it: its chunks, its contents if it is small, its CRC-64 and,
+    when it has several chunks, its digest (else "")."""
+
+    spans: list[Span]
+    contents: bytes | None
+    crc: int
+    digest: str
+
+
+def _summed(spans: list[Span], contents: bytes) -> _Cut:
+    digest = "sha256:" + hashlib.sha256(contents).hexdigest() if len(spans) > 1 else ""
+    return _Cut(spans, contents, crc64_iso(contents), digest)
+
+
 class _SpanPlanner:
-    """The content-defined chunks of the next files, cut ahead on a thread of their own.
+    """The content-defined chunks of the next files, their CRC-64 and digests, found ahead on a
+    thread of their own.
 
     Small files are cut in batches (one vectorized pass for many files), large ones in windows,
-    each window's pages released once cut. A tar that is not memory-mapped is cut in line instead
+    each window's pages released once cut and summed. A tar that is not memory-mapped is cut in line instead
     (its reads move the file position). :meth:`close` stops the thread; call it whatever happens.
     """
 
@@ -192,8 +210,8 @@ class _SpanPlanner:
         self._source = source
         self._batches = self._batched(files)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="estargz-chunker") if source.mapped else None
-        self._ahead: deque[tuple[list[TarEntry], Future[list[tuple[list[Span], bytes | None]]]]] = deque()
-        self._ready: deque[tuple[TarEntry, tuple[list[Span], bytes | None]]] = deque()
+        self._ahead: deque[tuple[list[TarEntry], Future[list[_Cut]]]] = deque()
+        self._ready: deque[tuple[TarEntry, _Cut]] = deque()
         self._fill()
 
     def _batched(self, files: Iterable[TarEntry]) -> Iterator[list[TarEntry]]:
@@ -214,20 +232,28 @@ class _SpanPlanner:
         if batch:
             yield batch
 
-    def _window(self, entry: TarEntry, at: int, length: int) -> bytes:
-        start = entry.data_offset + at
-        data = self._source.read(start, length)
-        self._source.release(start, start + length)
-        return data
-
-    def _cut(self, batch: list[TarEntry]) -> list[tuple[list[Span], bytes | None]]:
-        """The chunks of each file, and the contents of small files (read once, used twice)."""
+    def _cut(self, batch: list[TarEntry]) -> list[_Cut]:
+        """Each file of ``batch``, with the contents of small files (read once, used twice)."""
         if len(batch) == 1 and batch[0].size > self._SMALL_FILE:
-            entry = batch[0]
-            return [(list(content_defined_chunks_streamed(lambda at, n: self._window(entry, at, n), entry.size)),
-                     None)]
+            return [self._cut_streamed(batch[0])]
         contents = [self._source.read(entry.data_offset, entry.size) for entry in batch]
-        return list(zip(content_defined_chunks_of_files(contents), contents, strict=True))
+        return list(map(_summed, content_defined_chunks_of_files(contents), contents))
+
+    def _cut_streamed(self, entry: TarEntry) -> _Cut:
+        """A large file, read once in order in windows, each summed and released."""
+        file_hash = hashlib.sha256()
+        crc = 0
+
+        def window(at: int, length: int) -> bytes:
+            nonlocal crc
+            start = entry.data_offset + at
+            data = self._source.read(start, length)
+            self._source.release(start, start + length)
+            crc = crc64_iso(data, crc)
+            file_hash.update(data)
+            return data
+        spans = list(content_defined_chunks_streamed(window, entry.size))
+        return _Cut(spans, None, crc, "sha256:" + file_hash.hexdigest() if len(spans) > 1 else "")
 
     def _fill(self) -> None:
         if self._pool is None:
@@ -235,8 +261,8 @@ class _SpanPlanner:
         while len(self._ahead) < self._LOOKAHEAD and (batch := next(self._batches, None)) is not None:
             self._ahead.append((batch, self._pool.submit(self._cut, batch)))
 
-    def spans(self, entry: TarEntry) -> tuple[list[Span], bytes | None]:
-        """The chunks of ``entry``, and its contents if it is small; files come in input order."""
+    def cut(self, entry: TarEntry) -> _Cut:
+        """The chunks of ``entry`` and the rest; files must be asked for in input order."""
         if not self._ready:
             if self._pool is None:
                 batch = next(self._batches)
@@ -323,7 +349,9 @@ class _ContainersStorageWriter:
             records = [_record(entry)]
             crc = None
             if entry.kind == "reg" and entry.size:
-                crc = _add_content(pipeline, source, entry, records, *planner.spans(entry))
+                cut = planner.cut(entry)
+                _add_content(pipeline, source, entry, records, cut)
+                crc = cut.crc
             pipeline.complete(records)
             self._tar_split.file(entry.name.encode("utf-8", "surrogateescape"), entry.size, crc)
             position, last_size = entry.data_offset + entry.size, entry.size
@@ -371,25 +399,12 @@ class _ContainersStorageWriter:
         })
 
 
-def _hash_zeros(length: int, crc: int, file_hash: hashlib._Hash | None) -> int:
-    """Feed ``length`` zero bytes to the CRC-64 (returned) and the file digest, block by block."""
-    block = bytes(min(length, _COPY_BLOCK))
-    for start in range(0, length, len(block)):
-        piece = block[:min(len(block), length - start)]
-        crc = crc64_iso(piece, crc)
-        if file_hash is not None:
-            file_hash.update(piece)
-    return crc
-
-
 def _add_content(pipeline: Pipeline, source: _TarReader, entry: TarEntry, records: list[CSTOCEntry],
-                 spans: list[Span], contents: bytes | None) -> int:
-    """Frame each content-defined chunk of one file (``contents``, or read from the tar and then
-    released), adding its chunk records after the file's own (``records[0]``); return the
-    content's CRC-64."""
-    record = records[0]
-    file_hash = hashlib.sha256() if len(spans) > 1 else None
-    crc = 0
+                 cut: _Cut) -> None:
+    """Frame each content-defined chunk of one file (its contents, or read from the tar and then
+    released), adding its chunk records after the file's own (``records[0]``)."""
+    record, spans, contents = records[0], cut.spans, cut.contents
+    several = len(spans) > 1
     for index, (offset, length, zeros) in enumerate(spans):
         if index == 0:
             chunk = record
@@ -397,28 +412,23 @@ def _add_content(pipeline: Pipeline, source: _TarReader, entry: TarEntry, record
             chunk = CSTOCEntry(type="chunk", name=entry.name, chunk_offset=offset)
             records.append(chunk)
         last = record if index == len(spans) - 1 else None
-        if file_hash is not None:
+        if several:
             chunk.chunk_size = length
             chunk.chunk_type = "zeros" if zeros else ""
         if zeros:
-            pipeline.add_zeros(chunk, length, whole_file=file_hash is None, ends_file=last)
-            crc = _hash_zeros(length, crc, file_hash)
+            pipeline.add_zeros(chunk, length, whole_file=not several, ends_file=last)
+            continue
+        if contents is None:
+            start = entry.data_offset + offset
+            payload = source.read(start, length)
+            source.release(start, start + length)
+        elif length == len(contents):
+            payload = contents
         else:
-            if contents is None:
-                start = entry.data_offset + offset
-                payload = source.read(start, length)
-                source.release(start, start + length)
-            elif length == len(contents):
-                payload = contents
-            else:
-                payload = contents[offset:offset + length]
-            crc = crc64_iso(payload, crc)
-            if file_hash is not None:
-                file_hash.update(payload)
-            pipeline.add_chunk(chunk, payload, whole_file=file_hash is None, alone=True, ends_file=last)
-    if file_hash is not None:
-        record.digest = "sha256:" + file_hash.hexdigest()
-    return crc
+            payload = contents[offset:offset + length]
+        pipeline.add_chunk(chunk, payload, whole_file=not several, alone=True, ends_file=last)
+    if several:
+        record.digest = cut.digest
 
 
 def _iter_as_toc_entries(version: int, entries: list[CSTOCEntry]) -> Generator[TOCEntry, None, int]:
