@@ -175,7 +175,8 @@ def run_estargz_zstd(layer: Path, out: Path, layer_format: str, level: int | Non
 
 def zstd_round(checker: str, layer: Path, procs: int) -> list[Run]:
     """One run of each zstd:chunked writer, then the two-core limit of the estargz runs' engines."""
-    cases = (("zstd:chunked-stargz", None, DEFAULT_ZSTD_LEVEL), ("zstd:chunked", 3, 3), ("zstd:chunked", 6, 6),
+    cases = (("zstd:chunked-stargz", None, DEFAULT_ZSTD_LEVEL), ("zstd:chunked", 3, 3), ("zstd:chunked", 5, 5),
+             ("zstd:chunked", 6, 6),
              ("zstd:chunked", None, DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL))
     with tempfile.TemporaryDirectory(prefix="estargz-bench-") as tmp:
         work = Path(tmp)

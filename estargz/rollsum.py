@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .source import BLOCK_SIZE
 
@@ -52,6 +53,12 @@ _NONZERO = re.compile(rb"[^\x00]")
 _LOCAL = threading.local()
 # Splits are evaluated across holes shorter than this rather than paying a pass per data range.
 _COALESCE = 1 << 16
+_LOW_BYTE = 0xFF
+#: Above one low-byte match in this many positions, a block's splits come from the prefix sums.
+_MAX_CANDIDATE_SHARE = 64
+_SCALES = [np.uint8(1 << k) for k in range(6)]
+#: The oldest of the 64 bytes weighs 64, the newest 1.
+_WEIGHTS = np.arange(WINDOW_SIZE, 0, -1, dtype=np.uint16)
 
 
 def _byte_view(data: Buffer) -> memoryview:
@@ -157,8 +164,8 @@ class _Roller:
 
     def __init__(self) -> None:
         size = _BLOCK + _CONTEXT
-        self.window = np.empty(size, np.uint16)
-        self.bufs = [np.empty(size, np.uint16) for _ in range(5)]
+        self.window = np.empty(size, np.uint8)
+        self.bufs = [np.empty(size, np.uint8) for _ in range(5)]
         self.hits = np.empty(size, np.bool_)
 
     def block(self, arr: np.ndarray, start: int, end: int) -> np.ndarray:
@@ -166,28 +173,42 @@ class _Roller:
 
         Doubling: with A_w(t) the sum of the last w bytes and B_w(t) = sum((k+1) * c[t-k]) over
         them, A_2w(t) = A_w(t) + A_w(t-w) and B_2w(t) = B_w(t) + B_w(t-w) + w * A_w(t-w).
-        21 whole-array operations, each fast and vectorized (a prefix sum is not).
+        21 whole-array operations on bytes, which give the low 8 bits of the sum: the few
+        positions where those match are then checked on all 16 bits.
         """
         ctx = min(start, _CONTEXT)
         length = _CONTEXT + end - start
-        e = self.window[:length]
-        e[:_CONTEXT - ctx] = 0  # the initial window is all zeros
-        e[_CONTEXT - ctx:] = arr[start - ctx:end]
+        if ctx == _CONTEXT:
+            e = arr[start - _CONTEXT:end]
+        else:
+            e = self.window[:length]
+            e[:_CONTEXT - ctx] = 0  # the initial window is all zeros
+            e[_CONTEXT - ctx:] = arr[start - ctx:end]
         a, b, na, nb, tmp = (buf[:length] for buf in self.bufs)
         np.add(e[1:], e[:-1], out=a[1:])
         np.add(a[1:], e[:-1], out=b[1:])
         for k in range(1, 6):
             w = 1 << k
             np.add(b[w:], b[:-w], out=nb[w:])
-            np.left_shift(a[:-w], k, out=tmp[w:])
+            np.multiply(a[:-w], _SCALES[k], out=tmp[w:])  # a byte shift is not vectorized
             np.add(nb[w:], tmp[w:], out=nb[w:])
             b, nb = nb, b
             if k < 5:
                 np.add(a[w:], a[:-w], out=na[w:])
                 a, na = na, a
         hits = self.hits[:end - start]
-        np.equal(b[_CONTEXT:], _TARGET, out=hits)
-        return np.flatnonzero(hits) + (start + 1)
+        np.equal(b[_CONTEXT:], _TARGET & _LOW_BYTE, out=hits)
+        candidates = np.flatnonzero(hits)
+        if len(candidates) > (end - start) // _MAX_CANDIDATE_SHARE:
+            return _small_splits(arr, start, end)
+        found: np.ndarray = candidates[_window_sums(e, candidates) == _TARGET] + (start + 1)
+        return found
+
+
+def _window_sums(e: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The weighted window sums (mod 2**16) of the 64 bytes ``e[i:i + 64]`` for each ``i`` in ``ends``."""
+    sums: np.ndarray = sliding_window_view(e, WINDOW_SIZE)[ends] @ _WEIGHTS  # uint16 arithmetic wraps
+    return sums
 
 
 def _roller() -> _Roller:

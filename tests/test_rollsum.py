@@ -285,6 +285,16 @@ def test_rolls_through_holes_and_across_blocks() -> None:
     assert chunk_file(memoryview(data)) == chunk_file(data)
 
 
+@pytest.mark.parametrize("share", [1, 64, 1 << 30], ids=["filter", "default", "fallback"])
+def test_low_byte_matches_are_checked_on_all_16_bits(share: int) -> None:
+    """Large blocks test the low 8 bits of the sum first, then the 16 bits of the few matches, or
+    all positions again when matches are too many: each way gives the oracle's splits."""
+    rng = random.Random(11)
+    data = bytes(rng.choice(b"ab\x00\xff") for _ in range(120_000)) + rng.randbytes(200_000) + TRIGGERS[0]
+    with mock.patch.object(rollsum, "_MAX_CANDIDATE_SHARE", share):
+        assert split_positions(data).tolist() == oracle_splits(data)
+
+
 def test_buffer_types() -> None:
     data = random.Random(9).randbytes(200_000) + bytes(2000)
     expected = chunk_file(data)

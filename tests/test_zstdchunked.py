@@ -32,11 +32,13 @@ import random
 import shutil
 import struct
 import subprocess
+import sys
 import sysconfig
 import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from unittest import mock
 
 import anycrc
 import pytest
@@ -47,6 +49,7 @@ from hypothesis import strategies as st
 
 import estargz
 from estargz.cstoc import CSTOCEntry, decode_cs_toc, encode_cs_toc
+from estargz.dialects import containers_storage
 from estargz.errors import (
     EStargzError,
     FormatError,
@@ -802,6 +805,78 @@ def test_blob_is_the_tar_in_frames(kind, tmp_path):
     if kind == "big-garbage":
         trailing = [r for r in parts.records[-3:]]
         assert [len(base64.b64decode(r["payload"])) for r in trailing] == [MiB, MiB, 123]
+
+
+@pytest.mark.parametrize("kind", ["input.tar", "garbage", "big-garbage", "gnu", "single-zero-block", "tree-posix"])
+def test_file_and_stream_inputs_give_the_same_blob(kind, tmp_path):
+    """A tar file is read through a memory map, a stream through the pipeline; a layer of more
+    entries than are kept is parsed again on each pass: the blob is the same each way."""
+    tar = tar_case(kind, tmp_path)
+    path = tmp_path / "layer.tar"
+    path.write_bytes(tar)
+    expected, _ = convert_cs(tar)
+    for kept in (containers_storage._KEPT_ENTRIES, 1):
+        with mock.patch.object(containers_storage, "_KEPT_ENTRIES", kept):
+            for threads in (1, 2):
+                out = io.BytesIO()
+                estargz.convert(path, out, format=CS_FORMAT, threads=threads)
+                assert out.getvalue() == expected
+
+
+#: Samples the file-backed resident set (RssFile) while converting argv[1]; prints its growth in KiB.
+_FILE_RSS = """
+import sys, threading, time
+import estargz
+import estargz.rollsum  # numpy's libraries are mapped before the baseline
+
+def file_rss():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssFile:"))
+
+start, peak, done = file_rss(), [0], threading.Event()
+
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], file_rss())
+        time.sleep(0.005)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
+estargz.convert(sys.argv[1], sys.argv[2], format="zstd:chunked", compression_level=1)
+done.set()
+sampler.join()
+print(max(peak[0], file_rss()) - start)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_memory_mapped_tar_stays_out_of_the_resident_set(tmp_path):
+    """Pages of the mapped input are given back once read: the resident set does not grow with the
+    tar (here 128 MiB: a large file and many small ones), only with the reads in flight."""
+    pattern = rnd(21, 1 << 20)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("big")
+        info.size = 96 * MiB
+        tf.addfile(info, io.BytesIO(pattern * 96))
+        for index in range(4096):
+            info = tarfile.TarInfo(f"small/{index}")
+            info.size = 8000
+            tf.addfile(info, io.BytesIO(pattern[index * 16:index * 16 + 8000]))
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(buf.getvalue())
+    done = subprocess.run([sys.executable, "-c", _FILE_RSS, str(layer), str(tmp_path / "blob")],
+                          capture_output=True, text=True, check=True, cwd=Path(estargz.__file__).parent.parent)
+    assert int(done.stdout) < 64 << 10, f"{int(done.stdout) >> 10} MiB of the tar resident"
+
+
+@pytest.mark.parametrize("cut", [100, 700, 1029])  # in a header, in the next one, in content
+def test_truncated_tar_file_is_a_format_error(cut, tmp_path):
+    tar = special_tar()
+    path = tmp_path / "layer.tar"
+    path.write_bytes(tar[:-(len(tar) - cut)])
+    with pytest.raises(FormatError):
+        estargz.convert(path, io.BytesIO(), format=CS_FORMAT)
 
 
 PROPERTY = settings(max_examples=max(1, round(25 * SCALE)), deadline=None,

@@ -10,12 +10,14 @@ import io
 import json
 import mmap
 import os
+import re
 import tempfile
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from typing import BinaryIO
+from dataclasses import dataclass
+from typing import BinaryIO, cast
 
 from ..annotations import (
     LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
@@ -37,7 +39,7 @@ from ..framing import DEFAULT_CONTAINERS_STORAGE_ZSTD_LEVEL, ZstdCompressor
 from ..ordering import check_readable
 from ..pipeline import OrderedSink, Pipeline
 from ..tarsplit import TarSplitWriter, crc64_iso
-from ..tarstream import BLOCK, TarEntry, padding
+from ..tarstream import BLOCK, TarEntry, iter_entries, padding
 from ..toc import EMPTY_DIGEST, MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE, TOCEntry, check_encoded_size
 from .base import DecodedTOC, LayerOptions, Tail, TarInput
 from .stargz_zstd import ESTARGZ_ONLY
@@ -49,30 +51,167 @@ _KEEPS_THE_TAR = "which keeps the tar as it is"
 #: Entry keys (lower case) only a containers/storage TOC has.
 _CONTAINERS_STORAGE_KEYS = frozenset({"endoffset", "chunktype", "accesstime", "changetime"})
 _JSON_SPACE = " \t\n\r"
+#: Surrogate escapes of bytes that are not UTF-8, as names decoded from the tar hold them.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+#: A layer of at most this many entries is parsed once and its entries kept for every pass.
+_KEPT_ENTRIES = 1 << 16
+#: The tar-split spool is written in blocks of this size.
+_SPOOL_BUFFER = 1 << 20
+
+#: Pages of the memory map behind the readers are given back every this many bytes.
+_RELEASE_STEP = 8 << 20
+_PAGE_MASK = ~(mmap.PAGESIZE - 1)
+
+
+def _release(view: mmap.mmap, start: int, end: int) -> None:
+    """Unmap the pages wholly inside [start, end) from this process (the page cache keeps them):
+    what was read stays out of the resident set, which then does not grow with the tar."""
+    first, last = (start + mmap.PAGESIZE - 1) & _PAGE_MASK, end & _PAGE_MASK
+    if last > first:
+        view.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+class _MappedFile:
+    """The reads :func:`~estargz.tarstream.iter_entries` makes (``seek``, ``read``, ``tell``),
+    as copies from a memory map: no system call, so no wait to get the GIL back after one. Pages
+    behind a forward pass are released as it goes."""
+
+    def __init__(self, view: mmap.mmap) -> None:
+        self._view = view
+        self._position = self._released = 0
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or position < 0:
+            raise ValueError("only absolute, non-negative positions")
+        if position - self._released >= _RELEASE_STEP:
+            _release(self._view, self._released, position)
+            self._released = position
+        self._position = position
+        return position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size < 0 else self._position + size
+        data = self._view[self._position:end]
+        self._position += len(data)
+        return data
+
+
+class _TarReader:
+    """The input tar: read through a read-only memory map of its file when it has one, else
+    through the pipeline (one reader at a time). Use as a context manager."""
+
+    def __init__(self, pipeline: Pipeline, tar: TarInput) -> None:
+        self.tar = tar
+        self._pipeline = pipeline
+        self._view: mmap.mmap | None = None
+        try:
+            fd = tar.file.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            return
+        if tar.end > 0:
+            try:
+                self._view = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                return
+            self.tar = TarInput(tar.file, tar.start, min(tar.end, len(self._view)))
+
+    def __enter__(self) -> _TarReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._view is not None:
+            self._view.close()
+
+    @property
+    def mapped(self) -> bool:
+        """Whether reads are slices of the memory map, which any thread may make."""
+        return self._view is not None
+
+    def entries(self) -> Iterator[TarEntry]:
+        """The entries, parsed afresh."""
+        if self._view is None:
+            return self.tar.entries()
+        return iter_entries(cast(BinaryIO, _MappedFile(self._view)), self.tar.start)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Exactly ``size`` bytes at ``offset``."""
+        if self._view is None:
+            return self._pipeline.read(offset, size)
+        data = self._view[offset:offset + size]
+        if len(data) != size:
+            raise FormatError(f"tar: unexpected end of archive at offset {offset + len(data)}")
+        return data
+
+    def release(self, start: int, end: int) -> None:
+        """Bytes [start, end) were read and are not needed again."""
+        if self._view is not None:
+            _release(self._view, start, end)
+
+
+class _Entries:
+    """The entries of a tar for several passes: the first pass parses the headers and keeps the
+    entries of a layer of at most :data:`_KEPT_ENTRIES` entries for the next ones; a larger layer
+    is parsed again on each pass (memory does not grow with it)."""
+
+    def __init__(self, source: _TarReader) -> None:
+        self._source = source
+        self._kept: list[TarEntry] | None = None
+
+    def __call__(self) -> Iterator[TarEntry]:
+        if self._kept is not None:
+            return iter(self._kept)
+        return self._parse()
+
+    def _parse(self) -> Iterator[TarEntry]:
+        kept: list[TarEntry] | None = []
+        for entry in self._source.entries():
+            if kept is not None:
+                kept.append(entry)
+                if len(kept) > _KEPT_ENTRIES:
+                    kept = None
+            yield entry
+        if kept is not None:
+            self._kept = kept
+
+
+@dataclass(slots=True)
+class _Cut:
+    """One file as the planner found it: its chunks, its contents if it is small, its CRC-64 and,
+    when it has several chunks, its digest (else "")."""
+
+    spans: list[Span]
+    contents: bytes | None
+    crc: int
+    digest: str
+
+
+def _summed(spans: list[Span], contents: bytes) -> _Cut:
+    digest = "sha256:" + hashlib.sha256(contents).hexdigest() if len(spans) > 1 else ""
+    return _Cut(spans, contents, crc64_iso(contents), digest)
 
 
 class _SpanPlanner:
-    """The content-defined chunks of the next files, cut ahead on a thread of their own.
+    """The content-defined chunks of the next files, their CRC-64 and digests, found ahead on a
+    thread of their own.
 
-    Small files are cut in batches (one vectorized pass for many files), large ones in windows.
-    Reads with ``os.pread`` so the pipeline's reads are undisturbed; a source without a file
-    descriptor is cut in line instead. :meth:`close` stops the thread; call it whatever happens.
+    Small files are cut in batches (one vectorized pass for many files), large ones in windows,
+    each window's pages released once cut and summed. A tar that is not memory-mapped is cut in line instead
+    (its reads move the file position). :meth:`close` stops the thread; call it whatever happens.
     """
 
     _LOOKAHEAD = 4  # batches in flight
     _SMALL_FILE = 256 << 10
     _BATCH_BYTES = 4 << 20
 
-    def __init__(self, pipeline: Pipeline, files: Iterable[TarEntry]) -> None:
-        self._pipeline = pipeline
-        try:
-            self._fd: int | None = pipeline.source.fileno()
-        except (AttributeError, OSError, io.UnsupportedOperation):
-            self._fd = None
+    def __init__(self, source: _TarReader, files: Iterable[TarEntry]) -> None:
+        self._source = source
         self._batches = self._batched(files)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="estargz-chunker") if self._fd is not None else None
-        self._ahead: deque[tuple[list[TarEntry], Future[list[tuple[list[Span], bytes | None]]]]] = deque()
-        self._ready: deque[tuple[TarEntry, tuple[list[Span], bytes | None]]] = deque()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="estargz-chunker") if source.mapped else None
+        self._ahead: deque[tuple[list[TarEntry], Future[list[_Cut]]]] = deque()
+        self._ready: deque[tuple[TarEntry, _Cut]] = deque()
         self._fill()
 
     def _batched(self, files: Iterable[TarEntry]) -> Iterator[list[TarEntry]]:
@@ -93,22 +232,28 @@ class _SpanPlanner:
         if batch:
             yield batch
 
-    def _read(self, entry: TarEntry, at: int, length: int) -> bytes:
-        if self._fd is None:
-            return self._pipeline.read(entry.data_offset + at, length)
-        data = os.pread(self._fd, length, entry.data_offset + at)
-        if len(data) != length:
-            raise FormatError(f"tar: unexpected end of archive in {entry.name!r}")
-        return data
-
-    def _cut(self, batch: list[TarEntry]) -> list[tuple[list[Span], bytes | None]]:
-        """The chunks of each file, and the contents of small files (read once, used twice)."""
+    def _cut(self, batch: list[TarEntry]) -> list[_Cut]:
+        """Each file of ``batch``, with the contents of small files (read once, used twice)."""
         if len(batch) == 1 and batch[0].size > self._SMALL_FILE:
-            entry = batch[0]
-            return [(list(content_defined_chunks_streamed(lambda at, n: self._read(entry, at, n), entry.size)),
-                     None)]
-        contents = [self._read(entry, 0, entry.size) for entry in batch]
-        return list(zip(content_defined_chunks_of_files(contents), contents, strict=True))
+            return [self._cut_streamed(batch[0])]
+        contents = [self._source.read(entry.data_offset, entry.size) for entry in batch]
+        return list(map(_summed, content_defined_chunks_of_files(contents), contents))
+
+    def _cut_streamed(self, entry: TarEntry) -> _Cut:
+        """A large file, read once in order in windows, each summed and released."""
+        file_hash = hashlib.sha256()
+        crc = 0
+
+        def window(at: int, length: int) -> bytes:
+            nonlocal crc
+            start = entry.data_offset + at
+            data = self._source.read(start, length)
+            self._source.release(start, start + length)
+            crc = crc64_iso(data, crc)
+            file_hash.update(data)
+            return data
+        spans = list(content_defined_chunks_streamed(window, entry.size))
+        return _Cut(spans, None, crc, "sha256:" + file_hash.hexdigest() if len(spans) > 1 else "")
 
     def _fill(self) -> None:
         if self._pool is None:
@@ -116,8 +261,8 @@ class _SpanPlanner:
         while len(self._ahead) < self._LOOKAHEAD and (batch := next(self._batches, None)) is not None:
             self._ahead.append((batch, self._pool.submit(self._cut, batch)))
 
-    def spans(self, entry: TarEntry) -> tuple[list[Span], bytes | None]:
-        """The chunks of ``entry``, and its contents if it is small; files come in input order."""
+    def cut(self, entry: TarEntry) -> _Cut:
+        """The chunks of ``entry`` and the rest; files must be asked for in input order."""
         if not self._ready:
             if self._pool is None:
                 batch = next(self._batches)
@@ -140,7 +285,7 @@ class _SpanPlanner:
 
 def _has_undecodable(name: str) -> bool:
     """Whether ``name`` came from bytes that are not UTF-8 (kept as surrogate escapes)."""
-    return any("\udc80" <= c <= "\udcff" for c in name)
+    return not name.isascii() and _UNDECODABLE.search(name) is not None
 
 
 def _record(entry: TarEntry) -> CSTOCEntry:
@@ -162,7 +307,8 @@ class _ContainersStorageWriter:
 
     def __init__(self, stack: ExitStack) -> None:
         self._encoder = CSTOCEncoder()
-        self._spool: BinaryIO = stack.enter_context(tempfile.TemporaryFile(prefix="estargz-tar-split-"))
+        self._spool = cast(BinaryIO, stack.enter_context(
+            tempfile.TemporaryFile(prefix="estargz-tar-split-", buffering=_SPOOL_BUFFER)))
         self._tar_split = TarSplitWriter(self._spool.write)
 
     def on_record(self, record: CSTOCEntry) -> None:
@@ -173,43 +319,55 @@ class _ContainersStorageWriter:
 
     def walk(self, pipeline: Pipeline, tar: TarInput) -> list[str]:
         """Every input byte kept in order; headers and padding in frames between the chunks'."""
-        check_readable(tar.entries)
-        planner = _SpanPlanner(pipeline, (e for e in tar.entries() if e.kind == "reg" and e.size))
-        try:
-            position, last_size = self._entries(pipeline, tar, planner)
-        finally:
-            planner.close()
-        self._ending(pipeline, tar, position, last_size)
+        with _TarReader(pipeline, tar) as source:
+            entries = _Entries(source)
+            check_readable(entries)
+            planner = _SpanPlanner(source, (e for e in entries() if e.kind == "reg" and e.size))
+            try:
+                position, last_size = self._entries(pipeline, source, entries(), planner)
+            finally:
+                planner.close()
+            self._ending(pipeline, source, position, last_size)
         return []
 
-    def _entries(self, pipeline: Pipeline, tar: TarInput, planner: _SpanPlanner) -> tuple[int, int]:
-        position, last_size = tar.start, 0
-        for entry in tar.entries():
+    def _entries(self, pipeline: Pipeline, source: _TarReader, entries: Iterable[TarEntry],
+                 planner: _SpanPlanner) -> tuple[int, int]:
+        """Each entry's header bytes and chunks; pages behind are released every few MB."""
+        position = released = source.tar.start
+        last_size = 0
+        for entry in entries:
+            if position - released >= _RELEASE_STEP:
+                source.release(released, position)
+                released = position
             if _has_undecodable(entry.name) or _has_undecodable(entry.linkname):
                 raise UnsupportedInputError(
                     f"name {entry.name!r} is not valid UTF-8: the zstd:chunked TOC cannot hold it "
                     "(containers/storage would fail to pull the layer)")
-            header = pipeline.read(position, entry.data_offset - position)
+            header = source.read(position, entry.data_offset - position)
             pipeline.append(header)
             self._tar_split.segment(header)
             records = [_record(entry)]
             crc = None
             if entry.kind == "reg" and entry.size:
-                crc = _add_content(pipeline, entry, records, *planner.spans(entry))
+                cut = planner.cut(entry)
+                _add_content(pipeline, source, entry, records, cut)
+                crc = cut.crc
             pipeline.complete(records)
             self._tar_split.file(entry.name.encode("utf-8", "surrogateescape"), entry.size, crc)
             position, last_size = entry.data_offset + entry.size, entry.size
         return position, last_size
 
-    def _ending(self, pipeline: Pipeline, tar: TarInput, position: int, last_size: int) -> None:
+    def _ending(self, pipeline: Pipeline, source: _TarReader, position: int, last_size: int) -> None:
         """The end of the archive as a tar reader consumes it (last padding, two zero blocks), then
         whatever follows, every byte kept."""
-        archive_end = min(tar.end, position + padding(last_size) + 2 * BLOCK)
-        ending = pipeline.read(position, archive_end - position)
+        end = source.tar.end
+        archive_end = min(end, position + padding(last_size) + 2 * BLOCK)
+        ending = source.read(position, archive_end - position)
         pipeline.append(ending)
         self._tar_split.segment(ending)
-        for offset in range(archive_end, tar.end, _COPY_BLOCK):
-            rest = pipeline.read(offset, min(_COPY_BLOCK, tar.end - offset))
+        for offset in range(archive_end, end, _COPY_BLOCK):
+            rest = source.read(offset, min(_COPY_BLOCK, end - offset))
+            source.release(offset, offset + len(rest))
             pipeline.append(rest)
             self._tar_split.trailing(rest)
         self._tar_split.close()
@@ -241,24 +399,12 @@ class _ContainersStorageWriter:
         })
 
 
-def _hash_zeros(length: int, crc: int, file_hash: hashlib._Hash | None) -> int:
-    """Feed ``length`` zero bytes to the CRC-64 (returned) and the file digest, block by block."""
-    block = bytes(min(length, _COPY_BLOCK))
-    for start in range(0, length, len(block)):
-        piece = block[:min(len(block), length - start)]
-        crc = crc64_iso(piece, crc)
-        if file_hash is not None:
-            file_hash.update(piece)
-    return crc
-
-
-def _add_content(pipeline: Pipeline, entry: TarEntry, records: list[CSTOCEntry], spans: list[Span],
-                 contents: bytes | None) -> int:
-    """Frame each content-defined chunk of one file (``contents``, or read from the tar), adding
-    its chunk records after the file's own (``records[0]``); return the content's CRC-64."""
-    record = records[0]
-    file_hash = hashlib.sha256() if len(spans) > 1 else None
-    crc = 0
+def _add_content(pipeline: Pipeline, source: _TarReader, entry: TarEntry, records: list[CSTOCEntry],
+                 cut: _Cut) -> None:
+    """Frame each content-defined chunk of one file (its contents, or read from the tar and then
+    released), adding its chunk records after the file's own (``records[0]``)."""
+    record, spans, contents = records[0], cut.spans, cut.contents
+    several = len(spans) > 1
     for index, (offset, length, zeros) in enumerate(spans):
         if index == 0:
             chunk = record
@@ -266,26 +412,23 @@ def _add_content(pipeline: Pipeline, entry: TarEntry, records: list[CSTOCEntry],
             chunk = CSTOCEntry(type="chunk", name=entry.name, chunk_offset=offset)
             records.append(chunk)
         last = record if index == len(spans) - 1 else None
-        if file_hash is not None:
+        if several:
             chunk.chunk_size = length
             chunk.chunk_type = "zeros" if zeros else ""
         if zeros:
-            pipeline.add_zeros(chunk, length, whole_file=file_hash is None, ends_file=last)
-            crc = _hash_zeros(length, crc, file_hash)
+            pipeline.add_zeros(chunk, length, whole_file=not several, ends_file=last)
+            continue
+        if contents is None:
+            start = entry.data_offset + offset
+            payload = source.read(start, length)
+            source.release(start, start + length)
+        elif length == len(contents):
+            payload = contents
         else:
-            if contents is None:
-                payload = pipeline.read(entry.data_offset + offset, length)
-            elif length == len(contents):
-                payload = contents
-            else:
-                payload = contents[offset:offset + length]
-            crc = crc64_iso(payload, crc)
-            if file_hash is not None:
-                file_hash.update(payload)
-            pipeline.add_chunk(chunk, payload, whole_file=file_hash is None, alone=True, ends_file=last)
-    if file_hash is not None:
-        record.digest = "sha256:" + file_hash.hexdigest()
-    return crc
+            payload = contents[offset:offset + length]
+        pipeline.add_chunk(chunk, payload, whole_file=not several, alone=True, ends_file=last)
+    if several:
+        record.digest = cut.digest
 
 
 def _iter_as_toc_entries(version: int, entries: list[CSTOCEntry]) -> Generator[TOCEntry, None, int]:
