@@ -50,6 +50,7 @@ from estargz import (
 )
 from estargz.chunking import content_defined_chunks, fixed_chunks
 from estargz.tarstream import iter_entries
+from installed import use_bytecode
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The layers, by name: (description, whether the static library is left out).
@@ -302,6 +303,7 @@ def main() -> None:
     parser.add_argument("--all-levels", action="store_true",
                         help="compare blob sizes at every level 1-9 instead (Markdown)")
     args = parser.parse_args()
+    use_bytecode()
     checker = build_checker()
     with tempfile.TemporaryDirectory(prefix="estargz-bench-") as tmp:
         for name, layer in layers(args.layer, args.layers, Path(tmp)):

@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare import make_stdlib_tar, run_child
+from installed import use_bytecode
 from lazy import start_registry
 
 from estargz.push import push_layout
@@ -76,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    use_bytecode()
     for tool in ("skopeo", "docker-registry"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt-get install {tool})")

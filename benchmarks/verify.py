@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from installed import use_bytecode
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKER = Path.home() / ".cache/estargz-checker/estargz-checker"
 GO_PROCS = 2
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each verifier; the best counts")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args()
+    use_bytecode()
     if not os.access(args.checker, os.X_OK):
         sys.exit(f"no Go checker at {args.checker}: build it with tests/interop/build_checker.sh")
     python_env = {**os.environ, "PYTHONPATH": str(ROOT)}
