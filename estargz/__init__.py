@@ -7,6 +7,9 @@
 ...     data = blob.read("etc/os-release")
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .annotations import (
     LAYER_DIGEST_ANNOTATION,
     LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
@@ -39,19 +42,43 @@ from .framing import (
     DEFAULT_ZSTD_LEVEL,
     GZIP_ENGINES,
 )
-from .image import REUSED, ConvertedManifest, ImageResult, convert_image
 from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
-from .mount import mount
-from .push import PushResult, push_layout
 from .reader import Chunk, Entry, EntryFile, Reader, VerifyReport
 from .reader import open_blob as open
-from .registry import BlobSource, RegistryClient, open_layer, parse_reference
 from .source import BytesSource, FileSource, Source
 from .toc import TOC_NAME, TOCEntry, decode_toc, encode_toc
 from .tocimage import TOC_IMAGE_TAG_SUFFIX, toc_image_manifest, write_toc_image
 from .writer import DEFAULT_CHUNK_SIZE, BuildResult, convert, read_workload_record
 
+if TYPE_CHECKING:
+    from .image import REUSED, ConvertedManifest, ImageResult, convert_image
+    from .mountfs import mount
+    from .push import PushResult, push_layout
+    from .registry import BlobSource, RegistryClient, open_layer, parse_reference
+
 __version__ = "0.1.0"
+
+#: Names whose modules (HTTP, registries, images, FUSE) load on first use, so that commands and
+#: programs working on local files do not pay for importing them.
+_LAZY = {
+    "REUSED": "image", "ConvertedManifest": "image", "ImageResult": "image", "convert_image": "image",
+    "mount": "mountfs", "PushResult": "push", "push_layout": "push",
+    "BlobSource": "registry", "RegistryClient": "registry", "open_layer": "registry", "parse_reference": "registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a lazily imported public name (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "BlobSource",

@@ -30,15 +30,12 @@ from .framing import (
     GZIP_ENGINES,
 )
 from .dialects import dialect
-from .image import convert_image
 from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .mountcli import add_mount_commands
 from .oci import default_platform, parse_platform
 from .output import atomic_output, refuse_same_file, remove_leftovers
 from .plain import DEFAULT_PLAIN_ZSTD_LEVEL
-from .push import DOCKER_PREFIX, parse_destination, push_layout
 from .reader import Reader, open_blob
-from .registry import Anchor, RegistryClient, open_layer
 from .source import BLOCK_SIZE, BytesSource, FileSource, Source
 from .tocimage import write_toc_image
 from .writer import DEFAULT_CHUNK_SIZE, convert, read_workload_record
@@ -242,6 +239,9 @@ def _lazy_format(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 
 def _cmd_image_convert(args: argparse.Namespace) -> int:
+    from .image import convert_image
+    from .push import DOCKER_PREFIX
+
     layer_format, options = _plain_format(args) if args.zstd or args.uncompress else _lazy_format(args)
     bars = _LayerBars() if not args.quiet and sys.stderr.isatty() else None
     if args.sign and not _is_registry_reference(args.destination.removeprefix(DOCKER_PREFIX)):
@@ -282,6 +282,8 @@ def _public_key(path: str) -> Any:
 
 
 def _cmd_image_push(args: argparse.Namespace) -> int:
+    from .push import push_layout
+
     result = push_layout(args.layout, args.destination, jobs=args.jobs, insecure=args.insecure,
                          sign_with=_private_key(args.sign) if args.sign else None)
     print(json.dumps(result.to_json(), indent=2))
@@ -321,6 +323,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
+    from .push import parse_destination
+    from .registry import RegistryClient
     from .sign import sign_image
 
     key = _private_key(args.key)
@@ -411,6 +415,8 @@ def _open(args: argparse.Namespace, *, whole: bool = False) -> Reader:
     layer: int | str | None = args.layer
     if isinstance(layer, str) and layer.lstrip("-").isdigit():
         layer = int(layer)
+    from .registry import open_layer
+
     verify_with = _public_key(args.key) if args.key else None
     source, descriptor = open_layer(args.blob, layer, platform=args.platform, username=args.username,
                                     password=os.environ.get("ESTARGZ_REGISTRY_PASSWORD"), verify_with=verify_with,
@@ -476,7 +482,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                          else NO_PREFETCH_LANDMARK if NO_PREFETCH_LANDMARK in blob else None),
             "prefetchBytes": prefetch,
         }
-        if isinstance(blob.anchor, Anchor):
+        if blob.anchor is not None:
             info["anchor"] = blob.anchor.to_json()
     print(json.dumps(info, indent=2))
     return 0
@@ -547,7 +553,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         anchor = blob.anchor
     summary: dict[str, object] = {"ok": True, "tocDigest": report.toc_digest, "files": report.files,
                                   "chunks": report.chunks, "bytes": report.bytes}
-    if isinstance(anchor, Anchor):
+    if anchor is not None:
         summary["anchor"] = anchor.to_json()
     if report.diff_id is not None:
         summary["diffID"] = report.diff_id

@@ -10,7 +10,7 @@ from typing import Any
 import mfusepy
 
 from .errors import EStargzError
-from .mount import _BLOCK_SIZE, _NAME_MAX, _TYPE_BITS, _WRITE_FLAGS, MountedImage
+from .mountfs import _BLOCK_SIZE, _NAME_MAX, _TYPE_BITS, _WRITE_FLAGS, MountedImage
 from .overlay import Node
 
 

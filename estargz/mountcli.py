@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 from .errors import EStargzError
-from .mount import DEFAULT_CACHE_SIZE, PREFETCH_MODES, mount, unmount, wait_for_mount
+from .mountfs import DEFAULT_CACHE_SIZE, PREFETCH_MODES, mount, unmount, wait_for_mount
 
 __all__ = ["add_mount_commands"]
 

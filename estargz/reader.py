@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .annotations import (
     LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
@@ -37,6 +37,9 @@ from .source import BLOCK_SIZE, RangeFile, Source, SourceLike, as_source, read_r
 from .tarsplit import FILE_TYPE, SEGMENT_TYPE, TarSplitEntry, decode_entries, iter_tar
 from .tarstream import BLOCK, iter_entries, padding, toc_header_fields
 from .toc import MAX_TOC_SIZE, NO_XATTRS, TOC_NAME, TOCEntry, clean_name
+
+if TYPE_CHECKING:
+    from .registry import Anchor
 
 __all__ = ["Reader", "Entry", "EntryFile", "Chunk", "VerifyReport", "open_blob", "MAX_CHUNK_SIZE"]
 
@@ -245,7 +248,7 @@ def _check_entry(index: int, entry: TOCEntry) -> None:
 class Reader:
     """An opened blob (eStargz, or either dialect of zstd:chunked). Use :func:`estargz.open`."""
 
-    anchor: object = None
+    anchor: Anchor | None = None
     """For a registry layer, the :class:`~estargz.registry.Anchor` its TOC was checked against."""
 
     def __init__(self, source: Source, *, toc_digest: str | None = None, toc: Source | None = None,

@@ -672,3 +672,29 @@ def test_cat_follows_symlinks_inside_the_layer(blob_file, capsysbinary):
     assert main(["cat", str(path), "bin/sh"]) == 0
     with estargz.open(path) as reader:
         assert capsysbinary.readouterr().out == reader.read("bin/busybox")
+
+
+#: Modules only registry, image and mount work needs.
+_REMOTE_MODULES = ("urllib3", "http.client", "estargz.registry", "estargz.image", "estargz.push", "estargz.layers")
+
+
+def test_local_work_does_not_load_registry_code(tmp_path):
+    """``import estargz`` and a local conversion and read load no HTTP or registry code; the public
+    names from those modules still resolve on first use, and ``estargz.mount`` is the function."""
+    script = (
+        "import sys, estargz, estargz.cli\n"
+        "estargz.cli.main(['convert', '-q', sys.argv[1], sys.argv[2]])\n"
+        "estargz.cli.main(['ls', sys.argv[2]])\n"
+        f"print(sorted(m for m in {_REMOTE_MODULES!r} if m in sys.modules))\n"
+        "print(callable(estargz.mount), estargz.RegistryClient.__module__, set(estargz.__all__) <= set(dir(estargz)))\n"
+    )
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    done = subprocess.run([sys.executable, "-c", script, str(layer), str(tmp_path / "layer.esgz")],
+                          capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    assert "hello.txt" in lines
+    assert lines[-2:] == ["[]", "True estargz.registry True"]

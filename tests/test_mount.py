@@ -39,7 +39,7 @@ from helpers import sha256
 import estargz
 from estargz.chunkcache import ChunkCache
 from estargz.layers import open_layers as open_mount_layers
-from estargz.mount import FuseUnavailableError, MountedImage
+from estargz.mountfs import FuseUnavailableError, MountedImage
 from estargz.overlay import OverlayTree
 from estargz.source import BLOCK_SIZE
 
@@ -500,7 +500,7 @@ def test_disk_cache_stays_within_its_limit(tmp_path: Path) -> None:
 
 
 def test_no_fuse_device_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    mount_module = importlib.import_module("estargz.mount")  # estargz.mount is the function
+    mount_module = importlib.import_module("estargz.mountfs")
     monkeypatch.setattr(mount_module, "_FUSE_DEVICE", str(tmp_path / "no-fuse"))
     blob, _ = convert(tmp_path, base_layer(), estargz.FORMAT_ESTARGZ)
     with pytest.raises(FuseUnavailableError, match="no-fuse does not exist"):

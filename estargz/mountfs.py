@@ -22,15 +22,17 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .chunkcache import ChunkCache
 from .cstoc import parse_rfc3339
 from .errors import EStargzError, FormatError, UnsupportedInputError
-from .layers import Layer, open_layers
 from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from .overlay import Node, OverlayTree
 from .reader import Chunk, Entry, EntryFile
+
+if TYPE_CHECKING:
+    from .layers import Layer
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -42,7 +44,7 @@ __all__ = [
     "unmount",
 ]
 
-log = logging.getLogger("estargz.mount")
+log = logging.getLogger("estargz.mountfs")
 
 PREFETCH_MODES = ("landmark", "all", "none")
 #: Memory the chunk cache may hold by default.
@@ -395,6 +397,8 @@ def mount(source: str, mountpoint: str | os.PathLike[str], *, layer: int | str |
     if not os.path.isdir(mountpoint):
         raise FileNotFoundError(errno.ENOENT, "mount point is not a directory", mountpoint)
     cache = ChunkCache(cache_size, cache_dir, cache_dir_size)
+    from .layers import open_layers  # registries and HTTP load only when a mount opens its layers
+
     fuse, layers = _open_while_loading(loading, lambda: open_layers(source, layer=layer, platform=platform,
                                                                     toc_digest=toc_digest, **client_options))
     from .fuseops import FuseOperations
