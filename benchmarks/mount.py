@@ -347,6 +347,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="estargz-mount-bench-") as tmp:
         work = Path(tmp)
         layers = debian_layers() if args.image == "debian" else host_layers(work)
+        tar_sizes = [layer.stat().st_size for layer in layers]
         files = record_workload(layers, work)
         split = split_workload(files, layers)
         blobs = [work / f"layer{index}.blob" for index in range(len(layers))]
@@ -374,11 +375,11 @@ def main() -> None:
             registry.kill()
             registry.wait()
     blob_size = sum(result.blob_size for result in results)
-    described = ", ".join(f"{layer.stat().st_size / 1e6:.1f} MB tar, {result.blob_size} bytes blob, "
+    described = ", ".join(f"{size / 1e6:.1f} MB tar, {result.blob_size} bytes blob, "
                           f"{len(prioritized)} prioritized files"
-                          for layer, result, prioritized in zip(layers, results, split, strict=True))
+                          for size, result, prioritized in zip(tar_sizes, results, split, strict=True))
     print(f"image: {args.image}, {len(layers)} {args.format} layers ({described}); "
-          f"{sum(layer.stat().st_size for layer in layers) / 1e6:.1f} MB of tar, {blob_size} bytes of blobs, "
+          f"{sum(tar_sizes) / 1e6:.1f} MB of tar, {blob_size} bytes of blobs, "
           f"{args.chunk_size >> 10} KiB chunks; median (range) of {args.runs} runs; "
           f"load average {load_before:.1f} before, {load_after:.1f} after\n")
     print("| estargz | prefetch | cache | seconds to 'hi' | full / lazy: of medians, median per run "
