@@ -4,7 +4,8 @@ The image is a Debian Python image, as ``FROM debian:bookworm-slim`` and ``RUN a
 --no-install-recommends python3`` give, built without a daemon: ``debootstrap --variant=minbase
 bookworm`` as the first layer, then what ``apt-get install python3`` in a chroot of it adds or
 changes (with OCI whiteouts for what it deletes) as the second; downloaded packages, package lists
-and apt's caches are left out, as images leave them out. The two layer tars are built once and kept
+and apt's caches are left out, as images leave them out, and so is what debian:bookworm-slim does
+not install (documentation, manual pages, translations). The two layer tars are built once and kept
 in ~/.cache/estargz-bench. ``--image host`` takes instead one layer of this machine's Python tree and
 the libraries it links. The layers are converted with the files ``python3 -c 'print("hi")'`` opens
 prioritized in the topmost layer holding each (recorded once with strace in a chroot of the unpacked
@@ -67,11 +68,15 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("python3",)
 #: The built layer tars are kept here between runs.
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "estargz-bench" / f"debian-{SUITE}-python3"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "estargz-bench", f"debian-{SUITE}-slim-python3")
 LAYER_NAMES = ("base.tar", "python3.tar")
 #: What a Debian image leaves out: the contents of the kernel's file systems and of /dev, downloaded
-#: packages, package lists and apt's caches (as ``apt-get clean && rm -rf /var/lib/apt/lists/*``).
-EXCLUDED = re.compile(r"(proc|sys|dev)/.*|var/cache/apt/(archives/.*\.deb|[^/]*\.bin)|var/lib/apt/lists/.*")
+#: packages, package lists and apt's caches (as ``apt-get clean && rm -rf /var/lib/apt/lists/*``),
+#: and what debian:bookworm-slim does not install: documentation but the copyright files, manual and
+#: info pages, translations.
+EXCLUDED = re.compile(r"(proc|sys|dev)/.*|var/cache/apt/(archives/.*\.deb|[^/]*\.bin)|var/lib/apt/lists/.*"
+                      r"|usr/share/(doc/[^/]+/(?!copyright$).*|groff/.*|info/.*|linda/.*|lintian/overrides/.*"
+                      r"|locale/.*|man/.*)")
 
 
 def shared_libraries(paths: list[str]) -> set[str]:
