@@ -155,15 +155,22 @@ def add_whiteouts(out: Path, deleted: list[str]) -> None:
                 tar.addfile(tarfile.TarInfo(os.path.join(parent, WHITEOUT + name)))
 
 
+def build_step(command: list[str]) -> None:
+    """Run one step of building the image, its output shown only if it fails."""
+    proc = subprocess.run(command, capture_output=True, text=True, check=False,
+                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
 def build_debian_layers(root: Path, out: Path) -> None:
     """Bootstrap Debian in ``root``, install Python; write the base layer and the install's diff to ``out``."""
-    subprocess.run(["debootstrap", "--variant=minbase", SUITE, str(root), MIRROR], check=True, capture_output=True)
+    build_step(["debootstrap", "--variant=minbase", SUITE, str(root), MIRROR])
     before = snapshot(root)
     tar_paths(root, list(before), out / LAYER_NAMES[0])
     subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
     try:
-        subprocess.run(["chroot", str(root), "apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
-                       check=True, capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        build_step(["chroot", str(root), "apt-get", "install", "-y", "--no-install-recommends", *PACKAGES])
     finally:
         subprocess.run(["umount", str(root / "proc")], check=True)
     after = snapshot(root)
@@ -221,7 +228,7 @@ def unpack(layers: list[Path], rootfs: Path) -> None:
 
 
 def record_workload(layers: list[Path], work: Path) -> list[str]:
-    """The files of the layer that the program opens, in the order it opens them: strace's, with
+    """The files of the image that the program opens, in the order it opens them: strace's, with
     the ELF interpreter the kernel opens while executing the program (as a recorder watching
     opens with fanotify, like stargz-snapshotter's ``ctr-remote image optimize``, sees it)."""
     rootfs = work / "record"
@@ -334,7 +341,7 @@ def split_workload(files: list[str], layers: list[Path]) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default="debian", choices=("debian", "host"),
-                        help="debian: Debian's minbase with python3 installed, two layers (built once into "
+                        help="debian: Debian's minbase, slimmed, with python3 installed, two layers (built once into "
                              f"{CACHE}); host: this machine's Python tree and its libraries, one layer")
     parser.add_argument("--format", default=estargz.FORMAT_ESTARGZ, choices=estargz.FORMATS)
     parser.add_argument("--prefetch", nargs="+", default=["landmark"], choices=("landmark", "all", "none"))
@@ -344,7 +351,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also mount with the estargz of this checkout (another version), side by side")
     args = parser.parse_args()
-    for tool in ("skopeo", "docker-registry", "strace", "chroot", "ldd", "readelf", "debootstrap"):
+    tools = ["skopeo", "docker-registry", "strace", "chroot", "ldd", "readelf"]
+    for tool in tools + (["debootstrap"] if args.image == "debian" else []):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed")
     checkouts = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
