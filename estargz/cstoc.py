@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import sys
 from dataclasses import dataclass, field
 from collections.abc import Callable, Generator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .digests import is_digest
 from .errors import FormatError, LimitError
@@ -26,7 +27,7 @@ from .toc import MAX_TOC_SIZE, NO_XATTRS, scan_toc_object
 
 __all__ = [
     "TOC_VERSION", "ENTRY_TYPES", "CHUNK_TYPE_ZEROS", "GO_ZERO_TIME", "FIELDS", "CSTOCEntry",
-    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "iter_cs_toc", "format_rfc3339nano", "parse_rfc3339",
+    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "iter_cs_toc", "iter_converted_cs_toc", "format_rfc3339nano", "parse_rfc3339",
 ]
 
 TOC_VERSION = 1
@@ -61,7 +62,12 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
     ("chunkType", "chunk_type", "s"),
 )
 _BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in FIELDS}
+#: The same by key as spelled in :data:`FIELDS`, which is how writers spell it.
+_BY_EXACT_KEY = {key: (key, attr, kind) for key, attr, kind in FIELDS}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+_T = TypeVar("_T")
+#: The decoder whose ``raw_decode`` is :func:`~estargz.gojson.raw_decode_strict`.
+_STRICT_DECODER: json.JSONDecoder = raw_decode_strict.__self__  # type: ignore[attr-defined]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -169,75 +175,80 @@ def encode_cs_toc(entries: list[CSTOCEntry], tar_split_digest: str = "", *,
 # --- decoding --------------------------------------------------------------------------------
 
 
-def _string(where: str, value: Any) -> str:
+def _where(index: int, key: str) -> str:
+    return f"TOC entry {index}: {key}"
+
+
+def _string(index: int, key: str, value: Any) -> str:
     if value is None:  # json-iterator reads null as ""
         return ""
     if not isinstance(value, str):
-        raise FormatError(f"{where} must be a string")
+        raise FormatError(f"{_where(index, key)} must be a string")
     return value
 
 
-def _integer(where: str, value: Any) -> int:
+def _integer(index: int, key: str, value: Any) -> int:
     if type(value) is not int:
-        raise FormatError(f"{where} must be an integer")
+        raise FormatError(f"{_where(index, key)} must be an integer")
     if not _INT64[0] <= value <= _INT64[1]:
-        raise LimitError(f"{where} does not fit in 64 bits")
+        raise LimitError(f"{_where(index, key)} does not fit in 64 bits")
     return value
 
 
-def _non_negative(where: str, value: Any) -> int:
-    if _integer(where, value) < 0:
-        raise FormatError(f"{where} must not be negative")
+def _non_negative(index: int, key: str, value: Any) -> int:
+    if _integer(index, key, value) < 0:
+        raise FormatError(f"{_where(index, key)} must not be negative")
     return int(value)
 
 
-def _time(where: str, value: Any) -> Time:
+def _time(index: int, key: str, value: Any) -> Time:
     if not isinstance(value, str):
-        raise FormatError(f"{where} must be an RFC 3339 string")
+        raise FormatError(f"{_where(index, key)} must be an RFC 3339 string")
     return parse_rfc3339(value)
 
 
-def _xattrs(where: str, value: Any) -> dict[str, bytes]:
+def _xattrs(index: int, key: str, value: Any) -> dict[str, bytes]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise FormatError(f"{where} must be an object")
+        raise FormatError(f"{_where(index, key)} must be an object")
     xattrs = {}
     for name, encoded in value.items():
         if encoded is None:
             encoded = ""
         if not isinstance(encoded, str):
-            raise FormatError(f"{where}: {name!r} must be a base64 string")
+            raise FormatError(f"{_where(index, key)}: {name!r} must be a base64 string")
         try:
             xattrs[name] = base64.b64decode(encoded.encode("ascii"), validate=True)
         except (binascii.Error, ValueError, UnicodeEncodeError):
-            raise FormatError(f"{where}: {name!r} is not base64") from None
+            raise FormatError(f"{_where(index, key)}: {name!r} is not base64") from None
     return xattrs
 
 
-#: The decoder of each field kind of :data:`FIELDS`.
-_DECODERS: dict[str, Callable[[str, Any], Any]] = {
+#: The decoder of each field kind of :data:`FIELDS`: (entry index, JSON key, value) -> value.
+_DECODERS: dict[str, Callable[[int, str, Any], Any]] = {
     "s": _string, "i": _integer, "n": _non_negative, "t": _time, "x": _xattrs,
 }
 
 
 def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
-    if not isinstance(raw, dict):
+    if type(raw) is not dict:
         raise FormatError(f"TOC entry {index} is not an object")
-    values: dict[str, Any] = {"type": "", "name": ""}
+    entry = CSTOCEntry("", "")
     for key, value in raw.items():
-        known = _BY_KEY.get(key.lower())
-        if known is not None:
-            json_key, attr, kind = known
-            values[attr] = _DECODERS[kind](f"TOC entry {index}: {json_key}", value)
-    values["type"] = sys.intern(values["type"])
-    entry = CSTOCEntry(**values)
+        known = _BY_EXACT_KEY.get(key) or _BY_KEY.get(key.lower())
+        if known is None:
+            continue
+        json_key, attr, kind = known
+        if kind != "s" or type(value) is not str:
+            value = _DECODERS[kind](index, json_key, value)
+        setattr(entry, attr, value)
+    entry.type = sys.intern(entry.type)
     if entry.type not in ENTRY_TYPES:
         raise FormatError(f"TOC entry {index}: unknown type {entry.type!r}")
-    if entry.chunk_type not in ("", CHUNK_TYPE_ZEROS):
+    if entry.chunk_type and entry.chunk_type != CHUNK_TYPE_ZEROS:
         raise FormatError(f"TOC entry {index}: unknown chunk type {entry.chunk_type!r}")
-    for attr in ("digest", "chunk_digest"):
-        digest = getattr(entry, attr)
+    for attr, digest in (("digest", entry.digest), ("chunk_digest", entry.chunk_digest)):
         if digest and not is_digest(digest):
             raise FormatError(f"TOC entry {index}: invalid {attr} {digest!r}")
     return entry
@@ -264,20 +275,26 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
 def iter_cs_toc(data: bytes) -> Generator[CSTOCEntry, None, tuple[int, str]]:
     """Parse TOC JSON entry by entry, as :func:`decode_cs_toc` does; the generator returns
     ``(version, tar_split_digest)``. Only one entry's JSON object exists at a time."""
+    return iter_converted_cs_toc(data, None)
+
+
+def iter_converted_cs_toc(data: bytes, convert: Callable[[CSTOCEntry], _T] | None
+                          ) -> Generator[_T, None, tuple[int, str]]:
+    """:func:`iter_cs_toc` giving ``convert(entry)`` for each entry (the entry itself for None)."""
     if len(data) > MAX_TOC_SIZE:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     text = bytes(data).decode("utf-8", "surrogateescape")
     previous = ""
 
-    def decode_in_order(index: int, raw: Any) -> CSTOCEntry:
+    def decode_in_order(index: int, raw: Any) -> Any:
         nonlocal previous
         entry = _decode_entry(index, raw)
         if entry.type == "chunk" and previous not in ("reg", "chunk"):
             raise FormatError(f"TOC entry {index}: chunk type without a regular file")
         previous = entry.type
-        return entry
+        return entry if convert is None else convert(entry)
 
-    members, end = yield from scan_toc_object(text, raw_decode_strict, "TOC is not a JSON object", decode_in_order)
+    members, end = yield from scan_toc_object(text, _STRICT_DECODER, "TOC is not a JSON object", decode_in_order)
     if end != len(text):
         raise FormatError("unexpected data after the TOC")
     version, tar_split_digest = _document_fields(members)

@@ -10,6 +10,7 @@ import io
 import json
 import mmap
 import os
+import re
 import tempfile
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
@@ -29,7 +30,7 @@ from ..chunking import (
     content_defined_chunks_of_files,
     content_defined_chunks_streamed,
 )
-from ..cstoc import CSTOCEncoder, CSTOCEntry, decode_cs_toc, format_rfc3339nano
+from ..cstoc import CSTOCEncoder, CSTOCEntry, format_rfc3339nano, iter_converted_cs_toc, iter_cs_toc
 from ..errors import FormatError, UnsupportedInputError
 from ..footer import ZSTD_CHUNKED_56, ZSTD_CHUNKED_64, skippable_frame, zstd_chunked_footer_64
 from ..formats import FORMAT_ZSTD_CHUNKED, ZSTD_LAYER_MEDIA_TYPE
@@ -38,7 +39,7 @@ from ..ordering import check_readable
 from ..pipeline import OrderedSink, Pipeline
 from ..tarsplit import TarSplitWriter, crc64_iso
 from ..tarstream import BLOCK, TarEntry, padding
-from ..toc import EMPTY_DIGEST, MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE, TOCEntry, check_encoded_size
+from ..toc import EMPTY_DIGEST, MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE, TOCEntry, check_encoded_size, scan_toc_object
 from .base import DecodedTOC, LayerOptions, Tail, TarInput
 from .stargz_zstd import ESTARGZ_ONLY
 
@@ -48,7 +49,8 @@ _COPY_BLOCK = 1 << 20
 _KEEPS_THE_TAR = "which keeps the tar as it is"
 #: Entry keys (lower case) only a containers/storage TOC has.
 _CONTAINERS_STORAGE_KEYS = frozenset({"endoffset", "chunktype", "accesstime", "changetime"})
-_JSON_SPACE = " \t\n\r"
+#: One of those keys, or ``tarSplitDigest``, in lower case as a JSON key (spelled without escapes).
+_CONTAINERS_STORAGE_KEY = re.compile(r'"(?:endoffset|chunktype|accesstime|changetime|tarsplitdigest)"[ \t\n\r]*:')
 
 
 class _SpanPlanner:
@@ -288,44 +290,60 @@ def _add_content(pipeline: Pipeline, entry: TarEntry, records: list[CSTOCEntry],
     return crc
 
 
-def _iter_as_toc_entries(version: int, entries: list[CSTOCEntry]) -> Generator[TOCEntry, None, int]:
-    """``entries`` converted one at a time; returns ``version``."""
-    yield from map(_as_toc_entry, entries)
-    return version
+def _iter_as_toc_entries(toc_json: bytes, entry_type: type[TOCEntry]) -> Generator[TOCEntry, None, tuple[int, str]]:
+    """The entries of :func:`~estargz.cstoc.iter_cs_toc` in the eStargz model, each converted to
+    an ``entry_type`` as read; returns the version and the tar-split digest."""
+    return iter_converted_cs_toc(toc_json, functools.partial(_as_toc_entry, entry_type))
 
 
-def _as_toc_entry(entry: CSTOCEntry) -> TOCEntry:
+def _iter_native_entries(toc_json: bytes) -> Iterator[CSTOCEntry]:
+    """The entries of :func:`~estargz.cstoc.iter_cs_toc`, without what its generator returns."""
+    yield from iter_cs_toc(toc_json)
+
+
+def _as_toc_entry(entry_type: type[TOCEntry], entry: CSTOCEntry) -> TOCEntry:
     """A containers/storage TOC entry in the eStargz model the reader's tree is built from.
 
     A single-chunk file has no chunk digest there; its file digest checks its one chunk.
     """
-    single_chunk = entry.type == "reg" and entry.size > 0 and not entry.chunk_size
-    return TOCEntry(
-        name=entry.name, type=entry.type, size=entry.size if entry.type == "reg" else 0,
-        modtime=format_rfc3339nano(*entry.modtime) if entry.modtime else "",
-        link_name=entry.link_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
-        offset=entry.offset, dev_major=entry.dev_major, dev_minor=entry.dev_minor,
-        xattrs=dict(entry.xattrs), digest=entry.digest or (EMPTY_DIGEST if entry.type == "reg" else ""),
-        chunk_offset=entry.chunk_offset, chunk_size=entry.chunk_size,
-        chunk_digest=entry.digest if single_chunk else entry.chunk_digest,
+    regular = entry.type == "reg"
+    single_chunk = regular and entry.size > 0 and not entry.chunk_size
+    return entry_type(
+        entry.name, entry.type, entry.size if regular else 0,
+        format_rfc3339nano(*entry.modtime) if entry.modtime else "", entry.link_name, entry.mode, entry.uid,
+        entry.gid, "", "", entry.offset, 0, entry.dev_major, entry.dev_minor,
+        dict(entry.xattrs) if entry.xattrs else {}, entry.digest or (EMPTY_DIGEST if regular else ""),
+        entry.chunk_offset, entry.chunk_size, entry.digest if single_chunk else entry.chunk_digest,
     )
 
 
 def has_containers_storage_schema(toc_json: bytes) -> bool:
     """Whether the TOC JSON holds keys only containers/storage writes (``tarSplitDigest``; entries
     with ``endOffset``, ``chunkType``, ``accesstime`` or ``changetime``; matched case-insensitively,
-    as Go does). JSON that does not parse says no: the stargz decoder then reports what is wrong."""
+    as Go does). JSON that does not parse says no: the stargz decoder then reports what is wrong.
+
+    Only a TOC that may hold such a key (one of those names followed by a colon, or an escape
+    that could spell one) is parsed, one entry at a time."""
     text = bytes(toc_json).decode("utf-8", "surrogateescape")
+    folded = text.lower()
+    if "\\u" not in folded and not _CONTAINERS_STORAGE_KEY.search(folded):
+        return False
+    scan = scan_toc_object(text, json.JSONDecoder(), "", _has_containers_storage_keys)
     try:
-        document, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip(_JSON_SPACE)))
-    except (ValueError, RecursionError):
+        while True:
+            if next(scan):
+                return True
+    except StopIteration as stop:
+        members, _ = stop.value
+        return "tarsplitdigest" in members
+    except FormatError:
         return False
-    if not isinstance(document, dict):
-        return False
-    keys = {key.lower(): value for key, value in document.items()}
-    entries = keys.get("entries")
-    return "tarsplitdigest" in keys or isinstance(entries, list) and any(
-        isinstance(entry, dict) and any(key.lower() in _CONTAINERS_STORAGE_KEYS for key in entry) for entry in entries)
+    finally:
+        scan.close()
+
+
+def _has_containers_storage_keys(index: int, entry: object) -> bool:
+    return isinstance(entry, dict) and any(key.lower() in _CONTAINERS_STORAGE_KEYS for key in entry)
 
 
 class ContainersStorage:
@@ -365,8 +383,8 @@ class ContainersStorage:
         return ZstdCompressor.inflate(pieces, max_output)
 
     def read_toc(self, toc_json: bytes) -> DecodedTOC:
-        version, entries, tar_split_digest = decode_cs_toc(toc_json)
-        return DecodedTOC(functools.partial(_iter_as_toc_entries, version, entries), entries, tar_split_digest)
+        return DecodedTOC(functools.partial(_iter_as_toc_entries, toc_json),
+                          functools.partial(_iter_native_entries, toc_json))
 
     def toc_digest(self, toc_json: bytes, compressed_toc: bytes | None) -> str:
         """sha256 of the compressed TOC (the manifest-checksum annotation)."""
