@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 from .digests import is_digest
 from .errors import FormatError, LimitError
 from .gojson import Time, format_rfc3339nano, parse_rfc3339, quote, raw_decode_strict
-from .toc import MAX_TOC_SIZE, NO_XATTRS, scan_toc_object
+from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, NO_XATTRS, TOCEntry, scan_toc_object
 
 __all__ = [
     "TOC_VERSION", "ENTRY_TYPES", "CHUNK_TYPE_ZEROS", "GO_ZERO_TIME", "FIELDS", "CSTOCEntry",
-    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "iter_cs_toc", "iter_converted_cs_toc", "format_rfc3339nano", "parse_rfc3339",
+    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "iter_cs_toc", "iter_cs_toc_as_toc_entries",
+    "format_rfc3339nano", "parse_rfc3339",
 ]
 
 TOC_VERSION = 1
@@ -66,6 +67,7 @@ _BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in FIELDS}
 _BY_EXACT_KEY = {key: (key, attr, kind) for key, attr, kind in FIELDS}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound=TOCEntry)
 #: The decoder whose ``raw_decode`` is :func:`~estargz.gojson.raw_decode_strict`.
 _STRICT_DECODER: json.JSONDecoder = raw_decode_strict.__self__  # type: ignore[attr-defined]
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -225,33 +227,88 @@ def _xattrs(index: int, key: str, value: Any) -> dict[str, bytes]:
     return xattrs
 
 
-#: The decoder of each field kind of :data:`FIELDS`: (entry index, JSON key, value) -> value.
+def _chunk_type(index: int, key: str, value: Any) -> str:
+    chunk_type = _string(index, key, value)
+    if chunk_type not in ("", CHUNK_TYPE_ZEROS):
+        raise FormatError(f"TOC entry {index}: unknown chunk type {chunk_type!r}")
+    return chunk_type
+
+
+def _time_text(index: int, key: str, value: Any) -> str:
+    return format_rfc3339nano(*_time(index, key, value))
+
+
+#: The decoder of each field kind of :data:`FIELDS` (and "c": the chunk type, "T": a time as
+#: RFC 3339 text): (entry index, JSON key, value) -> value.
 _DECODERS: dict[str, Callable[[int, str, Any], Any]] = {
-    "s": _string, "i": _integer, "n": _non_negative, "t": _time, "x": _xattrs,
+    "s": _string, "i": _integer, "n": _non_negative, "t": _time, "x": _xattrs, "c": _chunk_type, "T": _time_text,
 }
+Fields = dict[str, tuple[str, "str | None", str]]
+"""JSON key (lower case) -> (JSON key, attribute or None to check the value and drop it, kind)."""
+#: The fields of :class:`CSTOCEntry`, by key as spelled in :data:`FIELDS` and in lower case.
+_CS_FIELDS: tuple[Fields, Fields] = (
+    {key: (key, attr, "c" if attr == "chunk_type" else kind) for key, attr, kind in FIELDS},
+    {key.lower(): (key, attr, "c" if attr == "chunk_type" else kind) for key, attr, kind in FIELDS},
+)
+#: The same read into the eStargz model (:class:`~estargz.toc.TOCEntry`): what it lacks is
+#: checked and dropped, the modification time becomes RFC 3339 text.
+_MODEL_ONLY_CHECKED = frozenset({"accesstime", "changetime", "end_offset", "chunk_type"})
+_MODEL_FIELDS: tuple[Fields, Fields] = tuple(  # type: ignore[assignment]
+    {key: (json_key, None if attr in _MODEL_ONLY_CHECKED else attr, "T" if attr == "modtime" else kind)
+     for key, (json_key, attr, kind) in fields.items()}
+    for fields in _CS_FIELDS)
 
 
-def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
+def _decode_fields(index: int, raw: Any, entry: Any, fields: tuple[Fields, Fields]) -> None:
+    """Set on ``entry`` each field of the TOC entry ``raw`` (a JSON object) ``fields`` knows,
+    checked; keys match case-insensitively, unknown keys are skipped."""
     if type(raw) is not dict:
         raise FormatError(f"TOC entry {index} is not an object")
-    entry = CSTOCEntry("", "")
+    exact, folded = fields
     for key, value in raw.items():
-        known = _BY_EXACT_KEY.get(key) or _BY_KEY.get(key.lower())
+        known = exact.get(key) or folded.get(key.lower())
         if known is None:
             continue
         json_key, attr, kind = known
         if kind != "s" or type(value) is not str:
             value = _DECODERS[kind](index, json_key, value)
-        setattr(entry, attr, value)
+        if attr is not None:
+            setattr(entry, attr, value)
     entry.type = sys.intern(entry.type)
     if entry.type not in ENTRY_TYPES:
         raise FormatError(f"TOC entry {index}: unknown type {entry.type!r}")
-    if entry.chunk_type and entry.chunk_type != CHUNK_TYPE_ZEROS:
-        raise FormatError(f"TOC entry {index}: unknown chunk type {entry.chunk_type!r}")
-    for attr, digest in (("digest", entry.digest), ("chunk_digest", entry.chunk_digest)):
-        if digest and not is_digest(digest):
-            raise FormatError(f"TOC entry {index}: invalid {attr} {digest!r}")
+    if entry.digest and not is_digest(entry.digest):
+        raise FormatError(f"TOC entry {index}: invalid digest {entry.digest!r}")
+    if entry.chunk_digest and not is_digest(entry.chunk_digest):
+        raise FormatError(f"TOC entry {index}: invalid chunk_digest {entry.chunk_digest!r}")
+
+
+def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
+    entry = CSTOCEntry("", "")
+    _decode_fields(index, raw, entry, _CS_FIELDS)
     return entry
+
+
+def _model_decoder(entry_type: type[_E]) -> Callable[[int, Any], _E]:
+    """The decoder of an entry into the eStargz model, as an ``entry_type``.
+
+    A regular file's digest is that of the empty file when missing, and a file in one chunk has
+    no chunk digest here: its file digest checks its one chunk. Only regular files have a size.
+    """
+
+    def decode_entry(index: int, raw: Any) -> _E:
+        entry = entry_type("", "")
+        _decode_fields(index, raw, entry, _MODEL_FIELDS)
+        if entry.type == "reg":
+            if entry.size > 0 and not entry.chunk_size:
+                entry.chunk_digest = entry.digest
+            if not entry.digest:
+                entry.digest = EMPTY_DIGEST
+        elif entry.size:
+            entry.size = 0
+        return entry
+
+    return decode_entry
 
 
 def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
@@ -275,24 +332,31 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
 def iter_cs_toc(data: bytes) -> Generator[CSTOCEntry, None, tuple[int, str]]:
     """Parse TOC JSON entry by entry, as :func:`decode_cs_toc` does; the generator returns
     ``(version, tar_split_digest)``. Only one entry's JSON object exists at a time."""
-    return iter_converted_cs_toc(data, None)
+    return _iter_entries(data, _decode_entry)
 
 
-def iter_converted_cs_toc(data: bytes, convert: Callable[[CSTOCEntry], _T] | None
-                          ) -> Generator[_T, None, tuple[int, str]]:
-    """:func:`iter_cs_toc` giving ``convert(entry)`` for each entry (the entry itself for None)."""
+def iter_cs_toc_as_toc_entries(data: bytes, entry_type: type[_E] = TOCEntry  # type: ignore[assignment]
+                               ) -> Generator[_E, None, tuple[int, str]]:
+    """:func:`iter_cs_toc` with each entry in the eStargz model the reader's tree is built from,
+    as an ``entry_type`` (:class:`~estargz.toc.TOCEntry` or a subclass): the same fields, times
+    as RFC 3339 text, the containers/storage ones it lacks checked and dropped."""
+    return _iter_entries(data, _model_decoder(entry_type))
+
+
+def _iter_entries(data: bytes, decode: Callable[[int, Any], _T]) -> Generator[_T, None, tuple[int, str]]:
     if len(data) > MAX_TOC_SIZE:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     text = bytes(data).decode("utf-8", "surrogateescape")
     previous = ""
 
-    def decode_in_order(index: int, raw: Any) -> Any:
+    def decode_in_order(index: int, raw: Any) -> _T:
         nonlocal previous
-        entry = _decode_entry(index, raw)
-        if entry.type == "chunk" and previous not in ("reg", "chunk"):
+        entry = decode(index, raw)
+        kind = entry.type  # type: ignore[attr-defined]
+        if kind == "chunk" and previous not in ("reg", "chunk"):
             raise FormatError(f"TOC entry {index}: chunk type without a regular file")
-        previous = entry.type
-        return entry if convert is None else convert(entry)
+        previous = kind
+        return entry
 
     members, end = yield from scan_toc_object(text, _STRICT_DECODER, "TOC is not a JSON object", decode_in_order)
     if end != len(text):

@@ -254,6 +254,7 @@ Decode = Callable[[str, int], tuple[Any, int]]
 """``json.JSONDecoder.raw_decode``: the JSON value at a position and the position after it."""
 _T = TypeVar("_T")
 _SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_SPACE = (" ", "\t", "\n", "\r")
 #: What follows an array item: whitespace, then a comma or the closing bracket, then whitespace.
 _ITEM_END = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
 _JSON = json.JSONDecoder()
@@ -314,6 +315,9 @@ def _scan_array(text: str, position: int, scan: Decode, convert: Callable[[int, 
             raise _invalid(exc) from None
         yield convert(index, item)
         index += 1
+        if text.startswith(",", position) and not text.startswith(_JSON_SPACE, position + 1):
+            position += 1  # compact JSON: the next item follows the comma
+            continue
         found = item_end(text, position)
         if found is None:
             raise _invalid(f"expected ',' or ']' at character {position}")

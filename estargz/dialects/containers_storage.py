@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import BinaryIO
@@ -30,7 +30,7 @@ from ..chunking import (
     content_defined_chunks_of_files,
     content_defined_chunks_streamed,
 )
-from ..cstoc import CSTOCEncoder, CSTOCEntry, format_rfc3339nano, iter_converted_cs_toc, iter_cs_toc
+from ..cstoc import CSTOCEncoder, CSTOCEntry, iter_cs_toc, iter_cs_toc_as_toc_entries
 from ..errors import FormatError, UnsupportedInputError
 from ..footer import ZSTD_CHUNKED_56, ZSTD_CHUNKED_64, skippable_frame, zstd_chunked_footer_64
 from ..formats import FORMAT_ZSTD_CHUNKED, ZSTD_LAYER_MEDIA_TYPE
@@ -39,7 +39,7 @@ from ..ordering import check_readable
 from ..pipeline import OrderedSink, Pipeline
 from ..tarsplit import TarSplitWriter, crc64_iso
 from ..tarstream import BLOCK, TarEntry, padding
-from ..toc import EMPTY_DIGEST, MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE, TOCEntry, check_encoded_size, scan_toc_object
+from ..toc import MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE, check_encoded_size, scan_toc_object
 from .base import DecodedTOC, LayerOptions, Tail, TarInput
 from .stargz_zstd import ESTARGZ_ONLY
 
@@ -290,31 +290,9 @@ def _add_content(pipeline: Pipeline, entry: TarEntry, records: list[CSTOCEntry],
     return crc
 
 
-def _iter_as_toc_entries(toc_json: bytes, entry_type: type[TOCEntry]) -> Generator[TOCEntry, None, tuple[int, str]]:
-    """The entries of :func:`~estargz.cstoc.iter_cs_toc` in the eStargz model, each converted to
-    an ``entry_type`` as read; returns the version and the tar-split digest."""
-    return iter_converted_cs_toc(toc_json, functools.partial(_as_toc_entry, entry_type))
-
-
 def _iter_native_entries(toc_json: bytes) -> Iterator[CSTOCEntry]:
     """The entries of :func:`~estargz.cstoc.iter_cs_toc`, without what its generator returns."""
     yield from iter_cs_toc(toc_json)
-
-
-def _as_toc_entry(entry_type: type[TOCEntry], entry: CSTOCEntry) -> TOCEntry:
-    """A containers/storage TOC entry in the eStargz model the reader's tree is built from.
-
-    A single-chunk file has no chunk digest there; its file digest checks its one chunk.
-    """
-    regular = entry.type == "reg"
-    single_chunk = regular and entry.size > 0 and not entry.chunk_size
-    return entry_type(
-        entry.name, entry.type, entry.size if regular else 0,
-        format_rfc3339nano(*entry.modtime) if entry.modtime else "", entry.link_name, entry.mode, entry.uid,
-        entry.gid, "", "", entry.offset, 0, entry.dev_major, entry.dev_minor,
-        dict(entry.xattrs) if entry.xattrs else {}, entry.digest or (EMPTY_DIGEST if regular else ""),
-        entry.chunk_offset, entry.chunk_size, entry.digest if single_chunk else entry.chunk_digest,
-    )
 
 
 def has_containers_storage_schema(toc_json: bytes) -> bool:
@@ -383,7 +361,7 @@ class ContainersStorage:
         return ZstdCompressor.inflate(pieces, max_output)
 
     def read_toc(self, toc_json: bytes) -> DecodedTOC:
-        return DecodedTOC(functools.partial(_iter_as_toc_entries, toc_json),
+        return DecodedTOC(functools.partial(iter_cs_toc_as_toc_entries, toc_json),
                           functools.partial(_iter_native_entries, toc_json))
 
     def toc_digest(self, toc_json: bytes, compressed_toc: bytes | None) -> str:
