@@ -27,7 +27,7 @@ from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, NO_XATTRS, TOCEntry, scan_toc_objec
 
 __all__ = [
     "TOC_VERSION", "ENTRY_TYPES", "CHUNK_TYPE_ZEROS", "GO_ZERO_TIME", "FIELDS", "CSTOCEntry",
-    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "iter_cs_toc", "iter_cs_toc_as_toc_entries",
+    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "iter_cs_toc", "iter_cs_toc_as_toc_entries", "as_toc_entry",
     "format_rfc3339nano", "parse_rfc3339",
 ]
 
@@ -290,25 +290,41 @@ def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
 
 
 def _model_decoder(entry_type: type[_E]) -> Callable[[int, Any], _E]:
-    """The decoder of an entry into the eStargz model, as an ``entry_type``.
-
-    A regular file's digest is that of the empty file when missing, and a file in one chunk has
-    no chunk digest here: its file digest checks its one chunk. Only regular files have a size.
-    """
+    """The decoder of an entry into the eStargz model, as an ``entry_type`` (see :func:`as_toc_entry`)."""
 
     def decode_entry(index: int, raw: Any) -> _E:
         entry = entry_type("", "")
         _decode_fields(index, raw, entry, _MODEL_FIELDS)
-        if entry.type == "reg":
-            if entry.size > 0 and not entry.chunk_size:
-                entry.chunk_digest = entry.digest
-            if not entry.digest:
-                entry.digest = EMPTY_DIGEST
-        elif entry.size:
-            entry.size = 0
+        _apply_model_rules(entry)
         return entry
 
     return decode_entry
+
+
+def as_toc_entry(entry: CSTOCEntry) -> TOCEntry:
+    """A containers/storage TOC entry in the eStargz model the reader's tree is built from (what
+    :func:`iter_cs_toc_as_toc_entries` gives).
+
+    A regular file's digest is that of the empty file when missing, and a file in one chunk has
+    no chunk digest here: its file digest checks its one chunk. Only regular files have a size.
+    """
+    model = TOCEntry(entry.name, entry.type, entry.size, format_rfc3339nano(*entry.modtime) if entry.modtime else "",
+                     entry.link_name, entry.mode, entry.uid, entry.gid, "", "", entry.offset, 0, entry.dev_major,
+                     entry.dev_minor, dict(entry.xattrs), entry.digest, entry.chunk_offset, entry.chunk_size,
+                     entry.chunk_digest)
+    _apply_model_rules(model)
+    return model
+
+
+def _apply_model_rules(entry: TOCEntry) -> None:
+    """The rules of :func:`as_toc_entry`, applied to an entry holding the TOC's values."""
+    if entry.type == "reg":
+        if entry.size > 0 and not entry.chunk_size:
+            entry.chunk_digest = entry.digest
+        if not entry.digest:
+            entry.digest = EMPTY_DIGEST
+    elif entry.size:
+        entry.size = 0
 
 
 def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:

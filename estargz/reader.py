@@ -28,7 +28,7 @@ from .annotations import (
     TOC_DIGEST_ANNOTATION,
 )
 from .blobcheck import Coverage, check_blob_structure
-from .cstoc import CSTOCEntry
+from .cstoc import CSTOCEntry, as_toc_entry
 from .dialects import detect, read_toc
 from .digests import hash_digest, new_hash, sha256_digest
 from .errors import FormatError, LimitError, NotFoundError, VerificationError
@@ -632,8 +632,8 @@ class Reader:
         """
         if toc_digest is not None and toc_digest != self.toc_digest:
             raise VerificationError(f"TOC digest is {self.toc_digest}, expected {toc_digest}")
-        records = self.tar_split() if self.footer.tar_split is not None else None
-        coverage = check_blob_structure(self._source, self.footer, self.data_end, self._iter_toc_entries(), records,
+        toc_entries, records = self._toc_and_tar_split()
+        coverage = check_blob_structure(self._source, self.footer, self.data_end, toc_entries, records,
                                         threaded=(threads or os.cpu_count() or 1) > 1)
         if blob_digest is not None and blob_digest != coverage.blob_digest:
             raise VerificationError(f"blob digest is {coverage.blob_digest}, expected {blob_digest}")
@@ -641,14 +641,25 @@ class Reader:
         return VerifyReport(self.toc_digest, len(files), sum(len(e.chunks) for e in files),
                             sum(e.size for e in files), coverage.stream_digest, coverage)
 
+    def _toc_and_tar_split(self) -> tuple[Iterator[TOCEntry], list[TarSplitEntry] | None]:
+        """The TOC's entries, and the checked tar-split records if there are any: the TOC is
+        decoded once for both (the entries the records were checked against are kept until read)."""
+        read_native = self._decoded.read_native_entries
+        if self.footer.tar_split is None or read_native is None:
+            return self._iter_toc_entries(), None
+        for_records, for_entries = itertools.tee(read_native())
+        records = list(self._iter_tar_split(entry for entry in for_records if entry.type != "chunk"))
+        return map(as_toc_entry, for_entries), records
+
     def tar_split(self) -> list[TarSplitEntry]:
         """The tar-split records of a containers/storage zstd:chunked blob, checked against the
         TOC's ``tarSplitDigest`` and against the TOC's entries: the same entries in the same order,
         and the tar header of each (in the tar-split) saying what its TOC entry says."""
-        return list(self._iter_tar_split())
+        return list(self._iter_tar_split(self._iter_cs_files()))
 
-    def _iter_tar_split(self) -> Iterator[TarSplitEntry]:
-        """The records of :meth:`tar_split`, each checked before it is given."""
+    def _iter_tar_split(self, toc_files: Iterator[CSTOCEntry]) -> Iterator[TarSplitEntry]:
+        """The records of :meth:`tar_split`, each checked before it is given against the TOC's
+        entries other than chunks, ``toc_files``."""
         if self.footer.tar_split is None:
             raise FormatError("this blob has no tar-split (only containers/storage >= 1.50 writes it)")
         offset, length, uncompressed = self.footer.tar_split
@@ -662,7 +673,7 @@ class Reader:
         if len(data) != uncompressed:
             raise FormatError(f"tar-split holds {len(data)} bytes, the footer says {uncompressed}")
         max_records = 2 * self._entry_count + 2 + uncompressed // _TAR_SPLIT_BYTES_PER_EXTRA_RECORD
-        return _checked_tar_split(iter_records(data, max_records), self._iter_cs_files())
+        return _checked_tar_split(iter_records(data, max_records), toc_files)
 
     def iter_rebuilt_tar(self) -> Iterator[bytes]:
         """The original tar of a containers/storage zstd:chunked blob, rebuilt from its tar-split
@@ -692,8 +703,8 @@ class Reader:
         input's bytes (keep-diff-id, containers/storage zstd:chunked) unpack to the original tar
         byte for byte whenever it ended with its marker, as tars do.
         """
-        records = self.tar_split() if self.footer.tar_split is not None else None
-        coverage = check_blob_structure(self._source, self.footer, self.data_end, self._iter_toc_entries(), records,
+        toc_entries, records = self._toc_and_tar_split()
+        coverage = check_blob_structure(self._source, self.footer, self.data_end, toc_entries, records,
                                         threaded=(os.cpu_count() or 1) > 1, out=out)
         if coverage.has_end_marker:
             return coverage.written
