@@ -295,7 +295,8 @@ def _model_decoder(entry_type: type[_E]) -> Callable[[int, Any], _E]:
     def decode_entry(index: int, raw: Any) -> _E:
         entry = entry_type("", "")
         _decode_fields(index, raw, entry, _MODEL_FIELDS)
-        _apply_model_rules(entry)
+        if entry.type == "reg" or entry.size:
+            _apply_model_rules(entry)
         return entry
 
     return decode_entry

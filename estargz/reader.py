@@ -345,6 +345,7 @@ class Reader:
         last_file: Entry | None = None
         data_entries: list[tuple[Entry, Chunk]] = []
         index = chunks = -1
+        add_name = self._order.append
         for index, entry in enumerate(toc_entries):
             if entry.type == "chunk":
                 chunks += 1
@@ -367,7 +368,7 @@ class Reader:
                 names[""] = root = entry
                 continue
             if name not in names:
-                self._order.append(name)
+                add_name(name)
             names[name] = entry
         self._entry_count = index - chunks
         self._link_chunks(data_entries)
@@ -733,7 +734,9 @@ class Reader:
 def _collection_paused() -> Iterator[None]:
     """Automatic garbage collection paused, if it is on: the tree holds no reference cycles, and
     each of its entries would otherwise make the collector traverse all the others again and again
-    (a third of the time a TOC of many small entries takes)."""
+    (a third of the time a TOC of many small entries takes). The objects made meanwhile then join
+    the oldest generation at once (unless objects are frozen, which this must not undo), rather
+    than through a collection of the youngest that would traverse them all."""
     if not gc.isenabled():
         yield
         return
@@ -741,6 +744,9 @@ def _collection_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        if not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
         gc.enable()
 
 
