@@ -259,47 +259,50 @@ _MODEL_FIELDS: tuple[Fields, Fields] = tuple(  # type: ignore[assignment]
     for fields in _CS_FIELDS)
 
 
-def _decode_fields(index: int, raw: Any, entry: Any, fields: tuple[Fields, Fields]) -> None:
-    """Set on ``entry`` each field of the TOC entry ``raw`` (a JSON object) ``fields`` knows,
-    checked; keys match case-insensitively, unknown keys are skipped."""
-    if type(raw) is not dict:
-        raise FormatError(f"TOC entry {index} is not an object")
+def _entry_decoder(entry_type: Callable[[str, str], _T], fields: tuple[Fields, Fields], model: bool
+                   ) -> Callable[[int, Any], _T]:
+    """The decoder of one TOC's entries, in order, into ``entry_type`` objects: each field of an
+    entry's JSON object that ``fields`` knows, checked (keys match case-insensitively, unknown
+    keys are skipped); a chunk must follow a regular file or a chunk. With ``model``, the entries
+    follow the eStargz model's rules (see :func:`as_toc_entry`)."""
     exact, folded = fields
-    for key, value in raw.items():
-        known = exact.get(key) or folded.get(key.lower())
-        if known is None:
-            continue
-        json_key, attr, kind = known
-        if kind != "s" or type(value) is not str:
-            value = _DECODERS[kind](index, json_key, value)
-        if attr is not None:
-            setattr(entry, attr, value)
-    entry.type = sys.intern(entry.type)
-    if entry.type not in ENTRY_TYPES:
-        raise FormatError(f"TOC entry {index}: unknown type {entry.type!r}")
+    previous = ""
+
+    def decode_entry(index: int, raw: Any) -> _T:
+        nonlocal previous
+        if type(raw) is not dict:
+            raise FormatError(f"TOC entry {index} is not an object")
+        entry: Any = entry_type("", "")
+        for key, value in raw.items():
+            known = exact.get(key) or folded.get(key.lower())
+            if known is None:
+                continue
+            json_key, attr, kind = known
+            if kind != "s" or type(value) is not str:
+                value = _DECODERS[kind](index, json_key, value)
+            if attr is not None:
+                setattr(entry, attr, value)
+        previous = _check_decoded(index, entry, previous)
+        if model and (previous == "reg" or entry.size):
+            _apply_model_rules(entry)
+        return entry  # type: ignore[no-any-return]
+
+    return decode_entry
+
+
+def _check_decoded(index: int, entry: Any, previous: str) -> str:
+    """Check a decoded entry's type and digests, and that a chunk follows a regular file or a
+    chunk (the type of the entry before it is ``previous``); return its type, interned."""
+    entry.type = kind = sys.intern(entry.type)
+    if kind not in ENTRY_TYPES:
+        raise FormatError(f"TOC entry {index}: unknown type {kind!r}")
     if entry.digest and not is_digest(entry.digest):
         raise FormatError(f"TOC entry {index}: invalid digest {entry.digest!r}")
     if entry.chunk_digest and not is_digest(entry.chunk_digest):
         raise FormatError(f"TOC entry {index}: invalid chunk_digest {entry.chunk_digest!r}")
-
-
-def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
-    entry = CSTOCEntry("", "")
-    _decode_fields(index, raw, entry, _CS_FIELDS)
-    return entry
-
-
-def _model_decoder(entry_type: type[_E]) -> Callable[[int, Any], _E]:
-    """The decoder of an entry into the eStargz model, as an ``entry_type`` (see :func:`as_toc_entry`)."""
-
-    def decode_entry(index: int, raw: Any) -> _E:
-        entry = entry_type("", "")
-        _decode_fields(index, raw, entry, _MODEL_FIELDS)
-        if entry.type == "reg" or entry.size:
-            _apply_model_rules(entry)
-        return entry
-
-    return decode_entry
+    if kind == "chunk" and previous not in ("reg", "chunk"):
+        raise FormatError(f"TOC entry {index}: chunk type without a regular file")
+    return kind
 
 
 def as_toc_entry(entry: CSTOCEntry) -> TOCEntry:
@@ -349,7 +352,7 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
 def iter_cs_toc(data: bytes) -> Generator[CSTOCEntry, None, tuple[int, str]]:
     """Parse TOC JSON entry by entry, as :func:`decode_cs_toc` does; the generator returns
     ``(version, tar_split_digest)``. Only one entry's JSON object exists at a time."""
-    return _iter_entries(data, _decode_entry)
+    return _iter_entries(data, _entry_decoder(CSTOCEntry, _CS_FIELDS, model=False))
 
 
 def iter_cs_toc_as_toc_entries(data: bytes, entry_type: type[_E] = TOCEntry  # type: ignore[assignment]
@@ -357,25 +360,14 @@ def iter_cs_toc_as_toc_entries(data: bytes, entry_type: type[_E] = TOCEntry  # t
     """:func:`iter_cs_toc` with each entry in the eStargz model the reader's tree is built from,
     as an ``entry_type`` (:class:`~estargz.toc.TOCEntry` or a subclass): the same fields, times
     as RFC 3339 text, the containers/storage ones it lacks checked and dropped."""
-    return _iter_entries(data, _model_decoder(entry_type))
+    return _iter_entries(data, _entry_decoder(entry_type, _MODEL_FIELDS, model=True))
 
 
 def _iter_entries(data: bytes, decode: Callable[[int, Any], _T]) -> Generator[_T, None, tuple[int, str]]:
     if len(data) > MAX_TOC_SIZE:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     text = bytes(data).decode("utf-8", "surrogateescape")
-    previous = ""
-
-    def decode_in_order(index: int, raw: Any) -> _T:
-        nonlocal previous
-        entry = decode(index, raw)
-        kind = entry.type  # type: ignore[attr-defined]
-        if kind == "chunk" and previous not in ("reg", "chunk"):
-            raise FormatError(f"TOC entry {index}: chunk type without a regular file")
-        previous = kind
-        return entry
-
-    members, end = yield from scan_toc_object(text, _STRICT_DECODER, "TOC is not a JSON object", decode_in_order)
+    members, end = yield from scan_toc_object(text, _STRICT_DECODER, "TOC is not a JSON object", decode)
     if end != len(text):
         raise FormatError("unexpected data after the TOC")
     version, tar_split_digest = _document_fields(members)

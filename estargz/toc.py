@@ -218,7 +218,7 @@ def _xattrs(entry_index: int, value: Any) -> dict[str, bytes]:
 def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
     """Parse TOC JSON into (version, entries). Keys match case-insensitively; unknown keys are ignored."""
     entries: list[TOCEntry] = []
-    scan = iter_toc(data)
+    scan: Generator[TOCEntry, None, int] = iter_toc(data)
     while True:
         try:
             entries.append(next(scan))
@@ -240,8 +240,7 @@ def iter_toc(data: bytes, entry_type: type[_E] = TOCEntry) -> Generator[_E, None
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FormatError(f"TOC is not valid JSON: {exc}") from None
-    decode = _decode_entry if entry_type is TOCEntry else _entry_decoder(entry_type)
-    members, _ = yield from scan_toc_object(text, _JSON, "TOC JSON is not an object", decode)
+    members, _ = yield from scan_toc_object(text, _JSON, "TOC JSON is not an object", _entry_decoder(entry_type))
     version = members.get("version", 0)
     if type(version) is not int:
         raise FormatError("TOC version must be an integer")
@@ -288,7 +287,7 @@ def scan_toc_object(text: str, decoder: json.JSONDecoder, not_object: str, conve
         if key == "entries" and text.startswith("[", position):
             if key in members:
                 raise FormatError("TOC holds its entries array twice")
-            position = yield from _scan_array(text, position, decoder.scan_once, convert)
+            position = yield from _scan_array(text, position, decoder.scan_once, convert)  # type: ignore[attr-defined]
             members[key] = []
         else:
             members[key], position = _decode_value(text, position, decode)
@@ -369,6 +368,3 @@ def _entry_decoder(entry_type: type[_E]) -> Callable[[int, Any], _E]:
         return entry
 
     return decode_entry
-
-
-_decode_entry = _entry_decoder(TOCEntry)
