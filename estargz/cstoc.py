@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import sys
 from dataclasses import dataclass, field
 from collections.abc import Callable, Generator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .digests import is_digest
 from .errors import FormatError, LimitError
 from .gojson import Time, format_rfc3339nano, parse_rfc3339, quote, raw_decode_strict
-from .toc import MAX_TOC_SIZE, NO_XATTRS, scan_toc_object
+from .toc import EMPTY_DIGEST, MAX_TOC_SIZE, NO_XATTRS, TOCEntry, scan_toc_object
 
 __all__ = [
     "TOC_VERSION", "ENTRY_TYPES", "CHUNK_TYPE_ZEROS", "GO_ZERO_TIME", "FIELDS", "CSTOCEntry",
-    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "iter_cs_toc", "format_rfc3339nano", "parse_rfc3339",
+    "CSTOCEncoder", "encode_cs_toc", "decode_cs_toc", "iter_cs_toc", "iter_cs_toc_as_toc_entries", "as_toc_entry",
+    "format_rfc3339nano", "parse_rfc3339",
 ]
 
 TOC_VERSION = 1
@@ -61,7 +63,13 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
     ("chunkType", "chunk_type", "s"),
 )
 _BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in FIELDS}
+#: The same by key as spelled in :data:`FIELDS`, which is how writers spell it.
+_BY_EXACT_KEY = {key: (key, attr, kind) for key, attr, kind in FIELDS}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+_T = TypeVar("_T")
+_E = TypeVar("_E", bound=TOCEntry)
+#: The decoder whose ``raw_decode`` is :func:`~estargz.gojson.raw_decode_strict`.
+_STRICT_DECODER: json.JSONDecoder = raw_decode_strict.__self__  # type: ignore[attr-defined]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -169,78 +177,158 @@ def encode_cs_toc(entries: list[CSTOCEntry], tar_split_digest: str = "", *,
 # --- decoding --------------------------------------------------------------------------------
 
 
-def _string(where: str, value: Any) -> str:
+def _where(index: int, key: str) -> str:
+    return f"TOC entry {index}: {key}"
+
+
+def _string(index: int, key: str, value: Any) -> str:
     if value is None:  # json-iterator reads null as ""
         return ""
     if not isinstance(value, str):
-        raise FormatError(f"{where} must be a string")
+        raise FormatError(f"{_where(index, key)} must be a string")
     return value
 
 
-def _integer(where: str, value: Any) -> int:
+def _integer(index: int, key: str, value: Any) -> int:
     if type(value) is not int:
-        raise FormatError(f"{where} must be an integer")
+        raise FormatError(f"{_where(index, key)} must be an integer")
     if not _INT64[0] <= value <= _INT64[1]:
-        raise LimitError(f"{where} does not fit in 64 bits")
+        raise LimitError(f"{_where(index, key)} does not fit in 64 bits")
     return value
 
 
-def _non_negative(where: str, value: Any) -> int:
-    if _integer(where, value) < 0:
-        raise FormatError(f"{where} must not be negative")
+def _non_negative(index: int, key: str, value: Any) -> int:
+    if _integer(index, key, value) < 0:
+        raise FormatError(f"{_where(index, key)} must not be negative")
     return int(value)
 
 
-def _time(where: str, value: Any) -> Time:
+def _time(index: int, key: str, value: Any) -> Time:
     if not isinstance(value, str):
-        raise FormatError(f"{where} must be an RFC 3339 string")
+        raise FormatError(f"{_where(index, key)} must be an RFC 3339 string")
     return parse_rfc3339(value)
 
 
-def _xattrs(where: str, value: Any) -> dict[str, bytes]:
+def _xattrs(index: int, key: str, value: Any) -> dict[str, bytes]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise FormatError(f"{where} must be an object")
+        raise FormatError(f"{_where(index, key)} must be an object")
     xattrs = {}
     for name, encoded in value.items():
         if encoded is None:
             encoded = ""
         if not isinstance(encoded, str):
-            raise FormatError(f"{where}: {name!r} must be a base64 string")
+            raise FormatError(f"{_where(index, key)}: {name!r} must be a base64 string")
         try:
             xattrs[name] = base64.b64decode(encoded.encode("ascii"), validate=True)
         except (binascii.Error, ValueError, UnicodeEncodeError):
-            raise FormatError(f"{where}: {name!r} is not base64") from None
+            raise FormatError(f"{_where(index, key)}: {name!r} is not base64") from None
     return xattrs
 
 
-#: The decoder of each field kind of :data:`FIELDS`.
-_DECODERS: dict[str, Callable[[str, Any], Any]] = {
-    "s": _string, "i": _integer, "n": _non_negative, "t": _time, "x": _xattrs,
+def _chunk_type(index: int, key: str, value: Any) -> str:
+    chunk_type = _string(index, key, value)
+    if chunk_type not in ("", CHUNK_TYPE_ZEROS):
+        raise FormatError(f"TOC entry {index}: unknown chunk type {chunk_type!r}")
+    return chunk_type
+
+
+def _time_text(index: int, key: str, value: Any) -> str:
+    return format_rfc3339nano(*_time(index, key, value))
+
+
+#: The decoder of each field kind of :data:`FIELDS` (and "c": the chunk type, "T": a time as
+#: RFC 3339 text): (entry index, JSON key, value) -> value.
+_DECODERS: dict[str, Callable[[int, str, Any], Any]] = {
+    "s": _string, "i": _integer, "n": _non_negative, "t": _time, "x": _xattrs, "c": _chunk_type, "T": _time_text,
 }
+Fields = dict[str, tuple[str, "str | None", str]]
+"""JSON key (lower case) -> (JSON key, attribute or None to check the value and drop it, kind)."""
+#: The fields of :class:`CSTOCEntry`, by key as spelled in :data:`FIELDS` and in lower case.
+_CS_FIELDS: tuple[Fields, Fields] = (
+    {key: (key, attr, "c" if attr == "chunk_type" else kind) for key, attr, kind in FIELDS},
+    {key.lower(): (key, attr, "c" if attr == "chunk_type" else kind) for key, attr, kind in FIELDS},
+)
+#: The same read into the eStargz model (:class:`~estargz.toc.TOCEntry`): what it lacks is
+#: checked and dropped, the modification time becomes RFC 3339 text.
+_MODEL_ONLY_CHECKED = frozenset({"accesstime", "changetime", "end_offset", "chunk_type"})
+_MODEL_FIELDS: tuple[Fields, Fields] = tuple(  # type: ignore[assignment]
+    {key: (json_key, None if attr in _MODEL_ONLY_CHECKED else attr, "T" if attr == "modtime" else kind)
+     for key, (json_key, attr, kind) in fields.items()}
+    for fields in _CS_FIELDS)
 
 
-def _decode_entry(index: int, raw: Any) -> CSTOCEntry:
-    if not isinstance(raw, dict):
-        raise FormatError(f"TOC entry {index} is not an object")
-    values: dict[str, Any] = {"type": "", "name": ""}
-    for key, value in raw.items():
-        known = _BY_KEY.get(key.lower())
-        if known is not None:
+def _entry_decoder(entry_type: Callable[[str, str], _T], fields: tuple[Fields, Fields], model: bool
+                   ) -> Callable[[int, Any], _T]:
+    """The decoder of one TOC's entries, in order, into ``entry_type`` objects: each field of an
+    entry's JSON object that ``fields`` knows, checked (keys match case-insensitively, unknown
+    keys are skipped); a chunk must follow a regular file or a chunk. With ``model``, the entries
+    follow the eStargz model's rules (see :func:`as_toc_entry`)."""
+    exact, folded = fields
+    previous = ""
+
+    def decode_entry(index: int, raw: Any) -> _T:
+        nonlocal previous
+        if type(raw) is not dict:
+            raise FormatError(f"TOC entry {index} is not an object")
+        entry: Any = entry_type("", "")
+        for key, value in raw.items():
+            known = exact.get(key) or folded.get(key.lower())
+            if known is None:
+                continue
             json_key, attr, kind = known
-            values[attr] = _DECODERS[kind](f"TOC entry {index}: {json_key}", value)
-    values["type"] = sys.intern(values["type"])
-    entry = CSTOCEntry(**values)
-    if entry.type not in ENTRY_TYPES:
-        raise FormatError(f"TOC entry {index}: unknown type {entry.type!r}")
-    if entry.chunk_type not in ("", CHUNK_TYPE_ZEROS):
-        raise FormatError(f"TOC entry {index}: unknown chunk type {entry.chunk_type!r}")
-    for attr in ("digest", "chunk_digest"):
-        digest = getattr(entry, attr)
-        if digest and not is_digest(digest):
-            raise FormatError(f"TOC entry {index}: invalid {attr} {digest!r}")
-    return entry
+            if kind != "s" or type(value) is not str:
+                value = _DECODERS[kind](index, json_key, value)
+            if attr is not None:
+                setattr(entry, attr, value)
+        previous = _check_decoded(index, entry, previous)
+        if model and (previous == "reg" or entry.size):
+            _apply_model_rules(entry)
+        return entry  # type: ignore[no-any-return]
+
+    return decode_entry
+
+
+def _check_decoded(index: int, entry: Any, previous: str) -> str:
+    """Check a decoded entry's type and digests, and that a chunk follows a regular file or a
+    chunk (the type of the entry before it is ``previous``); return its type, interned."""
+    entry.type = kind = sys.intern(entry.type)
+    if kind not in ENTRY_TYPES:
+        raise FormatError(f"TOC entry {index}: unknown type {kind!r}")
+    if entry.digest and not is_digest(entry.digest):
+        raise FormatError(f"TOC entry {index}: invalid digest {entry.digest!r}")
+    if entry.chunk_digest and not is_digest(entry.chunk_digest):
+        raise FormatError(f"TOC entry {index}: invalid chunk_digest {entry.chunk_digest!r}")
+    if kind == "chunk" and previous not in ("reg", "chunk"):
+        raise FormatError(f"TOC entry {index}: chunk type without a regular file")
+    return kind
+
+
+def as_toc_entry(entry: CSTOCEntry) -> TOCEntry:
+    """A containers/storage TOC entry in the eStargz model the reader's tree is built from (what
+    :func:`iter_cs_toc_as_toc_entries` gives).
+
+    A regular file's digest is that of the empty file when missing, and a file in one chunk has
+    no chunk digest here: its file digest checks its one chunk. Only regular files have a size.
+    """
+    model = TOCEntry(entry.name, entry.type, entry.size, format_rfc3339nano(*entry.modtime) if entry.modtime else "",
+                     entry.link_name, entry.mode, entry.uid, entry.gid, "", "", entry.offset, 0, entry.dev_major,
+                     entry.dev_minor, dict(entry.xattrs), entry.digest, entry.chunk_offset, entry.chunk_size,
+                     entry.chunk_digest)
+    _apply_model_rules(model)
+    return model
+
+
+def _apply_model_rules(entry: TOCEntry) -> None:
+    """The rules of :func:`as_toc_entry`, applied to an entry holding the TOC's values."""
+    if entry.type == "reg":
+        if entry.size > 0 and not entry.chunk_size:
+            entry.chunk_digest = entry.digest
+        if not entry.digest:
+            entry.digest = EMPTY_DIGEST
+    elif entry.size:
+        entry.size = 0
 
 
 def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
@@ -264,20 +352,22 @@ def decode_cs_toc(data: bytes) -> tuple[int, list[CSTOCEntry], str]:
 def iter_cs_toc(data: bytes) -> Generator[CSTOCEntry, None, tuple[int, str]]:
     """Parse TOC JSON entry by entry, as :func:`decode_cs_toc` does; the generator returns
     ``(version, tar_split_digest)``. Only one entry's JSON object exists at a time."""
+    return _iter_entries(data, _entry_decoder(CSTOCEntry, _CS_FIELDS, model=False))
+
+
+def iter_cs_toc_as_toc_entries(data: bytes, entry_type: type[_E] = TOCEntry  # type: ignore[assignment]
+                               ) -> Generator[_E, None, tuple[int, str]]:
+    """:func:`iter_cs_toc` with each entry in the eStargz model the reader's tree is built from,
+    as an ``entry_type`` (:class:`~estargz.toc.TOCEntry` or a subclass): the same fields, times
+    as RFC 3339 text, the containers/storage ones it lacks checked and dropped."""
+    return _iter_entries(data, _entry_decoder(entry_type, _MODEL_FIELDS, model=True))
+
+
+def _iter_entries(data: bytes, decode: Callable[[int, Any], _T]) -> Generator[_T, None, tuple[int, str]]:
     if len(data) > MAX_TOC_SIZE:
         raise LimitError(f"TOC of {len(data)} bytes exceeds the {MAX_TOC_SIZE}-byte limit")
     text = bytes(data).decode("utf-8", "surrogateescape")
-    previous = ""
-
-    def decode_in_order(index: int, raw: Any) -> CSTOCEntry:
-        nonlocal previous
-        entry = _decode_entry(index, raw)
-        if entry.type == "chunk" and previous not in ("reg", "chunk"):
-            raise FormatError(f"TOC entry {index}: chunk type without a regular file")
-        previous = entry.type
-        return entry
-
-    members, end = yield from scan_toc_object(text, raw_decode_strict, "TOC is not a JSON object", decode_in_order)
+    members, end = yield from scan_toc_object(text, _STRICT_DECODER, "TOC is not a JSON object", decode)
     if end != len(text):
         raise FormatError("unexpected data after the TOC")
     version, tar_split_digest = _document_fields(members)

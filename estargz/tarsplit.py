@@ -28,7 +28,7 @@ from .gojson import decode_value, quote
 
 __all__ = [
     "FILE_TYPE", "SEGMENT_TYPE", "MAX_TRAILING_SEGMENT", "TarSplitEntry", "crc64_iso",
-    "encode_entry", "decode_entries", "iter_tar", "rebuild_tar", "TarSplitWriter", "go_clean",
+    "encode_entry", "decode_entries", "iter_records", "iter_tar", "rebuild_tar", "TarSplitWriter", "go_clean",
 ]
 
 FILE_TYPE = 1
@@ -200,7 +200,11 @@ def decode_entries(data: bytes, max_records: int | None = None) -> list[TarSplit
     does). A final record without its newline is accepted, as Go does. More than ``max_records``
     records raise :class:`LimitError`.
     """
-    entries = []
+    return list(iter_records(data, max_records))
+
+
+def iter_records(data: bytes, max_records: int | None = None) -> Iterator[TarSplitEntry]:
+    """The records :func:`decode_entries` gives, parsed and checked one at a time as read."""
     seen: set[bytes] = set()
     for index, line in enumerate(_lines(data)):
         if max_records is not None and index >= max_records:
@@ -211,8 +215,7 @@ def decode_entries(data: bytes, max_records: int | None = None) -> list[TarSplit
             if cleaned in seen:
                 raise FormatError(f"tar-split record {index}: duplicate path {entry.name!r}")
             seen.add(cleaned)
-        entries.append(entry)
-    return entries
+        yield entry
 
 
 def iter_tar(entries: Iterable[TarSplitEntry],

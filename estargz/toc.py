@@ -51,6 +51,9 @@ _FIELDS: tuple[tuple[str, str, type], ...] = (
     ("chunkDigest", "chunk_digest", str),
 )
 _BY_KEY = {key.lower(): (key, attr, kind) for key, attr, kind in _FIELDS}
+#: The same by key as spelled in the specification, which is how writers spell it.
+_BY_EXACT_KEY = {key: (key, attr, kind) for key, attr, kind in _FIELDS}
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 #: The extended attributes of every decoded entry that has none: one shared, read-only mapping.
 NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 
@@ -95,8 +98,14 @@ class TOCEntry:
         return out
 
 
+_E = TypeVar("_E", bound=TOCEntry)
+
+
 def clean_name(name: str) -> str:
     """Clean a TOC or tar name the way readers do: ``path.Clean("/" + name)`` without the slash."""
+    if not name.startswith(("/", ".")) and "//" not in name and "/." not in name:
+        # No empty, "." or ".." component but perhaps the last one: at most a trailing slash to drop.
+        return name[:-1] if name.endswith("/") else name
     parts: list[str] = []
     for part in name.split("/"):
         if part in ("", "."):
@@ -186,18 +195,18 @@ def check_encoded_size(what: str, size: int, limit: int) -> None:
 
 
 def _field_value(entry_index: int, key: str, kind: type, value: Any) -> Any:
+    if kind is str:
+        if type(value) is not str:
+            raise FormatError(f"TOC entry {entry_index}: {key} must be a string")
+        return value if value.isascii() else _LONE_SURROGATE.sub("\ufffd", value)
     if kind is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
         if type(value) is not int:
-            raise FormatError(f"TOC entry {entry_index}: {key} must be an integer")
-        if not -(1 << 63) <= value < (1 << 63):
+            if not (isinstance(value, float) and value.is_integer()):
+                raise FormatError(f"TOC entry {entry_index}: {key} must be an integer")
+            value = int(value)
+        if not _INT64_MIN <= value <= _INT64_MAX:
             raise LimitError(f"TOC entry {entry_index}: {key} out of range")
         return value
-    if kind is str:
-        if not isinstance(value, str):
-            raise FormatError(f"TOC entry {entry_index}: {key} must be a string")
-        return _LONE_SURROGATE.sub("\ufffd", value)
     return _xattrs(entry_index, value)
 
 
@@ -218,7 +227,7 @@ def _xattrs(entry_index: int, value: Any) -> dict[str, bytes]:
 def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
     """Parse TOC JSON into (version, entries). Keys match case-insensitively; unknown keys are ignored."""
     entries: list[TOCEntry] = []
-    scan = iter_toc(data)
+    scan: Generator[TOCEntry, None, int] = iter_toc(data)
     while True:
         try:
             entries.append(next(scan))
@@ -226,8 +235,10 @@ def decode_toc(data: bytes) -> tuple[int, list[TOCEntry]]:
             return stop.value, entries
 
 
-def iter_toc(data: bytes) -> Generator[TOCEntry, None, int]:
-    """Parse TOC JSON entry by entry, as :func:`decode_toc` does; the generator returns the version.
+def iter_toc(data: bytes, entry_type: type[_E] = TOCEntry) -> Generator[_E, None, int]:  # type: ignore[assignment]
+    """Parse TOC JSON entry by entry, as :func:`decode_toc` does, each as an ``entry_type`` (a
+    :class:`TOCEntry`, or a subclass whose instances the reader keeps); the generator returns
+    the version.
 
     Only one entry's JSON object exists at a time, so memory follows the entries kept, not the
     parsed document. Text after the document is ignored.
@@ -238,7 +249,7 @@ def iter_toc(data: bytes) -> Generator[TOCEntry, None, int]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FormatError(f"TOC is not valid JSON: {exc}") from None
-    members, _ = yield from scan_toc_object(text, _JSON.raw_decode, "TOC JSON is not an object", _decode_entry)
+    members, _ = yield from scan_toc_object(text, _JSON, "TOC JSON is not an object", _entry_decoder(entry_type))
     version = members.get("version", 0)
     if type(version) is not int:
         raise FormatError("TOC version must be an integer")
@@ -251,10 +262,13 @@ Decode = Callable[[str, int], tuple[Any, int]]
 """``json.JSONDecoder.raw_decode``: the JSON value at a position and the position after it."""
 _T = TypeVar("_T")
 _SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_SPACE = (" ", "\t", "\n", "\r")
+#: What follows an array item: whitespace, then a comma or the closing bracket, then whitespace.
+_ITEM_END = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
 _JSON = json.JSONDecoder()
 
 
-def scan_toc_object(text: str, decode: Decode, not_object: str, convert: Callable[[int, Any], _T]
+def scan_toc_object(text: str, decoder: json.JSONDecoder, not_object: str, convert: Callable[[int, Any], _T]
                     ) -> Generator[_T, None, tuple[dict[str, Any], int]]:
     """Walk the TOC object ``text`` holds, yielding ``convert(index, item)`` for each item of its
     ``entries`` array as soon as that item is parsed; return its other members (keys lowercased,
@@ -262,7 +276,9 @@ def scan_toc_object(text: str, decode: Decode, not_object: str, convert: Callabl
     only once, as its items are gone by the next one) and the position
     after the object and its whitespace. Keys match case-insensitively, as Go's decoder does.
     FormatError for invalid JSON, or ``not_object`` for a JSON value that is not an object.
+    ``decoder`` parses the values.
     """
+    decode = decoder.raw_decode
     position = _skip_space(text, 0)
     if not text.startswith("{", position):
         _decode_value(text, position, decode)
@@ -280,7 +296,7 @@ def scan_toc_object(text: str, decode: Decode, not_object: str, convert: Callabl
         if key == "entries" and text.startswith("[", position):
             if key in members:
                 raise FormatError("TOC holds its entries array twice")
-            position = yield from _scan_array(text, position, decode, convert)
+            position = yield from _scan_array(text, position, decoder.scan_once, convert)  # type: ignore[attr-defined]
             members[key] = []
         else:
             members[key], position = _decode_value(text, position, decode)
@@ -289,20 +305,33 @@ def scan_toc_object(text: str, decode: Decode, not_object: str, convert: Callabl
         position = _expect(text, position, ",")
 
 
-def _scan_array(text: str, position: int, decode: Decode, convert: Callable[[int, Any], _T]
+def _scan_array(text: str, position: int, scan: Decode, convert: Callable[[int, Any], _T]
                 ) -> Generator[_T, None, int]:
-    """The converted items of the array at ``position``; returns the position after it."""
+    """The converted items of the array at ``position``, each parsed by ``scan`` (a decoder's
+    ``scan_once``: StopIteration where no value starts); returns the position after the array."""
     position = _skip_space(text, position + 1)
     if text.startswith("]", position):
         return _skip_space(text, position + 1)
     index = 0
+    item_end = _ITEM_END.match
     while True:
-        item, position = _decode_value(text, position, decode)
+        try:
+            item, position = scan(text, position)
+        except StopIteration:
+            raise _invalid(f"expected a value at character {position}") from None
+        except (ValueError, RecursionError) as exc:
+            raise _invalid(exc) from None
         yield convert(index, item)
         index += 1
-        if text.startswith("]", position):
-            return _skip_space(text, position + 1)
-        position = _expect(text, position, ",")
+        if text.startswith(",", position) and not text.startswith(_JSON_SPACE, position + 1):
+            position += 1  # compact JSON: the next item follows the comma
+            continue
+        found = item_end(text, position)
+        if found is None:
+            raise _invalid(f"expected ',' or ']' at character {position}")
+        position = found.end()
+        if found.group(1) == "]":
+            return position
 
 
 def _skip_space(text: str, position: int) -> int:
@@ -329,15 +358,22 @@ def _expect(text: str, position: int, char: str) -> int:
     return _skip_space(text, position + 1)
 
 
-def _decode_entry(index: int, raw: Any) -> TOCEntry:
-    if not isinstance(raw, dict):
-        raise FormatError(f"TOC entry {index} is not an object")
-    values: dict[str, Any] = {"name": "", "type": ""}
-    for key, value in raw.items():
-        known = _BY_KEY.get(key.lower())
-        if known is None or value is None:
-            continue
-        json_key, attr, kind = known
-        values[attr] = _field_value(index, json_key, kind, value)
-    values["type"] = sys.intern(values["type"])
-    return TOCEntry(**values)
+def _entry_decoder(entry_type: type[_E]) -> Callable[[int, Any], _E]:
+    """The function that makes the JSON object of an entry (and its index) an ``entry_type``."""
+
+    def decode_entry(index: int, raw: Any) -> _E:
+        if type(raw) is not dict:
+            raise FormatError(f"TOC entry {index} is not an object")
+        entry = entry_type("", "")
+        for key, value in raw.items():
+            known = _BY_EXACT_KEY.get(key) or _BY_KEY.get(key.lower())
+            if known is None or value is None:
+                continue
+            json_key, attr, kind = known
+            if kind is not str or type(value) is not str or not value.isascii():
+                value = _field_value(index, json_key, kind, value)
+            setattr(entry, attr, value)
+        entry.type = sys.intern(entry.type)
+        return entry
+
+    return decode_entry

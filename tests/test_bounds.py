@@ -60,13 +60,14 @@ import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))
 resource.setrlimit(resource.RLIMIT_CPU, ({CPU_LIMIT}, {CPU_LIMIT}))
 {_READ_ALL}"""
-#: CPU seconds for a TOC of 400,000 entries, whose peak resident memory is measured instead of
-#: capped (the address space holds more than what is resident).
-MANY_ENTRIES_CPU_LIMIT = 10
+#: The issue's budget for any blob under 1 MB, held by the largest TOCs: CPU seconds (interpreter
+#: start included), with the peak resident memory measured against ``MEMORY_LIMIT`` instead of
+#: capping the address space (which holds more than what is resident).
+BUDGET_CPU_LIMIT = 2
 # The same, then the process's peak resident set (VmHWM, its own since exec) in KiB.
 _PEAK_WORKLOAD = f"""
 import resource, sys
-resource.setrlimit(resource.RLIMIT_CPU, ({MANY_ENTRIES_CPU_LIMIT}, {MANY_ENTRIES_CPU_LIMIT}))
+resource.setrlimit(resource.RLIMIT_CPU, ({BUDGET_CPU_LIMIT}, {BUDGET_CPU_LIMIT}))
 {_READ_ALL}
 with open("/proc/self/status") as status:
     print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
@@ -87,7 +88,7 @@ def outcome_and_peak(blob: bytes) -> tuple[str, int]:
     assert len(blob) < MiB
     done = subprocess.run([sys.executable, "-c", _PEAK_WORKLOAD], check=False, input=blob, capture_output=True,
                           timeout=120)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert done.returncode == 0, f"exit {done.returncode}: " + done.stderr.decode(errors="replace")[-2000:]
     result, peak_kib = done.stdout.decode().strip().split("\n")
     return result.split(" ", 1)[0], int(peak_kib) * 1024
 
@@ -202,13 +203,25 @@ def minimal_entries() -> list[dict]:
     return [{"type": "dir", "name": f"d{i:06d}/"} for i in range(MANY_ENTRIES)]
 
 
+def minimal_toc(entries: list[dict]) -> bytes:
+    return json.dumps({"version": 1, "entries": entries}, separators=(",", ":")).encode()
+
+
+def file_records(entries: list[dict]) -> bytes:
+    """A tar-split of one file record per entry, named as the entry (no header segments)."""
+    return b"".join(b'{"type":1,"name":"%s","payload":null,"position":%d}\n' % (entry["name"].encode(), index)
+                    for index, entry in enumerate(entries))
+
+
 @pytest.mark.parametrize("make", [
-    lambda entries: estargz_blob(json.dumps({"version": 1, "entries": entries}, separators=(",", ":")).encode()),
-    lambda entries: zstd_blob(json.dumps({"version": 1, "entries": entries}, separators=(",", ":")).encode()),
-], ids=["estargz", "zstd"])
-def test_toc_of_400000_minimal_entries_within_the_memory_budget(make):
-    """A sub-megabyte blob whose TOC inflates to 13 MB of minimal entries is read (and, having no
-    tar stream, refused by verify) within the memory budget: memory follows the entries kept."""
+    lambda entries: estargz_blob(minimal_toc(entries)),
+    lambda entries: zstd_blob(minimal_toc(entries)),
+    lambda entries: cs_blob(entries, file_records(entries)),
+], ids=["estargz", "zstd", "containers-storage"])
+def test_toc_of_400000_minimal_entries_within_the_budget(make):
+    """A sub-megabyte blob whose TOC inflates to 13 MB of minimal entries (and, for
+    containers/storage, whose tar-split holds 400,000 records) is read, then refused by verify
+    (it has no tar stream, and the tar-split no headers), within the CPU and memory budgets."""
     result, peak = outcome_and_peak(make(minimal_entries()))
     assert result == "VerificationError"
     assert peak < MEMORY_LIMIT

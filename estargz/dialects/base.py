@@ -100,13 +100,14 @@ class LayerWriter(Protocol):
 class DecodedTOC:
     """A TOC read into the reader's entry model (eStargz :class:`~estargz.toc.TOCEntry` records)."""
 
-    read_entries: Callable[[], Generator[TOCEntry, None, int]]
-    """The entries, decoded anew one at a time on each call (only the entry being read is held);
-    the generator returns the TOC version and raises a FormatError on a bad TOC."""
-    native_entries: list[CSTOCEntry] = field(default_factory=list)
-    """containers/storage: the entries as the TOC spells them (the tar-split is checked against them)."""
-    tar_split_digest: str = ""
-    """containers/storage: sha256 of the compressed tar-split, when the TOC names it."""
+    read_entries: Callable[[type[TOCEntry]], Generator[TOCEntry, None, tuple[int, str]]]
+    """The entries, decoded anew one at a time on each call as instances of the class it is given
+    (:class:`~estargz.toc.TOCEntry` or a subclass); only the entry being read is held. The
+    generator returns the TOC version and the tar-split digest (containers/storage: sha256 of the
+    compressed tar-split, when the TOC names it; else "") and raises a FormatError on a bad TOC."""
+    read_native_entries: Callable[[], Iterator[CSTOCEntry]] | None = None
+    """containers/storage: the entries as the TOC spells them, decoded anew one at a time on each
+    call (the tar-split is checked against them)."""
 
 
 class Dialect(Protocol):

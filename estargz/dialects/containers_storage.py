@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from ..chunking import (
     content_defined_chunks_of_files,
     content_defined_chunks_streamed,
 )
-from ..cstoc import CSTOCEncoder, CSTOCEntry, decode_cs_toc, format_rfc3339nano
+from ..cstoc import CSTOCEncoder, CSTOCEntry, iter_cs_toc, iter_cs_toc_as_toc_entries
 from ..errors import FormatError, UnsupportedInputError
 from ..footer import ZSTD_CHUNKED_56, ZSTD_CHUNKED_64, skippable_frame, zstd_chunked_footer_64
 from ..formats import FORMAT_ZSTD_CHUNKED, ZSTD_LAYER_MEDIA_TYPE
@@ -40,7 +40,7 @@ from ..ordering import check_readable
 from ..pipeline import OrderedSink, Pipeline
 from ..tarsplit import TarSplitWriter, crc64_iso
 from ..tarstream import BLOCK, TarEntry, iter_entries, padding
-from ..toc import EMPTY_DIGEST, MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE, TOCEntry, check_encoded_size
+from ..toc import MAX_TAR_SPLIT_SIZE, MAX_TOC_SIZE, check_encoded_size, scan_toc_object
 from .base import DecodedTOC, LayerOptions, Tail, TarInput
 from .stargz_zstd import ESTARGZ_ONLY
 
@@ -50,7 +50,6 @@ _COPY_BLOCK = 1 << 20
 _KEEPS_THE_TAR = "which keeps the tar as it is"
 #: Entry keys (lower case) only a containers/storage TOC has.
 _CONTAINERS_STORAGE_KEYS = frozenset({"endoffset", "chunktype", "accesstime", "changetime"})
-_JSON_SPACE = " \t\n\r"
 #: Surrogate escapes of bytes that are not UTF-8, as names decoded from the tar hold them.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 #: A layer of at most this many entries is parsed once and its entries kept for every pass.
@@ -191,6 +190,8 @@ class _Cut:
 def _summed(spans: list[Span], contents: bytes) -> _Cut:
     digest = "sha256:" + hashlib.sha256(contents).hexdigest() if len(spans) > 1 else ""
     return _Cut(spans, contents, crc64_iso(contents), digest)
+#: One of those keys, or ``tarSplitDigest``, in lower case as a JSON key (spelled without escapes).
+_CONTAINERS_STORAGE_KEY = re.compile(r'"(?:endoffset|chunktype|accesstime|changetime|tarsplitdigest)"[ \t\n\r]*:')
 
 
 class _SpanPlanner:
@@ -431,44 +432,38 @@ def _add_content(pipeline: Pipeline, source: _TarReader, entry: TarEntry, record
         record.digest = cut.digest
 
 
-def _iter_as_toc_entries(version: int, entries: list[CSTOCEntry]) -> Generator[TOCEntry, None, int]:
-    """``entries`` converted one at a time; returns ``version``."""
-    yield from map(_as_toc_entry, entries)
-    return version
-
-
-def _as_toc_entry(entry: CSTOCEntry) -> TOCEntry:
-    """A containers/storage TOC entry in the eStargz model the reader's tree is built from.
-
-    A single-chunk file has no chunk digest there; its file digest checks its one chunk.
-    """
-    single_chunk = entry.type == "reg" and entry.size > 0 and not entry.chunk_size
-    return TOCEntry(
-        name=entry.name, type=entry.type, size=entry.size if entry.type == "reg" else 0,
-        modtime=format_rfc3339nano(*entry.modtime) if entry.modtime else "",
-        link_name=entry.link_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
-        offset=entry.offset, dev_major=entry.dev_major, dev_minor=entry.dev_minor,
-        xattrs=dict(entry.xattrs), digest=entry.digest or (EMPTY_DIGEST if entry.type == "reg" else ""),
-        chunk_offset=entry.chunk_offset, chunk_size=entry.chunk_size,
-        chunk_digest=entry.digest if single_chunk else entry.chunk_digest,
-    )
+def _iter_native_entries(toc_json: bytes) -> Iterator[CSTOCEntry]:
+    """The entries of :func:`~estargz.cstoc.iter_cs_toc`, without what its generator returns."""
+    yield from iter_cs_toc(toc_json)
 
 
 def has_containers_storage_schema(toc_json: bytes) -> bool:
     """Whether the TOC JSON holds keys only containers/storage writes (``tarSplitDigest``; entries
     with ``endOffset``, ``chunkType``, ``accesstime`` or ``changetime``; matched case-insensitively,
-    as Go does). JSON that does not parse says no: the stargz decoder then reports what is wrong."""
+    as Go does). JSON that does not parse says no: the stargz decoder then reports what is wrong.
+
+    Only a TOC that may hold such a key (one of those names followed by a colon, or an escape
+    that could spell one) is parsed, one entry at a time."""
     text = bytes(toc_json).decode("utf-8", "surrogateescape")
+    folded = text.lower()
+    if "\\u" not in folded and not _CONTAINERS_STORAGE_KEY.search(folded):
+        return False
+    scan = scan_toc_object(text, json.JSONDecoder(), "", _has_containers_storage_keys)
     try:
-        document, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip(_JSON_SPACE)))
-    except (ValueError, RecursionError):
+        while True:
+            if next(scan):
+                return True
+    except StopIteration as stop:
+        members, _ = stop.value
+        return "tarsplitdigest" in members
+    except FormatError:
         return False
-    if not isinstance(document, dict):
-        return False
-    keys = {key.lower(): value for key, value in document.items()}
-    entries = keys.get("entries")
-    return "tarsplitdigest" in keys or isinstance(entries, list) and any(
-        isinstance(entry, dict) and any(key.lower() in _CONTAINERS_STORAGE_KEYS for key in entry) for entry in entries)
+    finally:
+        scan.close()
+
+
+def _has_containers_storage_keys(index: int, entry: object) -> bool:
+    return isinstance(entry, dict) and any(key.lower() in _CONTAINERS_STORAGE_KEYS for key in entry)
 
 
 class ContainersStorage:
@@ -508,8 +503,8 @@ class ContainersStorage:
         return ZstdCompressor.inflate(pieces, max_output)
 
     def read_toc(self, toc_json: bytes) -> DecodedTOC:
-        version, entries, tar_split_digest = decode_cs_toc(toc_json)
-        return DecodedTOC(functools.partial(_iter_as_toc_entries, version, entries), entries, tar_split_digest)
+        return DecodedTOC(functools.partial(iter_cs_toc_as_toc_entries, toc_json),
+                          functools.partial(_iter_native_entries, toc_json))
 
     def toc_digest(self, toc_json: bytes, compressed_toc: bytes | None) -> str:
         """sha256 of the compressed TOC (the manifest-checksum annotation)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Generator
 
 from ..chunking import MemberGrouping, fixed_chunks
 from ..errors import UnsupportedInputError
@@ -165,7 +166,13 @@ def toc_tar(buffer: bytearray) -> bytearray:
 
 def read_stargz_toc(toc_json: bytes) -> DecodedTOC:
     """The stargz TOC JSON, whose entries are parsed one at a time as read."""
-    return DecodedTOC(functools.partial(iter_toc, toc_json))
+    return DecodedTOC(functools.partial(_read_entries, toc_json))
+
+
+def _read_entries(toc_json: bytes, entry_type: type[TOCEntry]) -> Generator[TOCEntry, None, tuple[int, str]]:
+    """The entries of :func:`~estargz.toc.iter_toc`; returns the version, and no tar-split digest."""
+    version = yield from iter_toc(toc_json, entry_type)
+    return version, ""
 
 
 def toc_digest(toc_json: bytes | memoryview) -> str:
