@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -74,10 +75,16 @@ with open("/proc/self/status") as status:
 """
 
 
+#: The children run from bytecode, as an installed package does (pip writes it), even where
+#: PYTHONDONTWRITEBYTECODE is set: compiling the package is no part of reading a blob.
+_CHILD_ENVIRONMENT = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+
+
 def outcome(blob: bytes) -> str:
     """The class name of the error opening and reading ``blob`` raises, or "OK", within the budgets."""
     assert len(blob) < MiB
-    done = subprocess.run([sys.executable, "-c", _WORKLOAD], check=False, input=blob, capture_output=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", _WORKLOAD], check=False, input=blob, capture_output=True, timeout=120,
+                          env=_CHILD_ENVIRONMENT)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     assert "\n" not in done.stdout.decode().strip(), "the error message is not one line"
     return done.stdout.decode().split(" ", 1)[0].strip()
@@ -87,7 +94,7 @@ def outcome_and_peak(blob: bytes) -> tuple[str, int]:
     """The outcome of reading ``blob`` as :func:`outcome` gives it, and the peak RSS in bytes."""
     assert len(blob) < MiB
     done = subprocess.run([sys.executable, "-c", _PEAK_WORKLOAD], check=False, input=blob, capture_output=True,
-                          timeout=120)
+                          timeout=120, env=_CHILD_ENVIRONMENT)
     assert done.returncode == 0, f"exit {done.returncode}: " + done.stderr.decode(errors="replace")[-2000:]
     result, peak_kib = done.stdout.decode().strip().split("\n")
     return result.split(" ", 1)[0], int(peak_kib) * 1024
