@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -32,8 +33,8 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -135,6 +136,22 @@ def _batches(cuts: list[memoryview]) -> Iterator[list[memoryview]]:
         yield batch
 
 
+def _engine_limits(layer: Path, jobs: Sequence[tuple[str, str, int]]) -> list[float]:
+    """Seconds of each job (cuts: "members" or "frames"; codec: "gzip" or "zstd"; level) on ``layer``."""
+    data = layer.read_bytes()
+    cutters = {"members": member_cuts, "frames": frame_cuts}
+    engines = {"gzip": gzip_engine, "zstd": zstd_engine}
+    cuts = {kind: cutters[kind](data) for kind in {kind for kind, _, _ in jobs}}
+    return [engine_seconds(engines[codec](level), cuts[kind]) for kind, codec, level in jobs]
+
+
+def engine_limits(layer: Path, jobs: Sequence[tuple[str, str, int]]) -> list[float]:
+    """:func:`_engine_limits` in a spawned process: this one, whose children's peak RSS the tables
+    report (a child's peak counts its parent's memory at the fork), never holds the layer."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_engine_limits, layer, jobs).result()
+
+
 def engine_seconds(compress: Callable[[memoryview], object], cuts: list[memoryview]) -> float:
     """Wall time of the engine alone compressing ``cuts`` on :data:`ENGINE_THREADS` threads."""
     with ThreadPoolExecutor(ENGINE_THREADS) as pool:
@@ -189,10 +206,10 @@ def zstd_round(checker: str, layer: Path, procs: int) -> list[Run]:
         runs.append(Run("go containers/storage 1.43", "zstd:chunked level 10", seconds,
                         json.loads(stdout)["blobSize"], rss))
         ours = [run_estargz_zstd(layer, work / "py.zst", layer_format, level) for layer_format, level, _ in cases]
-    data = layer.read_bytes()  # only now: children forked from this process would count it in their RSS
-    cuts = {"zstd:chunked-stargz": member_cuts(data), "zstd:chunked": frame_cuts(data)}
-    for run, (layer_format, _, engine_level) in zip(ours, cases, strict=True):
-        run.engine_seconds = engine_seconds(zstd_engine(engine_level), cuts[layer_format])
+    kinds = {"zstd:chunked-stargz": "members", "zstd:chunked": "frames"}
+    limits = engine_limits(layer, [(kinds[layer_format], "zstd", level) for layer_format, _, level in cases])
+    for run, seconds in zip(ours, limits, strict=True):
+        run.engine_seconds = seconds
     return runs + ours
 
 
@@ -255,9 +272,9 @@ def gzip_round(checker: str, layer: Path, procs: int) -> list[Run]:
             for level in ours:
                 runs.append(run_estargz(layer, work / "py.esgz", level))
                 levels.append(level or DEFAULT_GZIP_LEVEL)
-    cuts = member_cuts(layer.read_bytes())  # only now: children forked from this process would count it
-    for run, level in zip((run for run in runs if run.tool == "estargz"), levels, strict=True):
-        run.engine_seconds = engine_seconds(gzip_engine(level), cuts)
+    limits = engine_limits(layer, [("members", "gzip", level) for level in levels])
+    for run, seconds in zip((run for run in runs if run.tool == "estargz"), limits, strict=True):
+        run.engine_seconds = seconds
     return runs
 
 
