@@ -32,6 +32,8 @@ from .errors import (
 from .footer import Footer
 from .formats import (
     FORMAT_ESTARGZ,
+    FORMAT_UNCOMPRESSED,
+    FORMAT_ZSTD,
     FORMAT_ZSTD_CHUNKED,
     FORMAT_ZSTD_CHUNKED_STARGZ,
     FORMATS,
@@ -43,6 +45,7 @@ from .framing import (
     GZIP_ENGINES,
 )
 from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .plain import PlainResult
 from .reader import Chunk, Entry, EntryFile, Reader, VerifyReport
 from .reader import open_blob as open
 from .source import BytesSource, FileSource, Source
@@ -100,6 +103,8 @@ __all__ = [
     "FileSource",
     "Footer",
     "FORMAT_ESTARGZ",
+    "FORMAT_UNCOMPRESSED",
+    "FORMAT_ZSTD",
     "FORMAT_ZSTD_CHUNKED",
     "FORMAT_ZSTD_CHUNKED_STARGZ",
     "FormatError",
@@ -118,6 +123,7 @@ __all__ = [
     "open",
     "open_layer",
     "parse_reference",
+    "PlainResult",
     "PREFETCH_LANDMARK",
     "push_layout",
     "PushResult",
