@@ -244,3 +244,20 @@ def docker_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalR
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+#: Byte strings longer than this are compared by their first difference, not by pytest's diff
+#: (whose cost grows with the square of their length: minutes for a blob).
+_LONG_BYTES = 4096
+
+
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """For ``==`` of long byte strings: their lengths and where they first differ."""
+    if op != "==" or not isinstance(left, (bytes, bytearray)) or not isinstance(right, (bytes, bytearray)):
+        return None
+    if max(len(left), len(right)) <= _LONG_BYTES:
+        return None
+    first = next((i for i, (a, b) in enumerate(zip(left, right)) if a != b), min(len(left), len(right)))
+    return [f"byte strings differ: lengths {len(left)} and {len(right)}, first difference at offset {first}",
+            f"left[{first}:{first + 32}] = {bytes(left[first:first + 32])!r}",
+            f"right[{first}:{first + 32}] = {bytes(right[first:first + 32])!r}"]
