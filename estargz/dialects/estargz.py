@@ -16,18 +16,18 @@ from ..pipeline import OrderedSink, Pipeline
 from .base import OPTIONAL_OPTIONS, DecodedTOC, LayerOptions, Tail
 from .stargz import StargzWriter, read_stargz_toc, toc_digest, toc_tar
 
-__all__ = ["ESTARGZ", "TOC_LEVEL"]
+__all__ = ["ESTARGZ", "TOC_ENGINE"]
 
-#: The TOC's level whatever the chunks': libdeflate's level 9, denser than the Go reference's level
-#: 9 at a small fraction of a conversion's time (the highest, 12, is dense by 2% more but as slow
-#: as half a conversion, and a TOC member cannot be split: readers inflate it as one member).
-TOC_LEVEL = 9
+#: The TOC's engine whatever the chunks' level: libdeflate's level 9, denser than the Go reference's
+#: level 9 at a small fraction of a conversion's time (the highest, 12, is dense by 2% more but as
+#: slow as half a conversion, and a TOC member cannot be split: readers inflate it as one member).
+TOC_ENGINE = ("libdeflate", 9)
 
 
 class _EStargzWriter(StargzWriter):
     def __init__(self, options: LayerOptions) -> None:
         super().__init__(options)
-        self._toc_codec = GzipCompressor(TOC_LEVEL, header_level=options.level)
+        self._toc_codec = GzipCompressor(options.level, engine=TOC_ENGINE)
 
     def tail(self, pipeline: Pipeline, sink: OrderedSink) -> Tail:
         toc_json = self.finish_toc()
