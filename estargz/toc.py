@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import sys
@@ -103,7 +104,8 @@ _E = TypeVar("_E", bound=TOCEntry)
 
 def clean_name(name: str) -> str:
     """Clean a TOC or tar name the way readers do: ``path.Clean("/" + name)`` without the slash."""
-    if not name.startswith(("/", ".")) and "//" not in name and "/." not in name:
+    if (not name.startswith(("/", "./", "../")) and name not in (".", "..") and "//" not in name
+            and "/./" not in name and "/../" not in name and not name.endswith(("/.", "/.."))):
         # No empty, "." or ".." component but perhaps the last one: at most a trailing slash to drop.
         return name[:-1] if name.endswith("/") else name
     parts: list[str] = []
@@ -123,7 +125,11 @@ def format_modtime(seconds: int, nanos: int = 0) -> str:
     """RFC 3339 UTC time rounded to the nearest second (halves up); "" for time zero (Unix epoch)."""
     if seconds == 0:
         return ""
-    return format_rfc3339nano(seconds + (1 if nanos >= 500_000_000 else 0))
+    return _format_second(seconds + (1 if nanos >= 500_000_000 else 0))
+
+
+#: The files of a layer share few distinct seconds: each is formatted once.
+_format_second = functools.lru_cache(maxsize=4096)(format_rfc3339nano)
 
 
 #: A surrogate left alone by the JSON decoder (an unpaired ``\\ud800``-style escape).

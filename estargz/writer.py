@@ -156,7 +156,7 @@ def _convert_into(src: PathOrStream, out: BinaryIO, dialect: Dialect, options: L
         plain = _plain_tar(src, stack)
         start = plain.tell()
         tar = cast(BinaryIO, ReadAhead(plain))
-        source = TarInput(tar, start, tar.seek(0, os.SEEK_END))
+        source = TarInput(tar, start, tar.seek(0, os.SEEK_END), headers=plain)
         layer = dialect.writer(options, stack)
         sink = OrderedSink(out, 2 * threads + 1, progress, source.end - start, layer.on_record)
         pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="estargz"))

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import estargz
-from estargz import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME, NotFoundError
+from estargz import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME, NotFoundError, toc
 from estargz.testing import (
     RESERVED_NAMES,
     ExpectedEntry,
@@ -476,3 +476,17 @@ def test_gnu_base256_negative_mtime() -> None:
     with estargz.open(blob) as reader:
         assert reader.lookup("old").modtime == "1969-12-31T23:59:59Z"
         assert reader.lookup("older").modtime == "1969-01-01T00:00:00Z"
+
+
+@settings(max_examples=int(500 * SCALE))
+@given(name=st.text(alphabet="/.a", max_size=12))
+def test_clean_name_is_go_path_clean_below_the_root(name: str) -> None:
+    assert toc.clean_name(name) == clean_name(name)
+
+
+@pytest.mark.parametrize("name, cleaned", [
+    (".hidden/.pyenv/a", ".hidden/.pyenv/a"), ("a/..b/.c/", "a/..b/.c"), ("...", "..."),
+    ("a/./b", "a/b"), ("a/b/..", "a"), ("./a", "a"), ("../a", "a"), ("a//b/", "a/b"), ("a/.", "a"), ("..", ""),
+])
+def test_clean_name_of_hidden_and_dotted_components(name: str, cleaned: str) -> None:
+    assert toc.clean_name(name) == cleaned == clean_name(name)

@@ -60,10 +60,12 @@ class TarInput:
     file: BinaryIO
     start: int
     end: int
+    headers: BinaryIO | None = None
+    """The same tar without read-ahead, for the passes over the headers alone (default: ``file``)."""
 
     def entries(self) -> Iterator[TarEntry]:
         """The entries, read afresh from the headers on each call (never all held at once)."""
-        return iter_entries(self.file, self.start)
+        return iter_entries(self.file if self.headers is None else self.headers, self.start)
 
 
 @dataclass(frozen=True)
