@@ -10,11 +10,10 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from isal import isal_zlib
+import zstandard
 
 if TYPE_CHECKING:
     from .rollsum import Buffer
@@ -28,12 +27,13 @@ __all__ = [
 DEFAULT_CHUNK_SIZE = 4 << 20
 #: A run of header bytes longer than this is split into several members, bounding member size.
 HEADER_RUN_LIMIT = 4 << 20
-#: Level of the fast deflate that estimates how many compressed bytes a member holds.
+#: Level of the fast zstd that estimates how many compressed bytes a member holds.
 _ESTIMATE_LEVEL = 1
-#: The estimate deflates a member's bytes in blocks of this size, stopping once the member is full.
+#: The estimate compresses a member's bytes in blocks of at most this size, stopping once it is full.
 _ESTIMATE_BLOCK = 64 << 10
 #: Bytes of a gzip member header, counted in a member's size as the Go reference counts them.
 _GZIP_HEADER_SIZE = 10
+
 
 Span = tuple[int, int, bool]
 """A content-defined chunk: (offset in the file, length, is a run of zeros)."""
@@ -51,41 +51,52 @@ class MemberGrouping:
     """Decides when an open member is full under min-chunk-size.
 
     The rule is the Go reference's: a chunk starts a new member once the open one holds at least
-    ``min_chunk_size`` compressed bytes, counting its gzip header and a sync flush before each chunk.
-    The member's bytes are estimated with one fast deflate stream (ISA-L level 1) whatever the
-    member's codec, and only as far as :meth:`full` needs: estimating stops once the minimum is reached.
+    ``min_chunk_size`` compressed bytes, counting its gzip header and a flush before each chunk, the
+    member's bytes being one compressed stream. The size is estimated with one fast stream (zstd
+    level 1, whose output depends on its input alone) whatever the member's codec, and only as far
+    as :meth:`full` needs: bytes that could not fill the member even stored wait for the next chunk,
+    and estimating stops once the minimum is reached.
     """
 
     def __init__(self, min_chunk_size: int) -> None:
         if min_chunk_size <= 0:
             raise ValueError("min_chunk_size must be positive")
         self.min_chunk_size = min_chunk_size
-        self.reset()
+        self._compressor = zstandard.ZstdCompressor(level=_ESTIMATE_LEVEL)
+        self._stream = self._compressor.compressobj()
+        self._estimated = _GZIP_HEADER_SIZE
+        self._pending: list[bytes] = []
+        self._pending_size = 0
 
     def add(self, data: bytes) -> None:
         """Bytes that went into the open member."""
-        self._pending.append(data)
+        if data:
+            self._pending.append(data)
+            self._pending_size += len(data)
 
     def full(self) -> bool:
         """Whether the open member holds at least ``min_chunk_size`` estimated compressed bytes."""
-        while self._pending:
-            piece = memoryview(self._pending.popleft())
-            for start in range(0, len(piece), _ESTIMATE_BLOCK):
-                self._estimated += len(self._stream.compress(piece[start:start + _ESTIMATE_BLOCK]))
+        if self._pending and self._estimated + _stored_size(self._pending_size) >= self.min_chunk_size:
+            data = memoryview(self._pending[0] if len(self._pending) == 1 else b"".join(self._pending))
+            self._pending, self._pending_size = [], 0
+            for start in range(0, len(data), _ESTIMATE_BLOCK):
+                self._estimated += len(self._stream.compress(data[start:start + _ESTIMATE_BLOCK]))
+                self._estimated += len(self._stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
                 if self._estimated >= self.min_chunk_size:
-                    return True
-            self._flushed = False
-        if not self._flushed:
-            self._estimated += len(self._stream.flush(isal_zlib.Z_SYNC_FLUSH))
-            self._flushed = True
+                    break
         return self._estimated >= self.min_chunk_size
 
     def reset(self) -> None:
         """A new member was opened."""
-        self._stream = isal_zlib.compressobj(_ESTIMATE_LEVEL, wbits=-15)
+        self._stream = self._compressor.compressobj()
         self._estimated = _GZIP_HEADER_SIZE
-        self._pending: deque[bytes] = deque()
-        self._flushed = True
+        self._pending = []
+        self._pending_size = 0
+
+
+def _stored_size(size: int) -> int:
+    """The most bytes ``size`` bytes can take compressed: stored, with a few bytes per block."""
+    return size + 5 * (size // 65535 + 1)
 
 
 def content_defined_chunks(data: Buffer) -> list[Span]:

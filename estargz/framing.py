@@ -1,9 +1,9 @@
 """Compressed units: one chunk into one gzip member or zstd frame, and a run of them back.
 
 Each chunk is a complete gzip member (eStargz) or zstd frame (zstd:chunked), so compression is
-one-shot per unit and units can be compressed on several threads at once. The deflate engine is
-chosen per level (see :data:`GZIP_ENGINES`): ISA-L for speed, libdeflate where density matters;
-zstd uses libzstd through ``zstandard``.
+one-shot per unit and units can be compressed on several threads at once. Deflate is libdeflate at an
+engine level chosen per level (see :data:`GZIP_ENGINES`), inflation is ISA-L's; zstd uses libzstd
+through ``zstandard``.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ __all__ = [
 ]
 
 #: Level -> (engine, engine level). Each level is at least as dense as the Go reference at the same
-#: level on a real layer, using the fastest engine that achieves it (docs/benchmarks.md).
+#: level on a real layer, at the lowest libdeflate level that achieves it (docs/benchmarks.md).
+#: ISA-L, faster at level 1, is not used to compress: its output for the same input can differ
+#: from one process to the next.
 GZIP_ENGINES: dict[int, tuple[str, int]] = {
     0: ("stored", 0),
-    1: ("isal", 1),
+    1: ("libdeflate", 1),
     2: ("libdeflate", 1),
     3: ("libdeflate", 2),
     4: ("libdeflate", 4),
@@ -52,8 +54,6 @@ _MEMBER_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00%c\xff"
 
 
 def _raw_deflate(engine: str, level: int) -> Callable[[bytes], bytes | bytearray]:
-    if engine == "isal":
-        return lambda data: isal_zlib.compress(data, level, wbits=-15)
     if engine == "libdeflate":
         return lambda data: deflate.deflate_compress(data, level)
     return _stored_deflate
