@@ -12,8 +12,10 @@ The reader matches keys case-insensitively, skips unknown keys and rejects data 
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import json
+import operator
 import re
 import sys
 from dataclasses import dataclass, field
@@ -117,23 +119,35 @@ def _int(value: int, where: str) -> str:
     return str(int(value))
 
 
+#: The fields after ``type`` and ``name``: their values read at once, and their keys as written.
+_OPTIONAL_FIELDS = FIELDS[2:]
+_OPTIONAL_VALUES = operator.attrgetter(*(attr for _, attr, _ in _OPTIONAL_FIELDS))
+_OPTIONAL_KEYS = tuple(',"' + key + '":' for key, _, _ in _OPTIONAL_FIELDS)
+#: Times of the entries written last, as JSON: neighbouring entries mostly share them.
+_TIME_CACHE = 1024
+
+
+@functools.lru_cache(maxsize=_TIME_CACHE)
+def _time_json(value: tuple[int, int]) -> str:
+    return '"' + format_rfc3339nano(*value) + '"'
+
+
 def _entry_json(entry: CSTOCEntry) -> str:
     parts = ['{"type":', quote(entry.type), ',"name":', quote(entry.name)]
-    for key, attr, kind in FIELDS[2:]:
-        value = getattr(entry, attr)
+    for (key, _, kind), prefix, value in zip(_OPTIONAL_FIELDS, _OPTIONAL_KEYS, _OPTIONAL_VALUES(entry)):
         if not value:
             continue
         if kind == "s":
             text = quote(value)
         elif kind == "t":
-            text = '"' + format_rfc3339nano(*value) + '"'
+            text = _time_json(value)
         elif kind == "x":
             text = "{" + ",".join(
                 quote(name) + ':"' + base64.b64encode(value[name]).decode("ascii") + '"'
                 for name in sorted(value, key=_key_order)) + "}"
         else:
             text = _int(value, key)
-        parts += [',"', key, '":', text]
+        parts += [prefix, text]
     parts.append("}")
     return "".join(parts)
 

@@ -207,7 +207,7 @@ class _Roller:
 
 def _window_sums(e: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """The weighted window sums (mod 2**16) of the 64 bytes ``e[i:i + 64]`` for each ``i`` in ``ends``."""
-    sums: np.ndarray = sliding_window_view(e, WINDOW_SIZE)[ends] @ _WEIGHTS  # uint16 arithmetic wraps
+    sums: np.ndarray = np.dot(sliding_window_view(e, WINDOW_SIZE)[ends], _WEIGHTS)  # uint16 arithmetic wraps
     return sums
 
 
@@ -271,32 +271,47 @@ def chunk_files(files: Sequence[Buffer]) -> list[list[Span]]:
     """:func:`chunk_file` of each of many (small) files, with one vectorized pass for all of them.
 
     The files are laid end to end with :data:`WINDOW_SIZE` zero bytes before each, which gives
-    each file the all-zero window of a fresh rolling state; holes are found file by file.
+    each file the all-zero window of a fresh rolling state; holes are looked for only in the files
+    that hold an all-zero aligned block of the joined bytes (see :func:`_files_with_zero_blocks`).
     """
-    gap = bytes(WINDOW_SIZE)
-    starts: list[int] = []
-    parts: list[Buffer] = []
-    position = 0
-    for data in files:
-        parts += (gap, data)
-        position += WINDOW_SIZE
-        starts.append(position)
-        position += memoryview(data).nbytes
     if not files:
         return []
-    splits = split_positions(b"".join(parts)).tolist()
-    result, index = [], 0
-    for data, start in zip(files, starts, strict=True):
-        size = memoryview(data).nbytes
-        while index < len(splits) and splits[index] <= start:
-            index += 1
-        own = []
-        while index < len(splits) and splits[index] <= start + size:
-            own.append(splits[index] - start)
-            index += 1
-        holes = find_holes(data) if _HOLE_NEEDLE in data else []
-        result.append(_assemble(size, holes, own))
+    sizes = [memoryview(data).nbytes for data in files]
+    joined = bytes(WINDOW_SIZE).join([b"", *files])
+    starts = np.arange(1, len(files) + 1, dtype=np.int64) * WINDOW_SIZE
+    starts[1:] += np.cumsum(sizes[:-1], dtype=np.int64)
+    ends = starts + sizes
+    splits = split_positions(joined)
+    # A split at a file's start belongs to the gap before it, one at its end to the file.
+    firsts = np.searchsorted(splits, starts, "right").tolist()
+    lasts = np.searchsorted(splits, ends, "right").tolist()
+    split_list = splits.tolist()
+    holed = _files_with_zero_blocks(_as_array(joined), starts, ends)
+    result: list[list[Span]] = []
+    for index, (data, size, start, first, last) in enumerate(zip(files, sizes, starts.tolist(), firsts, lasts)):
+        holes = find_holes(data) if index in holed else []
+        if first == last and not holes and size:
+            result.append([(0, size, False)])
+        else:
+            result.append(_assemble(size, holes, [split - start for split in split_list[first:last]]))
     return result
+
+
+#: Any run of :data:`HOLE_THRESHOLD` zero bytes holds a whole aligned block of this many bytes.
+_ZERO_BLOCK = HOLE_THRESHOLD // 2
+_WORDS_PER_ZERO_BLOCK = _ZERO_BLOCK // 8
+
+
+def _files_with_zero_blocks(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> set[int]:
+    """Indexes of the files (``arr[starts[i]:ends[i]]``) that hold an all-zero block of
+    :data:`_ZERO_BLOCK` bytes aligned in ``arr``: every file with a hole is among them."""
+    words = arr[:len(arr) // _ZERO_BLOCK * _ZERO_BLOCK].view(np.uint64).reshape(-1, _WORDS_PER_ZERO_BLOCK)
+    zero_blocks = np.flatnonzero(np.bitwise_or.reduce(words, axis=1) == 0) * _ZERO_BLOCK
+    if not zero_blocks.size:
+        return set()
+    owners = np.searchsorted(starts, zero_blocks, "right") - 1
+    inside = (owners >= 0) & (zero_blocks + _ZERO_BLOCK <= ends[np.maximum(owners, 0)])
+    return set(owners[inside].tolist())
 
 
 def _assemble(size: int, holes: list[tuple[int, int]], splits: list[int]) -> list[Span]:

@@ -71,36 +71,46 @@ class TarSplitEntry:
         return int.from_bytes(self.payload, "big")
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def encode_entry(entry: TarSplitEntry, *, short_bf: bool = True) -> bytes:
     """One record exactly as Go's ``json.Encoder`` writes it, newline included.
 
     ``short_bf`` (default) writes backspace/form feed in names as Go >= 1.22 does (``\\b``,
     ``\\f``); False gives Go <= 1.21's ``\\u0008``/``\\u000c``.
     """
-    parts = ['{"type":', str(int(entry.type))]
-    if entry.name:
+    return _record_line(entry.type, entry.payload, entry.name, entry.size, entry.position, short_bf)
+
+
+def _record_line(kind: int, payload: bytes | None, name: bytes, size: int, position: int,
+                 short_bf: bool) -> bytes:
+    """The JSON line of a record given by its fields (see :func:`encode_entry`)."""
+    parts = [b'{"type":', b"%d" % kind]
+    if name:
         try:
-            text = entry.name.decode("utf-8")
+            text = name.decode("utf-8")
         except UnicodeDecodeError:
-            parts += [',"name_raw":"', _b64(entry.name), '"']
+            parts += [b',"name_raw":"', binascii.b2a_base64(name, newline=False), b'"']
         else:
-            parts += [',"name":', quote(text, short_bf=short_bf)]
-    if entry.size:
-        parts += [',"size":', str(int(entry.size))]
-    if entry.payload is None:
-        parts.append(',"payload":null')
+            parts += [b',"name":', quote(text, short_bf=short_bf).encode("utf-8")]
+    if size:
+        parts += [b',"size":', b"%d" % size]
+    if payload is None:
+        parts.append(b',"payload":null')
     else:
-        parts += [',"payload":"', _b64(entry.payload), '"']
-    parts += [',"position":', str(int(entry.position)), "}\n"]
-    return "".join(parts).encode("utf-8")
+        parts += [b',"payload":"', binascii.b2a_base64(payload, newline=False), b'"']
+    parts += [b',"position":', b"%d" % position, b"}\n"]
+    return b"".join(parts)
+
+
+#: A path :func:`go_clean` leaves as it is: components other than ``.`` and ``..``, single slashes,
+#: no slash at the end.
+_CLEAN_COMPONENT = rb"(?!\.\.?(?:/|\Z))[^/]+"
+_CLEAN_PATH = re.compile(rb"/?" + _CLEAN_COMPONENT + rb"(?:/" + _CLEAN_COMPONENT + rb")*")
 
 
 def go_clean(path: bytes) -> bytes:
     """Go ``filepath.Clean`` (Unix), on bytes."""
+    if _CLEAN_PATH.fullmatch(path):
+        return path
     rooted = path.startswith(b"/")
     out: list[bytes] = []
     for part in path.split(b"/"):
@@ -287,8 +297,8 @@ class TarSplitWriter:
         self.tar_size = 0
         """Length of the tar described so far (segments and file contents)."""
 
-    def _emit(self, entry: TarSplitEntry) -> None:
-        line = encode_entry(entry, short_bf=self._short_bf)
+    def _emit(self, kind: int, payload: bytes | None, name: bytes = b"", size: int = 0) -> None:
+        line = _record_line(kind, payload, name, size, self.position, self._short_bf)
         self._write(line)
         self.position += 1
         self.size += len(line)
@@ -305,7 +315,7 @@ class TarSplitWriter:
         if raw:
             data = bytes(raw)
             self.tar_size += len(data)
-            self._emit(TarSplitEntry(SEGMENT_TYPE, data, position=self.position))
+            self._emit(SEGMENT_TYPE, data)
 
     def file(self, name: bytes, size: int, crc: int | None = None) -> None:
         """The record of one entry (any type): raw name bytes, content size, CRC-64 if size > 0."""
@@ -322,7 +332,7 @@ class TarSplitWriter:
             raise UnsupportedInputError(f"duplicates of file paths not supported: {bytes(name)!r}")
         self._seen.add(cleaned)
         self.tar_size += size
-        self._emit(TarSplitEntry(FILE_TYPE, payload, name=bytes(name), size=size, position=self.position))
+        self._emit(FILE_TYPE, payload, bytes(name), size)
 
     def trailing(self, raw: Buffer) -> None:
         """Bytes after the end-of-archive; may be fed in any pieces, the split stays the same."""
@@ -336,7 +346,7 @@ class TarSplitWriter:
         data = bytes(self._pending[:count])
         del self._pending[:count]
         self.tar_size += len(data)
-        self._emit(TarSplitEntry(SEGMENT_TYPE, data, position=self.position))
+        self._emit(SEGMENT_TYPE, data)
 
     def close(self) -> None:
         """Write the last trailing segment; no records can be added afterwards."""

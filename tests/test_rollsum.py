@@ -26,6 +26,7 @@ from estargz import rollsum
 from estargz.rollsum import (
     HOLE_THRESHOLD,
     chunk_file,
+    chunk_files,
     chunk_stream,
     find_holes,
     split_positions,
@@ -283,6 +284,21 @@ def test_rolls_through_holes_and_across_blocks() -> None:
     data = rng.randbytes(300_000) + bytes(5000) + rng.randbytes(400_000) + bytes(70_000) + rng.randbytes(9)
     assert chunk_file(data) == oracle_chunks(data)
     assert chunk_file(memoryview(data)) == chunk_file(data)
+
+
+def test_batched_files_find_every_hole_wherever_it_lies() -> None:
+    """Files chunked together find the holes each finds alone: zero runs just under and over the
+    threshold at every offset modulo 512, and zeros running across the boundary between files."""
+    rng = random.Random(13)
+    files = [rng.randbytes(offset) + bytes(run) + rng.randbytes(700)
+             for run in (HOLE_THRESHOLD - 1, HOLE_THRESHOLD, HOLE_THRESHOLD + 1, 1535)
+             for offset in range(0, 1100, 37)]
+    files += [rng.randbytes(900) + bytes(700), bytes(700) + rng.randbytes(900), bytes(HOLE_THRESHOLD),
+              bytes(HOLE_THRESHOLD - 1), b"\0", rng.randbytes(3000) + bytes(HOLE_THRESHOLD) + TRIGGERS[0]]
+    batched = chunk_files(files)
+    assert batched == [chunk_file(data) for data in files]
+    assert sum(zeros for chunks in batched for _, _, zeros in chunks) > len(files) // 2
+    assert chunk_files([]) == []
 
 
 @pytest.mark.parametrize("share", [1, 64, 1 << 30], ids=["filter", "default", "fallback"])

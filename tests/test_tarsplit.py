@@ -382,7 +382,9 @@ def test_lenient_forms_go_accepts() -> None:
 
 @pytest.mark.parametrize(("path", "cleaned"), [
     (b"", b"."), (b"./a/", b"a"), (b"a//b/./c/..", b"a/b"), (b"/../a", b"/a"), (b"a/../..", b".."),
-    (b"../../a", b"../../a"), (b"/", b"/"),
+    (b"../../a", b"../../a"), (b"/", b"/"), (b"root/.pyenv/a.py", b"root/.pyenv/a.py"), (b"..a/b..", b"..a/b.."),
+    (b"a/.", b"a"), (b"a/..", b"."), (b"a/b/", b"a/b"), (b"//a", b"/a"), (b"/a", b"/a"), (b".", b"."),
+    (b"..", b".."), (b"a/./b", b"a/b"), (b".a/..b/...", b".a/..b/..."),
 ])
 def test_go_clean(path: bytes, cleaned: bytes) -> None:
     assert go_clean(path) == cleaned
