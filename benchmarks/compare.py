@@ -8,7 +8,7 @@ small files (the same tree without the static library ``libpython*.a``). The Go 
 Pairings: estargz's default level against Go's default (9), level 9 against level 9, level 1
 against level 1. For each run: wall time, throughput, blob size, peak RSS, the ratios to the Go run
 of the pairing, and for estargz the fraction of its engine's two-core limit: the throughput of the
-raw codec (isal, libdeflate or zstandard at the same level) on the same bytes, cut where the
+raw codec (libdeflate or zstandard at the same level) on the same bytes, cut where the
 writer cuts its members, on two threads, measured in the same run. With ``--runs N`` every figure
 is the median of N runs.
 
@@ -17,6 +17,11 @@ is the median of N runs.
     python benchmarks/compare.py --markdown      # the same as Markdown tables
     python benchmarks/compare.py --all-levels    # blob sizes of both at every level 1-9
     python benchmarks/compare.py --zstd          # zstd:chunked against both Go writers
+    python benchmarks/compare.py --baseline DIR  # also an older estargz checkout, run by run
+
+With ``--baseline``, every estargz run is followed by the same run of the estargz package in DIR (a
+checkout, imported through PYTHONPATH), labelled ``estargz@baseline``: before and after a change,
+measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ from pathlib import Path
 
 import deflate
 import zstandard
-from isal import isal_zlib
 
 from estargz import (
     DEFAULT_CHUNK_SIZE,
@@ -106,9 +110,7 @@ def frame_cuts(layer: bytes) -> list[memoryview]:
 
 def gzip_engine(level: int) -> Callable[[memoryview], object]:
     """The raw deflate engine the eStargz writer uses at ``level``."""
-    engine, engine_level = GZIP_ENGINES[level]
-    if engine == "isal":
-        return lambda data: isal_zlib.compress(data, engine_level, wbits=-15)
+    _, engine_level = GZIP_ENGINES[level]
     return lambda data: deflate.deflate_compress(data, engine_level)
 
 
@@ -161,10 +163,10 @@ def engine_seconds(compress: Callable[[memoryview], object], cuts: list[memoryvi
         return time.perf_counter() - start
 
 
-def run_child(command: list[str]) -> tuple[float, int, bytes]:
+def run_child(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int, bytes]:
     """Run ``command`` and measure it with wait4 (RSS of this child only)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     stdout = proc.stdout.read()  # type: ignore[union-attr]
     stderr = proc.stderr.read()  # type: ignore[union-attr]
     _, status, usage = os.wait4(proc.pid, 0)
@@ -175,20 +177,35 @@ def run_child(command: list[str]) -> tuple[float, int, bytes]:
     return seconds, usage.ru_maxrss * 1024, stdout
 
 
-def run_estargz(layer: Path, out: Path, level: int | None) -> Run:
+#: The estargz checkout of ``--baseline``, if given.
+BASELINE: Path | None = None
+BASELINE_TOOL = "estargz@baseline"
+
+
+def baseline_env() -> dict[str, str]:
+    """The environment that runs the ``--baseline`` checkout's estargz."""
+    return {**os.environ, "PYTHONPATH": str(BASELINE)}
+
+
+def run_estargz_cli(args: list[str], label: str) -> list[Run]:
+    """``python -m estargz convert -q ARGS``, then the same with the baseline if there is one."""
+    runs = []
+    for tool, env in (("estargz", None), *([(BASELINE_TOOL, baseline_env())] if BASELINE else [])):
+        seconds, rss, stdout = run_child([sys.executable, "-m", "estargz", "convert", "-q", *args], env)
+        runs.append(Run(tool, label, seconds, json.loads(stdout)["blobSize"], rss))
+    return runs
+
+
+def run_estargz(layer: Path, out: Path, level: int | None) -> list[Run]:
     flags = [] if level is None else ["--estargz-compression-level", str(level)]
-    seconds, rss, stdout = run_child([sys.executable, "-m", "estargz", "convert", "-q", *flags,
-                                      str(layer), str(out)])
     label = f"default ({DEFAULT_GZIP_LEVEL})" if level is None else str(level)
-    return Run("estargz", label, seconds, json.loads(stdout)["blobSize"], rss)
+    return run_estargz_cli([*flags, str(layer), str(out)], label)
 
 
-def run_estargz_zstd(layer: Path, out: Path, layer_format: str, level: int | None) -> Run:
+def run_estargz_zstd(layer: Path, out: Path, layer_format: str, level: int | None) -> list[Run]:
     flags = [] if level is None else ["--zstdchunked-compression-level", str(level)]
-    seconds, rss, stdout = run_child([sys.executable, "-m", "estargz", "convert", "-q", "--format", layer_format,
-                                      *flags, str(layer), str(out)])
     label = f"{layer_format} " + ("default" if level is None else f"level {level}")
-    return Run("estargz", label, seconds, json.loads(stdout)["blobSize"], rss)
+    return run_estargz_cli(["--format", layer_format, *flags, str(layer), str(out)], label)
 
 
 def zstd_round(checker: str, layer: Path, procs: int) -> list[Run]:
@@ -205,10 +222,11 @@ def zstd_round(checker: str, layer: Path, procs: int) -> list[Run]:
         seconds, rss, stdout = run_child([checker, "build-cs", str(layer), str(work / "go.zst")])
         runs.append(Run("go containers/storage 1.43", "zstd:chunked level 10", seconds,
                         json.loads(stdout)["blobSize"], rss))
-        ours = [run_estargz_zstd(layer, work / "py.zst", layer_format, level) for layer_format, level, _ in cases]
+        ours = [run for layer_format, level, _ in cases
+                for run in run_estargz_zstd(layer, work / "py.zst", layer_format, level)]
     kinds = {"zstd:chunked-stargz": "members", "zstd:chunked": "frames"}
     limits = engine_limits(layer, [(kinds[layer_format], "zstd", level) for layer_format, _, level in cases])
-    for run, seconds in zip(ours, limits, strict=True):
+    for run, seconds in zip((run for run in ours if run.tool == "estargz"), limits, strict=True):
         run.engine_seconds = seconds
     return runs + ours
 
@@ -270,7 +288,7 @@ def gzip_round(checker: str, layer: Path, procs: int) -> list[Run]:
         for go_level, ours in ((9, (None, 9)), (1, (1,))):
             runs.append(run_go(checker, layer, work / "go.esgz", go_level, procs))
             for level in ours:
-                runs.append(run_estargz(layer, work / "py.esgz", level))
+                runs.extend(run_estargz(layer, work / "py.esgz", level))
                 levels.append(level or DEFAULT_GZIP_LEVEL)
     limits = engine_limits(layer, [("members", "gzip", level) for level in levels])
     for run, seconds in zip((run for run in runs if run.tool == "estargz"), limits, strict=True):
@@ -319,8 +337,15 @@ def main() -> None:
                         help="compare the zstd:chunked writers instead (Markdown)")
     parser.add_argument("--all-levels", action="store_true",
                         help="compare blob sizes at every level 1-9 instead (Markdown)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the estargz checkout in DIR after each estargz run")
     args = parser.parse_args()
     use_bytecode()
+    if args.baseline is not None:
+        global BASELINE
+        BASELINE = args.baseline.resolve()
+        subprocess.run([sys.executable, "-m", "estargz", "--version"], check=True, capture_output=True,
+                       env=baseline_env())
     checker = build_checker()
     with tempfile.TemporaryDirectory(prefix="estargz-bench-") as tmp:
         for name, layer in layers(args.layer, args.layers, Path(tmp)):
@@ -354,7 +379,7 @@ def all_levels(checker: str, layer: Path, procs: int) -> None:
         print("|---|---|---|---|---|")
         for level in range(1, 10):
             go = run_go(checker, layer, work / "go.esgz", level, procs)
-            ours = run_estargz(layer, work / "py.esgz", level)
+            ours = run_estargz(layer, work / "py.esgz", level)[0]
             engine, engine_level = GZIP_ENGINES[level]
             print(f"| {level} | {go.blob_size} | {engine} {engine_level} | {ours.blob_size} | "
                   f"{ours.blob_size / go.blob_size:.4f} |", flush=True)

@@ -109,7 +109,8 @@ def lazy_costs(reference: str, small: str, large: str, files: list[str]) -> tupl
     """Costs of opening the layer, then of each read from a freshly opened layer; and the
     requests and bytes stargz-snapshotter would need for the same operations."""
     workloads = {"open (footer + TOC)": [], f"one small file ({Path(small).name})": [small],
-                 f"one large file ({Path(large).name})": [large], f"python3 -c 'print(\"hi\")' ({len(files)} files)": files}
+                 f"one large file ({Path(large).name})": [large],
+                 f"python3 -c 'print(\"hi\")' ({len(files)} files)": files}
     costs, estimates = {}, {}
     for label, names in workloads.items():
         start = time.perf_counter()

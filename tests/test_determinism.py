@@ -18,7 +18,6 @@ import sys
 import tarfile
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -141,7 +140,6 @@ def test_same_bytes_in_fresh_processes(layer: bytes, name: str) -> None:
     """New processes give the same bytes: ISA-L's deflate did not, now and then, in a new process."""
     options = FRESH_CASES[name]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(2, mp_context=context, max_tasks_per_child=1) as pool:
-        runs = list(pool.map(_fingerprint, [layer] * FRESH_RUNS, [1, 2] * (FRESH_RUNS // 2),
-                             [options] * FRESH_RUNS))
+    with context.Pool(2, maxtasksperchild=1) as pool:
+        runs = pool.starmap(_fingerprint, [(layer, 1 + run % 2, options) for run in range(FRESH_RUNS)], chunksize=1)
     assert runs == [_fingerprint(layer, 2, options)] * FRESH_RUNS
