@@ -163,10 +163,13 @@ def engine_seconds(compress: Callable[[memoryview], object], cuts: list[memoryvi
         return time.perf_counter() - start
 
 
-def run_child(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int, bytes]:
-    """Run ``command`` and measure it with wait4 (RSS of this child only)."""
+def run_child(command: list[str], baseline: bool = False) -> tuple[float, int, bytes]:
+    """Run ``command`` (with the ``--baseline`` estargz if ``baseline``) and measure it with wait4
+    (RSS of this child only)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    env = {**os.environ, "PYTHONPATH": str(BASELINE)} if baseline else None
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=BASELINE if baseline else None)
     stdout = proc.stdout.read()  # type: ignore[union-attr]
     stderr = proc.stderr.read()  # type: ignore[union-attr]
     _, status, usage = os.wait4(proc.pid, 0)
@@ -182,16 +185,11 @@ BASELINE: Path | None = None
 BASELINE_TOOL = "estargz@baseline"
 
 
-def baseline_env() -> dict[str, str]:
-    """The environment that runs the ``--baseline`` checkout's estargz."""
-    return {**os.environ, "PYTHONPATH": str(BASELINE)}
-
-
 def run_estargz_cli(args: list[str], label: str) -> list[Run]:
     """``python -m estargz convert -q ARGS``, then the same with the baseline if there is one."""
     runs = []
-    for tool, env in (("estargz", None), *([(BASELINE_TOOL, baseline_env())] if BASELINE else [])):
-        seconds, rss, stdout = run_child([sys.executable, "-m", "estargz", "convert", "-q", *args], env)
+    for tool, baseline in (("estargz", False), *([(BASELINE_TOOL, True)] if BASELINE else [])):
+        seconds, rss, stdout = run_child([sys.executable, "-m", "estargz", "convert", "-q", *args], baseline)
         runs.append(Run(tool, label, seconds, json.loads(stdout)["blobSize"], rss))
     return runs
 
@@ -344,8 +342,9 @@ def main() -> None:
     if args.baseline is not None:
         global BASELINE
         BASELINE = args.baseline.resolve()
-        subprocess.run([sys.executable, "-m", "estargz", "--version"], check=True, capture_output=True,
-                       env=baseline_env())
+        _, _, imported = run_child([sys.executable, "-c", "import estargz; print(estargz.__file__)"], True)
+        if not Path(imported.decode().strip()).is_relative_to(BASELINE):
+            parser.error(f"--baseline {args.baseline} has no estargz package")
     checker = build_checker()
     with tempfile.TemporaryDirectory(prefix="estargz-bench-") as tmp:
         for name, layer in layers(args.layer, args.layers, Path(tmp)):
