@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 from .digests import SHA256, sha256_digest
 
-__all__ = ["CacheStats", "ChunkCache"]
+__all__ = ["DEFAULT_CACHE_SIZE", "CacheStats", "ChunkCache"]
 
+#: Memory the chunk cache may hold by default.
+DEFAULT_CACHE_SIZE = 256 << 20
 #: How the names of chunk files in a cache directory start (the digest, ``:`` as ``-``).
 _DISK_PREFIX = "sha256-"
 

@@ -10,8 +10,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from .chunkcache import DEFAULT_CACHE_SIZE
 from .errors import EStargzError
-from .mountfs import DEFAULT_CACHE_SIZE, PREFETCH_MODES, mount, unmount, wait_for_mount
+from .ordering import PREFETCH_MODES
 
 __all__ = ["add_mount_commands"]
 
@@ -36,6 +37,7 @@ def _layer(text: str | None) -> int | str | None:
 def _cmd_mount(args: argparse.Namespace) -> int:
     if args.daemon:
         return _daemonize(args)
+    from .mountfs import mount
     stats = mount(args.source, args.mountpoint, layer=_layer(args.layer), platform=args.platform,
                   toc_digest=args.toc_digest, prefetch=args.prefetch, cache_size=args.cache_size,
                   cache_dir=args.cache_dir, cache_dir_size=args.cache_dir_size, stats_interval=args.stats,
@@ -56,6 +58,7 @@ def _daemonize(args: argparse.Namespace) -> int:
             command += [flag, str(value)]
     if args.insecure:
         command.append("--insecure")
+    from .mountfs import wait_for_mount
     log = open(args.log, "ab") if args.log else open(os.devnull, "wb")  # noqa: SIM115 (handed to the child)
     with log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -71,6 +74,7 @@ def _daemonize(args: argparse.Namespace) -> int:
 
 
 def _cmd_umount(args: argparse.Namespace) -> int:
+    from .mountfs import unmount
     unmount(args.mountpoint)
     return 0
 

@@ -24,10 +24,10 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .chunkcache import ChunkCache
+from .chunkcache import DEFAULT_CACHE_SIZE, ChunkCache
 from .cstoc import parse_rfc3339
 from .errors import EStargzError, FormatError, UnsupportedInputError
-from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from .ordering import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, PREFETCH_MODES
 from .overlay import Node, OverlayTree
 from .reader import Chunk, Entry, EntryFile
 
@@ -46,9 +46,6 @@ __all__ = [
 
 log = logging.getLogger("estargz.mountfs")
 
-PREFETCH_MODES = ("landmark", "all", "none")
-#: Memory the chunk cache may hold by default.
-DEFAULT_CACHE_SIZE = 256 << 20
 #: Largest blob range one prefetch request reads; a chunk read on demand is fetched in one
 #: request when its compressed bytes are no more than this.
 _PREFETCH_WINDOW = 16 << 20

@@ -10,12 +10,14 @@ from .tarstream import TarEntry
 from .toc import TOC_NAME, clean_name
 
 __all__ = [
-    "PREFETCH_LANDMARK", "NO_PREFETCH_LANDMARK", "LANDMARK_CONTENTS", "landmark", "order_entries",
+    "PREFETCH_LANDMARK", "NO_PREFETCH_LANDMARK", "PREFETCH_MODES", "LANDMARK_CONTENTS", "landmark", "order_entries",
     "check_readable",
 ]
 
 PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
+#: What a mount fetches ahead: the entries before the landmark, all entries, or none.
+PREFETCH_MODES = ("landmark", "all", "none")
 LANDMARK_CONTENTS = b"\x0f"
 _RESERVED = {PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_NAME}
 #: Integer TOC fields are 64-bit signed in every reader.

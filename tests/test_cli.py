@@ -675,7 +675,8 @@ def test_cat_follows_symlinks_inside_the_layer(blob_file, capsysbinary):
 
 
 #: Modules only registry, image and mount work needs.
-_REMOTE_MODULES = ("urllib3", "http.client", "estargz.registry", "estargz.image", "estargz.push", "estargz.layers")
+_REMOTE_MODULES = ("urllib3", "http.client", "estargz.registry", "estargz.image", "estargz.push", "estargz.layers",
+                   "estargz.mountfs", "estargz.overlay")
 
 
 def test_local_work_does_not_load_registry_code(tmp_path):
